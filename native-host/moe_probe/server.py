@@ -1,0 +1,284 @@
+"""The probe's socket: one host at a time, hooks installed only while it is connected.
+
+A single background thread accepts a connection, installs the recorders, and
+then streams snapshots until the host goes away, at which point every hook is
+removed. An injected probe (once=True) then also closes and unlinks its socket
+and the thread ends, leaving the process as it found it.
+"""
+
+import ctypes
+import os
+import platform
+import queue
+import select
+import socket
+import struct
+import sys
+import threading
+import time
+import traceback
+
+import torch
+
+from . import paths
+from .framing import FrameError, FrameReader, encode_frame
+from .models import describe_model, find_model_roots
+from .recorder import Recorder
+
+PROTOCOL_VERSION = 1
+DEFAULT_FLUSH_INTERVAL_S = 0.05
+QUEUE_SIZE = 64
+SEND_TIMEOUT_S = 5.0
+POLL_S = 0.05
+
+
+def _peer_uid(conn):
+    """The connecting process's uid (Linux SO_PEERCRED), or None where unsupported."""
+    if not hasattr(socket, "SO_PEERCRED"):
+        return None
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return uid
+
+
+def _tensor_bytes(tensor: torch.Tensor) -> bytes:
+    """Raw little-endian bytes of a contiguous host tensor, without numpy."""
+    tensor = tensor.contiguous()
+    return ctypes.string_at(tensor.data_ptr(), tensor.numel() * tensor.element_size())
+
+
+class ProbeServer:
+    def __init__(self, mode: str, once: bool, socket_dir: str = None, models=None,
+                 flush_interval_s: float = DEFAULT_FLUSH_INTERVAL_S):
+        self.mode = mode  # "injected" or "library"
+        self.once = once
+        self.socket_dir = socket_dir
+        self.explicit_models = models  # roots given by moe_probe.attach(model), else found by gc
+        self.flush_interval_s = flush_interval_s
+        self.path = None
+        self._listener = None
+        self._thread = None
+        self._stopping = threading.Event()
+        self.session = None
+
+    def start(self):
+        if self.socket_dir:
+            os.environ.setdefault("MOE_DEVTOOLS_SOCKET_DIR", self.socket_dir)
+            os.makedirs(self.socket_dir, mode=0o700, exist_ok=True)
+            directory = self.socket_dir
+        else:
+            directory = paths.ensure_socket_dir()
+        self.path = os.path.join(directory, "%s%d%s" % (paths.SOCKET_PREFIX, os.getpid(), paths.SOCKET_SUFFIX))
+        if os.path.exists(self.path):
+            os.unlink(self.path)  # left by a process with our pid that died
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o177)  # the socket is created 0600, never briefly wider
+        try:
+            listener.bind(self.path)
+        finally:
+            os.umask(old_umask)
+        os.chmod(self.path, 0o600)
+        listener.listen(4)
+        listener.settimeout(POLL_S * 4)
+        self._listener = listener
+        self._thread = threading.Thread(target=self._serve, name="moe_probe", daemon=True)
+        self._thread.start()
+
+    def stop(self, wait=True):
+        self._stopping.set()
+        if wait and self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+
+    @property
+    def running(self):
+        return self._thread is not None and self._thread.is_alive()
+
+    def _serve(self):
+        try:
+            while not self._stopping.is_set():
+                try:
+                    conn, _ = self._listener.accept()
+                except socket.timeout:
+                    continue
+                except OSError:
+                    break
+                uid = _peer_uid(conn)
+                if uid is not None and uid != os.getuid():
+                    conn.close()  # another user's process: refuse without a word
+                    continue
+                self.session = Session(self, conn)
+                try:
+                    self.session.run()
+                finally:
+                    self.session = None
+                if self.once:
+                    break
+        finally:
+            self._close()
+
+    def _close(self):
+        try:
+            self._listener.close()
+        except OSError:
+            pass
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+        _forget_server(self)
+
+
+class Session:
+    """One connected host: hooks in, frames out, hooks out."""
+
+    def __init__(self, server: ProbeServer, conn: socket.socket):
+        self.server = server
+        self.conn = conn
+        self.queue = queue.Queue(maxsize=QUEUE_SIZE)
+        self.recorders = []
+        self.seq = 0
+        self.error = None  # set (from any thread) when the probe disables itself
+        self.reader = FrameReader()
+
+    def send(self, message):
+        self.conn.sendall(encode_frame(message))
+
+    def fail(self, exc):
+        """Called from a hook: stop recording at once; the session thread reports why."""
+        if self.error is None:
+            self.error = "%s: %s" % (type(exc).__name__, exc)
+            self.error_trace = traceback.format_exc(limit=8)
+        for recorder in self.recorders:
+            recorder.active = False
+
+    def run(self):
+        self.conn.settimeout(SEND_TIMEOUT_S)
+        try:
+            self._run()
+        except (OSError, FrameError, ValueError):
+            pass  # the host went away or spoke nonsense: just clean up
+        finally:
+            for recorder in self.recorders:
+                recorder.stop()
+            self.recorders = []
+            try:
+                self.conn.close()
+            except OSError:
+                pass
+
+    def _run(self):
+        roots = find_model_roots(self.server.explicit_models)
+        hello = {
+            "t": "hello",
+            "v": PROTOCOL_VERSION,
+            "pid": os.getpid(),
+            "mode": self.server.mode,
+            "framework": "torch",
+            "framework_version": torch.__version__,
+            "python": platform.python_version(),
+            "argv": list(sys.argv)[:16],
+            "models": [describe_model(i, root, layers) for i, (root, layers) in enumerate(roots)],
+        }
+        if not roots:
+            hello["error"] = {
+                "code": "no_moe",
+                "message": "No MoE layer the probe understands was found among the %d live torch modules."
+                % _count_modules(),
+            }
+            self.send(hello)
+            self._wait_for_close(1.0)
+            return
+        for model_id, (root, layers) in enumerate(roots):
+            self.recorders.append(Recorder(model_id, root, layers, self.queue,
+                                           self.server.flush_interval_s, self.fail))
+        self.send(hello)
+        for recorder in self.recorders:
+            recorder.start()
+        while not self.server._stopping.is_set():
+            if self.error is not None:
+                self.send({"t": "error", "code": "probe_failed", "message": self.error,
+                           "detail": getattr(self, "error_trace", "")})
+                break
+            try:
+                snapshot_owner, snapshot = self.queue.get(timeout=POLL_S)
+            except queue.Empty:
+                snapshot = None
+            if snapshot is not None:
+                self._send_counts(snapshot_owner, snapshot)
+            if not self._read_incoming():
+                return
+        self._send_final()
+
+    def _send_counts(self, recorder, snapshot):
+        self.seq += 1
+        counts = snapshot.to_host()
+        self.send({
+            "t": "counts",
+            "model": recorder.model_id,
+            "seq": self.seq,
+            "ts": snapshot.wall_time,
+            "passes": snapshot.passes,
+            "layers": recorder.num_layers,
+            "experts": recorder.num_experts,
+            "counts": _tensor_bytes(counts),
+            "dropped": recorder.dropped_snapshots,
+        })
+
+    def _send_final(self):
+        for recorder in self.recorders:
+            recorder.active = False
+            snapshot = recorder.flush_now()
+            if snapshot is not None:
+                self._send_counts(recorder, snapshot)
+        self.send({"t": "bye", "reason": "probe stopping"})
+
+    def _read_incoming(self) -> bool:
+        """Handle what the host sent; False when it closed the connection or asked to detach."""
+        readable, _, _ = select.select([self.conn], [], [], 0)
+        if not readable:
+            return True
+        data = self.conn.recv(65536)
+        if not data:
+            return False
+        for message in self.reader.feed(data):
+            if isinstance(message, dict) and message.get("t") == "detach":
+                self._send_final()
+                return False
+        return True
+
+    def _wait_for_close(self, timeout):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end and self._read_incoming():
+            time.sleep(POLL_S)
+
+
+def _count_modules():
+    import gc
+    from torch import nn
+    return sum(1 for obj in gc.get_objects() if issubclass(type(obj), nn.Module))
+
+
+# One probe per process.
+_server = None
+_server_lock = threading.Lock()
+
+
+def current_server():
+    return _server
+
+
+def start_server(mode, once, socket_dir=None, models=None):
+    global _server
+    with _server_lock:
+        if _server is not None and _server.running:
+            return _server
+        _server = ProbeServer(mode=mode, once=once, socket_dir=socket_dir, models=models)
+        _server.start()
+        return _server
+
+
+def _forget_server(server):
+    global _server
+    with _server_lock:
+        if _server is server:
+            _server = None

@@ -1,0 +1,27 @@
+/** Attach failures, each with a code the panel understands and a hint the user can act on. */
+import type { ErrorCode } from '../../src/protocol/panel';
+
+export class AttachError extends Error {
+  constructor(
+    readonly code: ErrorCode,
+    message: string,
+    readonly hint?: string,
+  ) {
+    super(message);
+    this.name = 'AttachError';
+  }
+}
+
+export const HINTS = {
+  ptrace:
+    'Attaching needs ptrace rights. Allow it for this session with `sudo sysctl kernel.yama.ptrace_scope=0`, ' +
+    'or start the job under the probe (`python -m moe_probe run script.py`, or `moe_probe.attach(model)` in it) so no ptrace is needed. ' +
+    'In a container, run it with `--cap-add=SYS_PTRACE`.',
+  gdb: 'Install gdb (Debian/Ubuntu: `sudo apt-get install gdb`), or start the job with `python -m moe_probe run script.py` so no injection is needed.',
+  blocked:
+    "The job's main thread has not run any Python since the probe was queued: it may be blocked in a long C call, " +
+    'waiting on input, or paused. It will attach as soon as the main thread runs Python again.',
+  no_moe:
+    'The probe recognises transformers MoE architectures (Mixtral, Qwen-MoE, OLMoE, ...) and routers with a weight shaped ' +
+    '[num_experts, hidden] that return top-k ids. If your model is MoE, please report its router class.',
+} as const;

@@ -1,0 +1,183 @@
+/**
+ * The host's core: answers panel requests, attaches to jobs, and relays their
+ * routing to the panel as coalesced updates at a bounded rate.
+ *
+ * It is independent of stdio so tests can drive it directly; main.ts wires it
+ * to native messaging.
+ */
+import * as fs from 'node:fs';
+import { PANEL_PROTOCOL_VERSION, type AttachMethod, type HostMessage, type JobUpdate, type PanelRequest } from '../../src/protocol/panel';
+import { countsToNumbers, type ModelInfo, type ProbeCounts, type ProbeFrame } from '../../src/protocol/probe';
+import { AttachError, HINTS } from './attach-errors';
+import { chooseMethod, inject, preflight, waitForProbe } from './inject';
+import { probeSocketPath, socketDir } from './paths';
+import { ProbeClient } from './probe-client';
+import { listTorchProcesses, processExists } from './processes';
+
+export interface HostOptions {
+  /** Folder that holds the moe_probe package (dist/host in a build). */
+  probeRoot: string;
+  socketDir?: string;
+  /** Most updates per second sent to the panel, per job. */
+  updateHz?: number;
+  attachTimeoutMs?: number;
+  gdbPath?: string;
+  log?: (line: string) => void;
+}
+
+interface Job {
+  pid: number;
+  client: ProbeClient;
+  method: AttachMethod;
+  models: ModelInfo[];
+  /** Latest counts per model not yet sent to the panel (older ones are coalesced away). */
+  pending: Map<number, ProbeCounts>;
+  coalesced: number;
+  detaching: boolean;
+}
+
+export class Host {
+  private jobs = new Map<number, Job>();
+  private attaching = new Set<number>();
+  private timer: NodeJS.Timeout;
+  private watchdog: NodeJS.Timeout;
+  private readonly dir: string;
+
+  constructor(
+    private readonly send: (message: HostMessage) => void,
+    private readonly opts: HostOptions,
+  ) {
+    this.dir = opts.socketDir ?? socketDir();
+    this.timer = setInterval(() => this.flushUpdates(), 1000 / (opts.updateHz ?? 30));
+    // A job killed hard may leave its socket open for a moment; poll so the panel hears within a second.
+    this.watchdog = setInterval(() => this.checkJobsAlive(), 250);
+  }
+
+  async handle(request: PanelRequest): Promise<void> {
+    switch (request.type) {
+      case 'hello':
+        this.send({ type: 'hello', version: PANEL_PROTOCOL_VERSION, host: 'moe-devtools-host', platform: process.platform });
+        return;
+      case 'list':
+        this.send({ type: 'processes', processes: listTorchProcesses(new Set(this.jobs.keys())) });
+        return;
+      case 'attach':
+        return this.attach(request.pid);
+      case 'detach':
+        return this.detach(request.pid);
+    }
+  }
+
+  private async attach(pid: number): Promise<void> {
+    if (this.jobs.has(pid) || this.attaching.has(pid)) {
+      this.send({ type: 'error', pid, code: 'already_attached', message: `Already attached to process ${pid}.` });
+      return;
+    }
+    this.attaching.add(pid);
+    const started = performance.now();
+    try {
+      let method: AttachMethod = 'socket';
+      let path = probeSocketPath(pid, this.dir);
+      if (!fs.existsSync(path)) {
+        const facts = preflight(pid);
+        const injectMethod = chooseMethod(facts);
+        method = injectMethod;
+        this.send({ type: 'attaching', pid, method });
+        await inject(facts, injectMethod, { probeRoot: this.opts.probeRoot, socketDir: this.dir, gdbPath: this.opts.gdbPath });
+        path = await waitForProbe(pid, this.dir, this.opts.attachTimeoutMs ?? 15000);
+      } else if (!processExists(pid)) {
+        fs.rmSync(path, { force: true }); // a probe's socket left by a job that died
+        throw new AttachError('no_such_process', `Process ${pid} does not exist (it may have exited).`);
+      }
+      const { client, hello } = await ProbeClient.connect(path);
+      if (hello.error) {
+        await client.detach();
+        const code = hello.error.code === 'no_moe' ? 'no_moe' : 'probe_failed';
+        throw new AttachError(code, hello.error.message, code === 'no_moe' ? HINTS.no_moe : undefined);
+      }
+      const job: Job = { pid, client, method, models: hello.models, pending: new Map(), coalesced: 0, detaching: false };
+      this.jobs.set(pid, job);
+      client.on('frame', (frame) => this.onFrame(job, frame));
+      client.on('close', (err) => this.onClose(job, err));
+      this.send({
+        type: 'attached', pid, method, ms: Math.round(performance.now() - started),
+        python: hello.python, framework: hello.framework, frameworkVersion: hello.framework_version,
+        argv: hello.argv, models: hello.models,
+      });
+    } catch (err) {
+      const e = err instanceof AttachError ? err : new AttachError('internal', (err as Error).message ?? String(err));
+      this.send({ type: 'error', pid, code: e.code, message: e.message, ...(e.hint ? { hint: e.hint } : {}) });
+    } finally {
+      this.attaching.delete(pid);
+    }
+  }
+
+  async detach(pid: number): Promise<void> {
+    const job = this.jobs.get(pid);
+    if (!job) {
+      this.send({ type: 'error', pid, code: 'bad_request', message: `Not attached to process ${pid}.` });
+      return;
+    }
+    job.detaching = true;
+    await job.client.detach();
+  }
+
+  async detachAll(): Promise<void> {
+    await Promise.all([...this.jobs.values()].map((job) => {
+      job.detaching = true;
+      return job.client.detach();
+    }));
+  }
+
+  stop(): void {
+    clearInterval(this.timer);
+    clearInterval(this.watchdog);
+    for (const job of this.jobs.values()) job.client.close();
+  }
+
+  private onFrame(job: Job, frame: ProbeFrame) {
+    if (frame.t === 'counts') {
+      if (job.pending.has(frame.model)) job.coalesced += 1;
+      job.pending.set(frame.model, frame);
+    } else if (frame.t === 'error') {
+      this.send({ type: 'error', pid: job.pid, code: 'probe_failed', message: `The probe stopped itself: ${frame.message}` });
+    }
+  }
+
+  private onClose(job: Job, err: Error | null) {
+    if (this.jobs.get(job.pid) !== job) return;
+    this.flushJob(job); // the final counts sent before goodbye
+    this.jobs.delete(job.pid);
+    if (job.detaching) {
+      this.send({ type: 'detached', pid: job.pid, reason: 'requested' });
+    } else if (!processExists(job.pid)) {
+      this.send({ type: 'detached', pid: job.pid, reason: 'process_exited', message: `Process ${job.pid} exited.` });
+    } else if (err) {
+      this.send({ type: 'detached', pid: job.pid, reason: 'error', message: `Connection to the probe failed: ${err.message}` });
+    } else {
+      this.send({ type: 'detached', pid: job.pid, reason: 'probe_closed', message: 'The probe closed the connection.' });
+    }
+  }
+
+  private checkJobsAlive() {
+    for (const job of this.jobs.values()) {
+      if (!processExists(job.pid)) job.client.close();
+    }
+  }
+
+  private flushUpdates() {
+    for (const job of this.jobs.values()) this.flushJob(job);
+  }
+
+  private flushJob(job: Job) {
+    for (const counts of job.pending.values()) {
+      const update: JobUpdate = {
+        type: 'update', pid: job.pid, model: counts.model, passes: counts.passes,
+        layers: counts.layers, experts: counts.experts, counts: countsToNumbers(counts.counts),
+        ts: counts.ts, dropped: counts.dropped + job.coalesced,
+      };
+      this.send(update);
+    }
+    job.pending.clear();
+  }
+}

@@ -1,0 +1,103 @@
+/** One connection from the host to a probe's Unix socket. */
+import { EventEmitter } from 'node:events';
+import * as net from 'node:net';
+import { Packr } from 'msgpackr';
+import { ProtocolError, type ProbeFrame, type ProbeHello } from '../../src/protocol/probe';
+import { ProbeFrameReader, encodeFrameHeader } from './probe-frames';
+
+const packr = new Packr({ useRecords: false });
+
+export interface ProbeClientEvents {
+  frame: [ProbeFrame];
+  /** The connection ended; `error` says why when it was not a clean goodbye. */
+  close: [error: Error | null];
+}
+
+export class ProbeClient extends EventEmitter<ProbeClientEvents> {
+  private reader = new ProbeFrameReader();
+  private closed = false;
+  private closeError: Error | null = null;
+
+  private constructor(private readonly socket: net.Socket) {
+    super();
+    socket.on('data', (chunk) => this.onData(chunk));
+    socket.on('error', (err) => this.finish(err));
+    socket.on('close', () => this.finish(null));
+  }
+
+  /** Connect and wait for the probe's hello. */
+  static connect(path: string, timeoutMs = 10000): Promise<{ client: ProbeClient; hello: ProbeHello }> {
+    return new Promise((resolve, reject) => {
+      const socket = net.createConnection({ path });
+      const client = new ProbeClient(socket);
+      const timer = setTimeout(() => {
+        client.close();
+        reject(new Error(`the probe did not say hello within ${timeoutMs} ms`));
+      }, timeoutMs);
+      const onFrame = (frame: ProbeFrame) => {
+        if (frame.t !== 'hello') return;
+        clearTimeout(timer);
+        client.off('close', onClose);
+        resolve({ client, hello: frame });
+      };
+      const onClose = (err: Error | null) => {
+        clearTimeout(timer);
+        client.off('frame', onFrame);
+        reject(err ?? new Error('the probe closed the connection before saying hello'));
+      };
+      client.once('frame', onFrame);
+      client.once('close', onClose);
+    });
+  }
+
+  send(message: Record<string, unknown>): void {
+    if (this.closed) return;
+    const body = packr.pack(message);
+    this.socket.write(Buffer.concat([encodeFrameHeader(body.length), body]));
+  }
+
+  /** Ask the probe to remove its hooks and say goodbye; resolves when the connection is closed. */
+  detach(timeoutMs = 3000): Promise<void> {
+    if (this.closed) return Promise.resolve();
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        this.close();
+      }, timeoutMs);
+      this.once('close', () => {
+        clearTimeout(timer);
+        resolve();
+      });
+      this.send({ t: 'detach' });
+    });
+  }
+
+  close(): void {
+    this.socket.destroy();
+  }
+
+  get isClosed(): boolean {
+    return this.closed;
+  }
+
+  private onData(chunk: Buffer) {
+    let frames: ProbeFrame[];
+    try {
+      frames = this.reader.feed(chunk);
+    } catch (err) {
+      // A corrupt stream cannot be resynchronised: close this one connection only.
+      this.closeError = err instanceof ProtocolError ? err : new ProtocolError(String(err));
+      this.socket.destroy();
+      return;
+    }
+    for (const frame of frames) {
+      this.emit('frame', frame);
+      if (frame.t === 'bye') this.socket.end();
+    }
+  }
+
+  private finish(err: Error | null) {
+    if (this.closed) return;
+    this.closed = true;
+    this.emit('close', this.closeError ?? err);
+  }
+}

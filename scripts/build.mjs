@@ -1,0 +1,96 @@
+// Builds the unpacked extension into dist/extension and the native host into dist/host.
+import * as esbuild from 'esbuild';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import * as zlib from 'node:zlib';
+import { fileURLToPath } from 'node:url';
+import { writeHostLauncher } from './host-launcher.mjs';
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const ext = path.join(root, 'dist/extension');
+const host = path.join(root, 'dist/host');
+const watch = process.argv.includes('--watch');
+
+fs.rmSync(ext, { recursive: true, force: true });
+fs.rmSync(host, { recursive: true, force: true });
+fs.mkdirSync(ext, { recursive: true });
+fs.mkdirSync(host, { recursive: true });
+
+const common = { bundle: true, sourcemap: 'linked', logLevel: 'warning', legalComments: 'none' };
+
+await esbuild.build({
+  ...common,
+  entryPoints: {
+    background: 'src/background/service-worker.ts',
+    devtools: 'src/devtools/devtools.ts',
+    panel: 'panels/main.tsx',
+  },
+  outdir: ext,
+  format: 'iife',
+  target: 'chrome116',
+  jsx: 'automatic',
+  jsxImportSource: 'preact',
+  absWorkingDir: root,
+});
+
+await esbuild.build({
+  ...common,
+  entryPoints: ['native-host/src/main.ts'],
+  outfile: path.join(host, 'host.cjs'),
+  platform: 'node',
+  format: 'cjs',
+  target: 'node20',
+  absWorkingDir: root,
+});
+
+writeHostLauncher(host);
+fs.copyFileSync(path.join(root, 'manifest.json'), path.join(ext, 'manifest.json'));
+fs.copyFileSync(path.join(root, 'src/devtools/devtools.html'), path.join(ext, 'devtools.html'));
+fs.copyFileSync(path.join(root, 'panels/panel.html'), path.join(ext, 'panel.html'));
+fs.writeFileSync(path.join(ext, 'icon128.png'), icon(128));
+
+// The probe travels with the host: the host injects it from here.
+fs.cpSync(path.join(root, 'native-host/moe_probe'), path.join(host, 'moe_probe'), {
+  recursive: true,
+  filter: (src) => !src.includes('__pycache__'),
+});
+
+console.log(`built ${path.relative(root, ext)} and ${path.relative(root, host)}`);
+if (watch) console.log('(--watch is not supported; rerun the build)');
+
+/** A small generated icon: a 4x4 grid of expert cells, a few lit. No binary asset to keep in git. */
+function icon(size) {
+  const lit = new Set([0, 5, 6, 11, 12, 15]);
+  const raw = Buffer.alloc((size * 4 + 1) * size);
+  for (let y = 0; y < size; y++) {
+    raw[y * (size * 4 + 1)] = 0;
+    for (let x = 0; x < size; x++) {
+      const cell = Math.floor((y / size) * 4) * 4 + Math.floor((x / size) * 4);
+      const edge = x % (size / 4) < 4 || y % (size / 4) < 4;
+      const [r, g, b, a] = edge ? [0, 0, 0, 0] : lit.has(cell) ? [26, 115, 232, 255] : [189, 193, 198, 255];
+      raw.set([r, g, b, a], y * (size * 4 + 1) + 1 + x * 4);
+    }
+  }
+  const chunk = (type, data) => {
+    const len = Buffer.alloc(4);
+    len.writeUInt32BE(data.length);
+    const body = Buffer.concat([Buffer.from(type), data]);
+    const crc = Buffer.alloc(4);
+    crc.writeUInt32BE(zlib.crc32 ? zlib.crc32(body) : crc32(body));
+    return Buffer.concat([len, body, crc]);
+  };
+  const ihdr = Buffer.alloc(13);
+  ihdr.writeUInt32BE(size, 0);
+  ihdr.writeUInt32BE(size, 4);
+  ihdr.set([8, 6, 0, 0, 0], 8);
+  return Buffer.concat([Buffer.from([137, 80, 78, 71, 13, 10, 26, 10]), chunk('IHDR', ihdr), chunk('IDAT', zlib.deflateSync(raw)), chunk('IEND', Buffer.alloc(0))]);
+}
+
+function crc32(buf) {
+  let c = ~0;
+  for (const byte of buf) {
+    c ^= byte;
+    for (let k = 0; k < 8; k++) c = (c >>> 1) ^ (0xedb88320 & -(c & 1));
+  }
+  return ~c >>> 0;
+}

@@ -1,0 +1,105 @@
+/**
+ * Messages between the panel and the native host (JSON over native messaging,
+ * relayed unchanged by the service worker). One place for both sides.
+ */
+import type { ModelInfo } from './probe';
+
+export const PANEL_PROTOCOL_VERSION = 1;
+/** Chrome disconnects a native host that sends a message over 1 MiB. */
+export const MAX_HOST_MESSAGE_BYTES = 1024 * 1024;
+export const HOST_NAME = 'com.moe_devtools.host';
+
+export interface ProcessInfo {
+  pid: number;
+  /** Command line, joined with spaces, truncated for display. */
+  cmdline: string;
+  python: string | null;
+  torch: boolean;
+  /** A probe is already listening in this process (moe_probe.attach / python -m moe_probe run, or attached before). */
+  probe: boolean;
+  attached: boolean;
+}
+
+export type AttachMethod = 'socket' | 'remote_exec' | 'gdb' | 'lldb';
+
+/** Error codes the panel knows how to explain; `message` and `hint` carry the words. */
+export type ErrorCode =
+  | 'bad_request'
+  | 'no_such_process'
+  | 'not_python'
+  | 'not_our_user'
+  | 'no_torch'
+  | 'no_moe'
+  | 'gdb_missing'
+  | 'ptrace_denied'
+  | 'inject_failed'
+  | 'attach_timeout'
+  | 'process_exited'
+  | 'probe_failed'
+  | 'protocol_error'
+  | 'already_attached'
+  | 'unsupported_platform'
+  | 'host_unavailable'
+  | 'internal';
+
+export type PanelRequest =
+  | { type: 'hello'; version: number }
+  | { type: 'list' }
+  | { type: 'attach'; pid: number }
+  | { type: 'detach'; pid: number };
+
+export interface JobUpdate {
+  type: 'update';
+  pid: number;
+  model: number;
+  /** Passes (root forward calls) completed since attach, as of these counts. */
+  passes: number;
+  layers: number;
+  experts: number;
+  /** Cumulative tokens routed to each (layer, expert) since attach; row-major, layers * experts. */
+  counts: number[];
+  /** Probe wall-clock time of the snapshot, seconds since the epoch. */
+  ts: number;
+  /** Snapshots dropped on the way (probe queue full or host coalescing). */
+  dropped: number;
+}
+
+export type HostMessage =
+  | { type: 'hello'; version: number; host: string; platform: string }
+  | { type: 'processes'; processes: ProcessInfo[] }
+  | { type: 'attaching'; pid: number; method: AttachMethod }
+  | {
+      type: 'attached';
+      pid: number;
+      method: AttachMethod;
+      ms: number;
+      python: string;
+      framework: string;
+      frameworkVersion: string;
+      argv: string[];
+      models: ModelInfo[];
+    }
+  | JobUpdate
+  | { type: 'detached'; pid: number; reason: 'requested' | 'process_exited' | 'probe_closed' | 'error'; message?: string }
+  | { type: 'error'; pid?: number; code: ErrorCode; message: string; hint?: string };
+
+/** Validate a message from the panel; returns an error string or the request. */
+export function parsePanelRequest(value: unknown): PanelRequest | { error: string } {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) return { error: 'message should be a JSON object' };
+  const msg = value as Record<string, unknown>;
+  const pidOk = (p: unknown): p is number => typeof p === 'number' && Number.isInteger(p) && p > 0 && p < 2 ** 31;
+  switch (msg.type) {
+    case 'hello':
+      return typeof msg.version === 'number' ? { type: 'hello', version: msg.version } : { error: 'hello needs a version number' };
+    case 'list':
+      return { type: 'list' };
+    case 'attach':
+    case 'detach':
+      return pidOk(msg.pid) ? { type: msg.type, pid: msg.pid } : { error: `${msg.type} needs a positive integer pid` };
+    default:
+      return { error: `unknown request type ${JSON.stringify(msg.type)}` };
+  }
+}
+
+/** Name of the runtime port between the panel and the service worker. */
+export const PANEL_PORT_NAME = 'moe-panel';
