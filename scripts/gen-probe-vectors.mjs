@@ -1,0 +1,159 @@
+// Writes test/vectors/probe-frames.json: probe -> host frames (src/protocol/probe.ts)
+// with the exact MessagePack bytes msgpackr produces for them, so the Python probe's
+// encoder is held to the JavaScript side's bytes instead of a second hand-written copy
+// of the protocol.
+//
+//   node scripts/gen-probe-vectors.mjs          rewrite the file
+//   node scripts/gen-probe-vectors.mjs --check  exit 1 if the file is not what this script writes
+//
+// Each vector is {name, frame, msgpack_hex}; binary fields of `frame` are written as
+// {"$bin": "<hex>"}. Vectors with "invalid": true are well-formed MessagePack that
+// parseProbeFrame must reject with a ProtocolError whose message contains `expect_error`.
+//
+// Encoding: useRecords false (plain maps) and variableMapSize true (fixmap for small maps;
+// without it msgpackr writes every map as map16). That is the smallest-representation
+// encoding of the MessagePack spec, which is what the probe's encoder and the reference
+// Python msgpack package produce. Numbers: integers below 2^32 and non-integral floats only
+// (msgpackr writes larger integers as float64, the probe as uint64; the protocol never
+// sends such integers), and no integral floats (JSON could not tell them from integers).
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Packr } from 'msgpackr';
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const out = path.join(root, 'test/vectors/probe-frames.json');
+const packr = new Packr({ useRecords: false, variableMapSize: true });
+
+/** int64 little-endian payload of a counts frame, as {"$bin": hex}. */
+function int64s(values) {
+  const buf = Buffer.alloc(values.length * 8);
+  values.forEach((v, i) => buf.writeBigInt64LE(BigInt(v), i * 8));
+  return { $bin: buf.toString('hex') };
+}
+
+function bytes(n, seed = 1) {
+  const buf = Buffer.alloc(n);
+  for (let i = 0; i < n; i++) buf[i] = (i * 37 + seed) & 0xff;
+  return { $bin: buf.toString('hex') };
+}
+
+function layers(n, experts, topK, arch = 'topk-router', prefix = 'model.layers') {
+  return Array.from({ length: n }, (_, i) => ({ index: i, name: `${prefix}.${i}.mlp.gate`, arch, experts, top_k: topK }));
+}
+
+/** The JSON value with {"$bin": hex} turned into Buffers. */
+function fromJson(value) {
+  if (Array.isArray(value)) return value.map(fromJson);
+  if (value && typeof value === 'object') {
+    if (typeof value.$bin === 'string' && Object.keys(value).length === 1) return Buffer.from(value.$bin, 'hex');
+    return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, fromJson(v)]));
+  }
+  return value;
+}
+
+const longTrace = [
+  'Traceback (most recent call last):',
+  '  File "/opt/job/moe_probe/recorder.py", line 97, in _on_routing',
+  '    counts.scatter_add_(0, flat, ones[: flat.numel()])',
+  'RuntimeError: index 9 is out of bounds for dimension 0 with size 8',
+  '  (the probe disabled itself; the job goes on without it)',
+].join('\n');
+
+const valid = [
+  {
+    name: 'hello',
+    frame: {
+      t: 'hello', v: 1, pid: 4242, mode: 'library', framework: 'torch', framework_version: '2.13.0+cpu',
+      python: '3.12.3', argv: ['train.py', '--layers', '4'],
+      models: [{ id: 0, class: 'MixtralForCausalLM', model_type: 'mixtral', device: 'cpu', dtype: 'float32', layers: layers(4, 8, 2) }],
+    },
+  },
+  {
+    name: 'hello_injected_two_models',
+    frame: {
+      t: 'hello', v: 1, pid: 3141592, mode: 'injected', framework: 'torch', framework_version: '2.5.1+cu124',
+      python: '3.11.9',
+      // 16 items: an array16 header; non-ASCII and long strings: str8 with multi-byte UTF-8.
+      argv: ['/home/ana/données/train_moe.py', '--config', 'configs/mixtral-8x7b-instruct-finetune.yaml', ...Array.from({ length: 13 }, (_, i) => `--opt${i}=ü${i}`)],
+      models: [
+        { id: 0, class: 'Qwen3MoeForCausalLM', model_type: 'qwen3_moe', device: 'cuda:0', dtype: 'bfloat16', layers: layers(18, 128, 8) },
+        { id: 1, class: 'MyTinyMoE', model_type: '', device: 'cuda:1', dtype: 'float16', layers: layers(2, 4, 1, 'generic', 'blocks') },
+      ],
+    },
+  },
+  {
+    name: 'hello_error',
+    frame: {
+      t: 'hello', v: 1, pid: 77, mode: 'injected', framework: 'torch', framework_version: '2.13.0+cpu',
+      python: '3.10.14', argv: ['-c'], models: [],
+      error: { code: 'no_moe', message: 'No MoE layer the probe understands was found among the 312 live torch modules.' },
+    },
+  },
+  {
+    name: 'counts',
+    frame: {
+      t: 'counts', model: 0, seq: 1, ts: 1700000000.25, passes: 3, layers: 2, experts: 4,
+      counts: int64s([12, 0, 7, 5, 3, 9, 0, 12]), dropped: 0,
+    },
+  },
+  {
+    name: 'counts_large',
+    frame: {
+      // 4 x 16 int64 = 512 bytes (bin16); values past 2^32; seq, passes as uint16/uint32.
+      t: 'counts', model: 1, seq: 300, ts: 1754321098.765432, passes: 70000, layers: 4, experts: 16,
+      counts: int64s(Array.from({ length: 64 }, (_, i) => (i % 5 === 0 ? 2 ** 33 + i : i * 1000))), dropped: 200,
+    },
+  },
+  {
+    name: 'error',
+    frame: { t: 'error', code: 'probe_failed', message: 'RuntimeError: index 9 is out of bounds for dimension 0 with size 8', detail: longTrace },
+  },
+  { name: 'error_no_detail', frame: { t: 'error', code: 'probe_failed', message: 'CUDA error: device-side assert triggered' } },
+  { name: 'bye', frame: { t: 'bye', reason: 'detached' } },
+];
+
+const hello = valid[0].frame;
+const counts = valid[3].frame;
+const without = (obj, key) => Object.fromEntries(Object.entries(obj).filter(([k]) => k !== key));
+
+const invalid = [
+  { name: 'hello_wrong_version', frame: { ...hello, v: 2 }, expect_error: 'probe speaks protocol version 2, this host speaks 1' },
+  { name: 'hello_missing_pid', frame: without(hello, 'pid'), expect_error: 'field "pid" should be a whole number' },
+  { name: 'hello_bad_mode', frame: { ...hello, mode: 'attached' }, expect_error: 'field "mode" should be "injected" or "library"' },
+  { name: 'hello_argv_not_strings', frame: { ...hello, argv: ['train.py', 3] }, expect_error: 'field "argv" should be a list of strings' },
+  {
+    name: 'hello_top_k_over_experts',
+    frame: { ...hello, models: [{ ...hello.models[0], layers: [{ index: 0, name: 'gate', arch: 'topk-router', experts: 4, top_k: 5 }] }] },
+    expect_error: 'layer has 4 experts and top_k 5',
+  },
+  { name: 'counts_wrong_length', frame: { ...counts, counts: bytes(60) }, expect_error: 'counts holds 60 bytes, expected 2x4 int64 values' },
+  { name: 'counts_missing_counts', frame: without(counts, 'counts'), expect_error: 'field "counts" should be binary data' },
+  { name: 'counts_negative_seq', frame: { ...counts, seq: -1 }, expect_error: 'field "seq" should be a whole number' },
+  { name: 'counts_ts_string', frame: { ...counts, ts: 'now' }, expect_error: 'field "ts" should be a number' },
+  { name: 'unknown_t', frame: { t: 'hullo', reason: 'x' }, expect_error: 'unknown frame type "hullo"' },
+  { name: 'missing_t', frame: { reason: 'detached' }, expect_error: 'unknown frame type undefined' },
+  { name: 'not_a_map', frame: ['bye', 'detached'], expect_error: 'frame should be a MessagePack map' },
+  { name: 'bye_reason_number', frame: { t: 'bye', reason: 7 }, expect_error: 'field "reason" should be a string' },
+  { name: 'error_missing_message', frame: { t: 'error', code: 'probe_failed' }, expect_error: 'field "message" should be a string' },
+];
+
+const vectors = [
+  ...valid.map((v) => ({ name: v.name, frame: v.frame, msgpack_hex: packr.pack(fromJson(v.frame)).toString('hex') })),
+  ...invalid.map((v) => ({
+    name: v.name, invalid: true, expect_error: v.expect_error, frame: v.frame, msgpack_hex: packr.pack(fromJson(v.frame)).toString('hex'),
+  })),
+];
+
+const text = `${JSON.stringify(vectors, null, 2)}\n`;
+if (process.argv.includes('--check')) {
+  const current = fs.existsSync(out) ? fs.readFileSync(out, 'utf8') : '';
+  if (current !== text) {
+    console.error(`${path.relative(root, out)} is out of date: run node scripts/gen-probe-vectors.mjs`);
+    process.exit(1);
+  }
+} else {
+  fs.mkdirSync(path.dirname(out), { recursive: true });
+  fs.writeFileSync(out, text);
+  console.log(`wrote ${vectors.length} vectors to ${path.relative(root, out)}`);
+}
