@@ -1,0 +1,221 @@
+"""The Python probe against the shared probe-frame vectors (test/vectors/probe-frames.json).
+
+The protocol is defined once, in src/protocol/probe.ts; the vectors are packed on the
+JavaScript side by scripts/gen-probe-vectors.mjs. Here the probe's own MessagePack
+encoder must produce exactly the same bytes, and the frames a real probe sends about a
+real model must have exactly the keys and value types of the vector of the same "t".
+"""
+
+import json
+import os
+import shutil
+import socket
+import struct
+import sys
+import tempfile
+import time
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+NATIVE_HOST = os.path.dirname(HERE)
+ROOT = os.path.dirname(NATIVE_HOST)
+if NATIVE_HOST not in sys.path:
+    sys.path.insert(0, NATIVE_HOST)
+
+from moe_probe import framing  # noqa: E402
+from moe_probe import msgpack as probe_msgpack  # noqa: E402
+
+with open(os.path.join(ROOT, "test", "vectors", "probe-frames.json"), encoding="utf-8") as _f:
+    VECTORS = json.load(_f)
+VALID = [v for v in VECTORS if not v.get("invalid")]
+BY_NAME = {v["name"]: v for v in VECTORS}
+
+
+def from_json(value):
+    """The vector's JSON value with {"$bin": hex} turned into bytes."""
+    if isinstance(value, list):
+        return [from_json(item) for item in value]
+    if isinstance(value, dict):
+        if list(value) == ["$bin"]:
+            return bytes.fromhex(value["$bin"])
+        return {key: from_json(item) for key, item in value.items()}
+    return value
+
+
+def ids(vectors):
+    return [v["name"] for v in vectors]
+
+
+@pytest.mark.parametrize("vector", VECTORS, ids=ids(VECTORS))
+def test_probe_encoder_produces_the_vector_bytes(vector):
+    value = from_json(vector["frame"])
+    expected = bytes.fromhex(vector["msgpack_hex"])
+    assert probe_msgpack.packb(value) == expected
+    assert framing.encode_frame(value) == struct.pack("<I", len(expected)) + expected
+
+
+@pytest.mark.parametrize("vector", VECTORS, ids=ids(VECTORS))
+def test_probe_decoder_round_trips_the_vector_bytes(vector):
+    value = from_json(vector["frame"])
+    data = bytes.fromhex(vector["msgpack_hex"])
+    assert probe_msgpack.unpackb(data) == value
+    assert probe_msgpack.unpackb(probe_msgpack.packb(value)) == value
+    # The same bytes through the stream reader, split at every position.
+    stream = framing.encode_frame(value)
+    for cut in range(len(stream) + 1):
+        reader = framing.FrameReader()
+        assert reader.feed(stream[:cut]) + reader.feed(stream[cut:]) == [value]
+
+
+@pytest.mark.parametrize("vector", VECTORS, ids=ids(VECTORS))
+def test_reference_msgpack_agrees_with_the_vector_bytes(vector):
+    msgpack = pytest.importorskip("msgpack")
+    value = from_json(vector["frame"])
+    assert msgpack.packb(value, use_bin_type=True) == bytes.fromhex(vector["msgpack_hex"])
+
+
+def test_probe_speaks_the_vectors_protocol_version():
+    import moe_probe
+    assert moe_probe.PROTOCOL_VERSION == BY_NAME["hello"]["frame"]["v"]
+
+
+# -- a real probe, attached to a real (tiny) transformers model --------------------
+
+
+def assert_same_shape(real, ref, where="frame"):
+    """Same key sets and value types as the reference value, all the way down."""
+    if isinstance(ref, dict):
+        assert isinstance(real, dict), "%s: expected a map, got %r" % (where, type(real).__name__)
+        assert set(real) == set(ref), "%s: keys %s, vector has %s" % (where, sorted(real), sorted(ref))
+        for key in ref:
+            assert_same_shape(real[key], ref[key], "%s.%s" % (where, key))
+    elif isinstance(ref, list):
+        assert isinstance(real, list), "%s: expected a list, got %r" % (where, type(real).__name__)
+        if ref:
+            for i, item in enumerate(real):
+                assert_same_shape(item, ref[0], "%s[%d]" % (where, i))
+    else:
+        assert type(real) is type(ref), "%s: %r is %s, vector has %s" % (
+            where, real, type(real).__name__, type(ref).__name__)
+
+
+def read_frame(conn):
+    """One frame from the socket, decoded independently of the probe's own decoder when possible."""
+    head = recv_exactly(conn, 4)
+    if head is None:
+        return None
+    (length,) = struct.unpack("<I", head)
+    body = recv_exactly(conn, length)
+    assert body is not None, "connection closed inside a frame"
+    value = probe_msgpack.unpackb(body)
+    try:
+        import msgpack
+    except ImportError:
+        return value
+    assert msgpack.unpackb(body, raw=False) == value
+    return value
+
+
+def recv_exactly(conn, n):
+    data = b""
+    while len(data) < n:
+        chunk = conn.recv(n - len(data))
+        if not chunk:
+            assert not data, "connection closed inside a frame"
+            return None
+        data += chunk
+    return data
+
+
+@pytest.fixture
+def socket_dir(monkeypatch):
+    # Short path under /tmp: Unix socket paths are limited to about 100 bytes.
+    path = tempfile.mkdtemp(prefix="moe-vec-")
+    monkeypatch.setenv("MOE_DEVTOOLS_SOCKET_DIR", path)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def tiny_mixtral():
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.MixtralConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2,
+        max_position_embeddings=64)
+    return transformers.MixtralForCausalLM(config).eval()
+
+
+def test_real_probe_frames_match_the_vectors(socket_dir):
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    import moe_probe
+
+    model = tiny_mixtral()
+    generator = torch.Generator().manual_seed(1)
+    batches = [torch.randint(0, 64, (2, 8), generator=generator) for _ in range(3)]
+
+    moe_probe.detach()  # one probe per process: make sure this test's is the one listening
+    conn = None
+    try:
+        path = moe_probe.attach(model)
+        assert os.path.dirname(path) == socket_dir
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        conn.settimeout(10)
+        conn.connect(path)
+
+        hello = read_frame(conn)
+        assert hello["t"] == "hello"
+        assert_same_shape(hello, from_json(BY_NAME["hello"]["frame"]))
+        assert hello["mode"] == "library" and hello["pid"] == os.getpid()
+        assert len(hello["models"]) == 1
+        layers = hello["models"][0]["layers"]
+        assert [(l["index"], l["experts"], l["top_k"]) for l in layers] == [(0, 4, 2), (1, 4, 2)]
+
+        # The hooks go in right after the hello is sent: wait for them before the passes.
+        deadline = time.monotonic() + 10
+        while not model._forward_hooks:
+            assert time.monotonic() < deadline, "the probe did not hook the model"
+            time.sleep(0.01)
+
+        expected = torch.zeros(2, 4, dtype=torch.int64)
+        with torch.no_grad():
+            for batch in batches:
+                out = model(batch, output_router_logits=True)
+                assert len(out.router_logits) == 2
+                for layer, logits in enumerate(out.router_logits):
+                    chosen = torch.topk(torch.softmax(logits.float(), dim=-1), 2, dim=-1).indices
+                    expected[layer] += torch.bincount(chosen.reshape(-1), minlength=4)
+        assert int(expected.sum()) == 3 * 2 * 8 * 2 * 2  # passes * tokens * top_k * layers
+
+        conn.sendall(framing.encode_frame({"t": "detach"}))
+        frames = []
+        while True:
+            frame = read_frame(conn)
+            if frame is None:
+                break
+            frames.append(frame)
+            if frame["t"] == "bye":
+                break
+
+        kinds = [frame["t"] for frame in frames]
+        assert kinds and kinds[-1] == "bye", kinds
+        assert set(kinds) <= {"counts", "bye"}, frames
+        assert_same_shape(frames[-1], from_json(BY_NAME["bye"]["frame"]))
+        counts = [frame for frame in frames if frame["t"] == "counts"]
+        assert counts, "no counts frame before bye"
+        for frame in counts:
+            assert_same_shape(frame, from_json(BY_NAME["counts"]["frame"]))
+            assert (frame["model"], frame["layers"], frame["experts"]) == (0, 2, 4)
+            assert len(frame["counts"]) == 2 * 4 * 8
+        assert [f["seq"] for f in counts] == sorted(f["seq"] for f in counts)
+        last = counts[-1]
+        decoded = struct.unpack("<8q", last["counts"])
+        assert last["passes"] == 3
+        assert [list(decoded[0:4]), list(decoded[4:8])] == expected.tolist()
+    finally:
+        if conn is not None:
+            conn.close()
+        moe_probe.detach()
