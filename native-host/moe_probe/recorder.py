@@ -62,6 +62,15 @@ class Recorder:
         self._ones: Dict[torch.device, torch.Tensor] = {}
         self._last_flush = 0.0
         self._lock = threading.Lock()
+        # Routing is counted only inside a pass whose start we saw, so the
+        # counts always cover whole passes even when hooks go in mid-forward.
+        self._pass_depth = 0
+        self._in_pass = False
+        # A job that calls a submodule instead of the root never runs the root's
+        # hooks; after this many routing calls outside a pass, stop gating.
+        self._ungated = False
+        self._calls_outside_pass = 0
+        self._force_flush = False
 
     # -- lifecycle (called from the probe's own thread) --
 
@@ -69,7 +78,9 @@ class Recorder:
         with self._lock:
             for layer in self.layers:
                 self._handles += layer.install(self._on_routing)
-            self._handles.append(self.root.register_forward_hook(self._on_pass_end))
+            # always_call: a forward that raises still ends the pass.
+            self._handles.append(self.root.register_forward_pre_hook(self._on_pass_start))
+            self._handles.append(self.root.register_forward_hook(self._on_pass_end, always_call=True))
             self.active = True
 
     def stop(self):
@@ -81,9 +92,20 @@ class Recorder:
 
     # -- hooks (called from the job's thread, inside its forward) --
 
+    def _on_pass_start(self, module, args):
+        if self.active:
+            self._pass_depth += 1
+            if self._pass_depth == 1:
+                self._in_pass = True
+
     def _on_routing(self, layer: MoELayer, routing: Routing):
         if not self.active:
             return  # a hook snapshot taken by torch just before detach
+        if not (self._in_pass or self._ungated):
+            self._calls_outside_pass += 1
+            if self._calls_outside_pass > 4 * self.num_layers:
+                self._ungated = True
+            return
         try:
             ids = routing.ids.detach().reshape(-1)
             device = ids.device
@@ -99,15 +121,26 @@ class Recorder:
             counts.scatter_add_(0, flat, ones[: flat.numel()])
         except Exception as exc:  # never let the probe break the job's forward
             self.on_error(exc)
+            return
+        if self._ungated and layer.index == self.num_layers - 1:
+            self._end_pass()  # no root call to mark passes: the last MoE layer does
 
     def _on_pass_end(self, module, args, output):
-        if not self.active:
+        if not self.active or self._pass_depth == 0:
+            return  # the pass began before our hooks went in: it was not counted
+        self._pass_depth -= 1
+        if self._pass_depth:
             return
+        self._in_pass = False
+        self._end_pass()
+
+    def _end_pass(self):
         try:
             self.passes += 1
             now = time.monotonic()
-            if now - self._last_flush < self.flush_interval_s or not self._counts:
+            if not self._counts or (now - self._last_flush < self.flush_interval_s and not self._force_flush):
                 return
+            self._force_flush = False
             if _capturing_cuda_graph():
                 return  # a clone now would be recorded into the graph, not run
             self._last_flush = now
@@ -123,8 +156,16 @@ class Recorder:
         except Exception as exc:
             self.on_error(exc)
 
+    def request_flush(self):
+        """Ask for a snapshot at the end of the next pass, whatever the interval."""
+        self._force_flush = True
+
+    @property
+    def flush_pending(self) -> bool:
+        return self._force_flush
+
     def flush_now(self) -> Optional[Snapshot]:
-        """A snapshot taken outside any pass (on detach, so the last counts are sent)."""
+        """A snapshot taken outside any pass; consistent only while the job is between passes."""
         if not self._counts:
             return None
         clones = [tensor.clone() for tensor in self._counts.values()]

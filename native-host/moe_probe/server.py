@@ -30,6 +30,7 @@ DEFAULT_FLUSH_INTERVAL_S = 0.05
 QUEUE_SIZE = 64
 SEND_TIMEOUT_S = 5.0
 POLL_S = 0.05
+FINAL_FLUSH_WAIT_S = 0.5
 
 
 def _peer_uid(conn):
@@ -225,12 +226,27 @@ class Session:
         })
 
     def _send_final(self):
+        """Send counts that cover whole passes, then stop recording and say goodbye."""
+        for recorder in self.recorders:
+            recorder.request_flush()
+        deadline = time.monotonic() + FINAL_FLUSH_WAIT_S
+        waiting = set(self.recorders)
+        while (waiting or not self.queue.empty()) and time.monotonic() < deadline:
+            try:
+                owner, snapshot = self.queue.get(timeout=POLL_S)
+            except queue.Empty:
+                continue
+            self._send_counts(owner, snapshot)
+            if not owner.flush_pending:
+                waiting.discard(owner)
         for recorder in self.recorders:
             recorder.active = False
+        for recorder in waiting:
+            # No pass ended in time: the job is idle between passes, so the counters are whole.
             snapshot = recorder.flush_now()
             if snapshot is not None:
                 self._send_counts(recorder, snapshot)
-        self.send({"t": "bye", "reason": "probe stopping"})
+        self.send({"t": "bye", "reason": "detached"})
 
     def _read_incoming(self) -> bool:
         """Handle what the host sent; False when it closed the connection or asked to detach."""

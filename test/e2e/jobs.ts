@@ -1,0 +1,92 @@
+/** Real Python jobs for the end-to-end tests, and reading what they recorded about themselves. */
+import { type ChildProcess, spawn } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+
+export const ROOT = path.resolve(__dirname, '../..');
+
+export function pythonPath(): string {
+  const venv = path.join(ROOT, '.venv/bin/python');
+  const python = process.env.MOE_PYTHON ?? venv;
+  if (!fs.existsSync(python)) throw new Error(`No Python at ${python}: run \`npm run setup-python\` (or set MOE_PYTHON).`);
+  return python;
+}
+
+export interface PassRecord {
+  pass: number;
+  counts: number[][];
+  out: string;
+  hooks: number;
+  threads: string[];
+}
+
+export interface Job {
+  pid: number;
+  process: ChildProcess;
+  log: string;
+  passes(): PassRecord[];
+  stop(): Promise<void>;
+}
+
+function readLog(log: string): { ready?: Record<string, unknown>; passes: PassRecord[] } {
+  const out: { ready?: Record<string, unknown>; passes: PassRecord[] } = { passes: [] };
+  for (const line of fs.readFileSync(log, 'utf8').split('\n')) {
+    if (!line.trim()) continue;
+    let value: Record<string, unknown>;
+    try {
+      value = JSON.parse(line);
+    } catch {
+      continue; // the line being written right now
+    }
+    if (value.ready) out.ready = value;
+    else out.passes.push(value as unknown as PassRecord);
+  }
+  return out;
+}
+
+/** Start test/jobs/tiny_moe_job.py (a real transformers model; it never imports the probe). */
+export async function startTinyJob(args: string[] = [], minPasses = 8): Promise<Job> {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'moe-job-'));
+  const log = path.join(dir, 'job.jsonl');
+  const child = spawn(pythonPath(), [path.join(ROOT, 'test/jobs/tiny_moe_job.py'), '--log', log, ...args], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  let stderr = '';
+  child.stderr!.on('data', (d) => (stderr += d));
+  const job: Job = {
+    pid: child.pid!,
+    process: child,
+    log,
+    passes: () => readLog(log).passes,
+    stop: () =>
+      new Promise((resolve) => {
+        if (child.exitCode !== null || child.signalCode !== null) return resolve();
+        child.once('exit', () => resolve());
+        child.kill('SIGKILL');
+      }),
+  };
+  const deadline = Date.now() + 60_000;
+  while (Date.now() < deadline) {
+    if (child.exitCode !== null) throw new Error(`job exited early (${child.exitCode}): ${stderr}`);
+    if (fs.existsSync(log) && readLog(log).passes.length >= minPasses) return job;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  await job.stop();
+  throw new Error(`job did not run ${minPasses} passes within 60 s: ${stderr}`);
+}
+
+/**
+ * The start of a run of `n` consecutive passes whose summed counts for `layer`
+ * equal `shown`, or -1. The probe attaches at an arbitrary pass, so the test
+ * looks for the window rather than assuming where it starts.
+ */
+export function findWindow(passes: PassRecord[], layer: number, n: number, shown: number[]): number {
+  if (n <= 0) return -1;
+  for (let start = 0; start + n <= passes.length; start++) {
+    const sum = new Array(shown.length).fill(0);
+    for (let i = start; i < start + n; i++) passes[i].counts[layer].forEach((c, e) => (sum[e] += c));
+    if (sum.every((v, e) => v === shown[e])) return start;
+  }
+  return -1;
+}
