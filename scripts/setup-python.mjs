@@ -1,0 +1,33 @@
+// Creates .venv with torch, transformers and the test tools (idempotent: a no-op when satisfied).
+import { execFileSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { ROOT, VENV_PYTHON } from './python-env.mjs';
+
+function findBasePython() {
+  for (const candidate of [process.env.PYTHON, 'python3', 'python']) {
+    if (!candidate) continue;
+    try {
+      const version = execFileSync(candidate, ['-c', 'import sys; print("%d.%d" % sys.version_info[:2])'], { encoding: 'utf8' }).trim();
+      const [major, minor] = version.split('.').map(Number);
+      if (major === 3 && minor >= 10) return candidate;
+    } catch {
+      // not installed; try the next one
+    }
+  }
+  console.error('setup-python: Python 3.10 or newer is needed (set PYTHON=/path/to/python3).');
+  process.exit(1);
+}
+
+if (!fs.existsSync(VENV_PYTHON)) {
+  const base = findBasePython();
+  console.log(`setup-python: creating .venv with ${base}`);
+  execFileSync(base, ['-m', 'venv', path.join(ROOT, '.venv')], { stdio: 'inherit' });
+}
+// PIP_RETRIES=0: on machines with a local package mirror and no internet, pip would otherwise
+// spend a minute retrying the unreachable default index.
+execFileSync(VENV_PYTHON, ['-m', 'pip', 'install', '--quiet', '--disable-pip-version-check', '-r', path.join(ROOT, 'native-host/requirements-dev.txt')], {
+  stdio: 'inherit',
+  env: { PIP_RETRIES: '0', ...process.env },
+});
+console.log('setup-python: .venv is ready');
