@@ -1,0 +1,58 @@
+import { describe, expect, it } from 'vitest';
+import { PANEL_PROTOCOL_VERSION, parsePanelRequest } from '../../src/protocol/panel';
+
+describe('parsePanelRequest', () => {
+  it.each([
+    [{ type: 'hello', version: PANEL_PROTOCOL_VERSION }, { type: 'hello', version: PANEL_PROTOCOL_VERSION }],
+    [{ type: 'hello', version: 99 }, { type: 'hello', version: 99 }], // the host answers with its own version
+    [{ type: 'list' }, { type: 'list' }],
+    [{ type: 'list', extra: 'ignored' }, { type: 'list' }],
+    [{ type: 'attach', pid: 1 }, { type: 'attach', pid: 1 }],
+    [{ type: 'attach', pid: 4194304 }, { type: 'attach', pid: 4194304 }],
+    [{ type: 'detach', pid: 2 ** 31 - 1 }, { type: 'detach', pid: 2 ** 31 - 1 }],
+    [{ type: 'detach', pid: 77, other: [1, 2] }, { type: 'detach', pid: 77 }],
+  ])('accepts %j', (message, request) => {
+    expect(parsePanelRequest(message)).toEqual(request);
+  });
+
+  it('copies only the known fields (nothing else from the message leaks through)', () => {
+    const request = parsePanelRequest(JSON.parse('{"type":"attach","pid":5,"__proto__":{"evil":true},"cmd":"rm -rf /"}'));
+    expect(Object.keys(request)).toEqual(['type', 'pid']);
+    expect((request as Record<string, unknown>).evil).toBeUndefined();
+  });
+
+  it.each([
+    [null, 'message should be a JSON object'],
+    [undefined, 'message should be a JSON object'],
+    [42, 'message should be a JSON object'],
+    ['list', 'message should be a JSON object'],
+    [[{ type: 'list' }], 'message should be a JSON object'],
+    [{}, 'unknown request type undefined'],
+    [{ type: 'LIST' }, 'unknown request type "LIST"'],
+    [{ type: 'exec', cmd: 'id' }, 'unknown request type "exec"'],
+    [{ type: 7 }, 'unknown request type 7'],
+    [{ type: 'hello' }, 'hello needs a version number'],
+    [{ type: 'hello', version: '1' }, 'hello needs a version number'],
+    [{ type: 'attach' }, 'attach needs a positive integer pid'],
+    [{ type: 'attach', pid: '123' }, 'attach needs a positive integer pid'],
+    [{ type: 'attach', pid: 0 }, 'attach needs a positive integer pid'],
+    [{ type: 'attach', pid: -1 }, 'attach needs a positive integer pid'],
+    [{ type: 'attach', pid: 1.5 }, 'attach needs a positive integer pid'],
+    [{ type: 'attach', pid: 2 ** 31 }, 'attach needs a positive integer pid'],
+    [{ type: 'attach', pid: Number.NaN }, 'attach needs a positive integer pid'],
+    [{ type: 'attach', pid: Number.POSITIVE_INFINITY }, 'attach needs a positive integer pid'],
+    [{ type: 'detach', pid: null }, 'detach needs a positive integer pid'],
+    [{ type: 'detach', pid: [3] }, 'detach needs a positive integer pid'],
+  ])('rejects %j', (message, error) => {
+    expect(parsePanelRequest(message)).toEqual({ error });
+  });
+
+  it('never throws, whatever JSON.parse can produce', () => {
+    const inputs = ['{"type":{"toString":1}}', '{"type":"attach","pid":1e400}', '{"type":"hello","version":-0}', '[[[[[]]]]]', '"\\u0000"', 'true'];
+    for (const text of inputs) {
+      const result = parsePanelRequest(JSON.parse(text));
+      expect(typeof result).toBe('object');
+    }
+    expect(parsePanelRequest(JSON.parse('{"type":"attach","pid":1e400}'))).toEqual({ error: 'attach needs a positive integer pid' });
+  });
+});
