@@ -10,18 +10,24 @@ The probe then listens on a private Unix socket; hooks are installed only while
 the DevTools panel is attached, so an idle probe costs nothing in the forward.
 """
 
+from .recorder import Settings
 from .routers import MoELayer, Routing, find_moe_layers
 from .server import PROTOCOL_VERSION, current_server, start_server
 
 __all__ = ["attach", "detach", "find_moe_layers", "MoELayer", "Routing", "PROTOCOL_VERSION"]
 
 
-def attach(model=None):
-    """Make this process attachable from the MoE panel; returns the socket path."""
+def attach(model=None, **settings):
+    """Make this process attachable from the MoE panel; returns the socket path.
+
+    model: a module (or list of modules) to watch; None finds MoE models by itself
+    each time the panel attaches. settings: see recorder.Settings (flush_interval_s,
+    token_sample, token_passes_per_s, token_bytes_per_s, health_passes_per_s).
+    """
     models = None
     if model is not None:
         models = list(model) if isinstance(model, (list, tuple)) else [model]
-    server = start_server(mode="library", once=False, models=models)
+    server = start_server(mode="library", once=False, models=models, settings=Settings(**settings))
     return server.path
 
 

@@ -1,17 +1,29 @@
 """Accumulates routing on the model's own device, without stalling its forward.
 
 Hooks run on the job's thread, inside its forward pass. They only queue device
-work (`scatter_add_` of the chosen expert ids into a [layers * experts] counter)
-and bump Python integers; no `.item()`, `.cpu()` or other host sync happens
-there. At the end of a pass, at most once per flush interval, the counters are
-cloned on the device and handed to the sender thread, which does the copy to
-host memory. Counts are cumulative since attach, so a dropped snapshot loses
-no tokens: the next one still carries them.
+work and bump Python numbers; no `.item()`, `.cpu()` or other host sync
+happens there. What is kept:
+
+* counts: `scatter_add_` of the chosen expert ids into a [layers * experts]
+  int64 counter, cumulative since attach;
+* router health, from the logits when the router exposes them: sums of the
+  per-token softmax entropy and of logsumexp^2 (z-loss), the largest logit,
+  NaN/Inf counts, and tokens dropped by expert capacity, cumulative too;
+* time inside each MoE block (perf counters on CPU; on GPU, CUDA events read
+  by the sender thread) and the probe's own time in its hooks;
+* for sampled passes, every sampled token's top-k ids and weights per layer,
+  with its input token id.
+
+At the end of a pass, at most once per flush interval, the counters are cloned
+on the device and handed to the sender thread, which copies them to host
+memory. Cumulative counters mean a dropped snapshot loses nothing: the next
+one still carries it.
 """
 
 import queue
 import threading
 import time
+from time import perf_counter
 from typing import Dict, List, Optional
 
 import torch
@@ -19,47 +31,125 @@ from torch import nn
 
 from .routers import MoELayer, Routing
 
+# Columns of the per-layer health accumulator (float64, cumulative).
+HEALTH_COLUMNS = ("logit_tokens", "entropy_sum", "zloss_sum", "nan", "inf", "dropped")
+
+
+class Settings:
+    """Probe settings; the defaults are what the overhead benchmark measures."""
+
+    def __init__(self, flush_interval_s=0.05, token_sample=128, token_passes_per_s=10.0,
+                 token_bytes_per_s=2_000_000, health_passes_per_s=50.0):
+        self.flush_interval_s = flush_interval_s
+        self.token_sample = token_sample  # tokens per sampled pass (the first ones of the batch)
+        self.token_passes_per_s = token_passes_per_s  # most sampled passes per second
+        self.token_bytes_per_s = token_bytes_per_s  # byte budget for token records
+        # Router health costs ~15 small kernels per layer: on fast GPU decode loops it is
+        # computed on at most this many passes per second (entropy and z-loss are means
+        # over the passes measured; NaN/Inf counts cover those passes).
+        self.health_passes_per_s = health_passes_per_s
+
+    def describe(self):
+        return dict(vars(self))
+
 
 class Snapshot:
-    """Counters as of the end of one pass, still on the device until `to_host`."""
+    """Everything cumulative as of the end of one pass, still on the device until `to_host`."""
 
-    __slots__ = ("passes", "counts", "event", "wall_time")
+    __slots__ = ("passes", "tensors", "event", "wall_time", "host")
 
-    def __init__(self, passes, counts, event, wall_time):
+    def __init__(self, passes, tensors, event, wall_time, host):
         self.passes = passes
-        self.counts = counts  # list of device tensors, one per device holding layers
+        self.tensors = tensors  # {"counts": [per-device tensors], "health": [...], "max_logit": [...]}
         self.event = event
         self.wall_time = wall_time
+        self.host = host  # plain Python values taken at the same moment (times, phases)
 
-    def to_host(self) -> torch.Tensor:
+    def to_host(self) -> Dict[str, torch.Tensor]:
         if self.event is not None:
             self.event.synchronize()
-        total = None
-        for tensor in self.counts:
-            host = tensor.to("cpu")
-            total = host if total is None else total + host
-        return total
+        out = {}
+        for name, parts in self.tensors.items():
+            total = None
+            for tensor in parts:
+                host = tensor.to("cpu")
+                if total is None:
+                    total = host
+                elif name == "max_logit":
+                    total = torch.maximum(total, host)
+                else:
+                    total = total + host
+            out[name] = total
+        return out
+
+
+class TokenRecord:
+    """Top-k choices of the sampled tokens of one pass, per layer (device tensors until sent)."""
+
+    __slots__ = ("pass_id", "phase", "token_ids", "layers", "event")
+
+    def __init__(self, pass_id, phase, token_ids):
+        self.pass_id = pass_id
+        self.phase = phase
+        self.token_ids = token_ids
+        self.layers = {}  # layer index -> (ids [n, k] int32, weights [n, k] float32 or None)
+        self.event = None
+
+
+class _DeviceState:
+    def __init__(self, num_layers, num_experts, device):
+        self.counts = torch.zeros(num_layers * num_experts, dtype=torch.int64, device=device)
+        self.health = torch.zeros(num_layers, len(HEALTH_COLUMNS), dtype=torch.float64, device=device)
+        self.max_logit = torch.full((num_layers,), float("-inf"), dtype=torch.float64, device=device)
+        self.ones = torch.ones(4096, dtype=torch.int64, device=device)
+
+
+def _block_of(root: nn.Module, layer: MoELayer) -> nn.Module:
+    """The module whose forward is the whole MoE block (router + experts), for timing."""
+    if hasattr(layer.module, "experts"):
+        return layer.module
+    if "." in layer.name:
+        try:
+            parent = root.get_submodule(layer.name.rsplit(".", 1)[0])
+            if hasattr(parent, "experts"):
+                return parent
+        except AttributeError:
+            pass
+    return layer.module
+
+
+def _input_ids(args, kwargs):
+    ids = kwargs.get("input_ids") if kwargs else None
+    if ids is None:
+        ids = kwargs.get("decoder_input_ids") if kwargs else None
+    if ids is None and args and isinstance(args[0], torch.Tensor):
+        ids = args[0]
+    if isinstance(ids, torch.Tensor) and not ids.is_floating_point() and ids.dim() in (1, 2):
+        return ids
+    return None
 
 
 class Recorder:
     """Hooks one model root and its MoE layers; produces snapshots into a bounded queue."""
 
     def __init__(self, model_id: int, root: nn.Module, layers: List[MoELayer],
-                 out: "queue.Queue", flush_interval_s: float, on_error):
+                 out: "queue.Queue", settings: Settings, on_error):
         self.model_id = model_id
         self.root = root
         self.layers = layers
         self.out = out
-        self.flush_interval_s = flush_interval_s
+        self.settings = settings
         self.on_error = on_error
         self.num_layers = len(layers)
         self.num_experts = max(layer.num_experts for layer in layers)
+        self.max_top_k = max(layer.top_k for layer in layers)
+        self.blocks = [_block_of(root, layer) for layer in layers]
         self.passes = 0
         self.dropped_snapshots = 0
+        self.dropped_token_records = 0
         self.active = False
         self._handles = []
-        self._counts: Dict[torch.device, torch.Tensor] = {}
-        self._ones: Dict[torch.device, torch.Tensor] = {}
+        self._state: Dict[torch.device, _DeviceState] = {}
         self._last_flush = 0.0
         self._lock = threading.Lock()
         # Routing is counted only inside a pass whose start we saw, so the
@@ -71,15 +161,33 @@ class Recorder:
         self._ungated = False
         self._calls_outside_pass = 0
         self._force_flush = False
+        # Plain Python accumulators (host side, no device work).
+        self.layer_time_s = [0.0] * self.num_layers
+        self.gpu_time_s = [0.0] * self.num_layers  # filled by the sender thread from CUDA events
+        self.probe_time_s = 0.0
+        self.phase_passes = {"prefill": 0, "decode": 0}
+        self.last_shape: List[int] = []
+        self._phase = "prefill"
+        self._block_start = [0.0] * self.num_layers
+        self._gpu_events = []  # (layer, start, end) of the current pass, on CUDA
+        self._token_record: Optional[TokenRecord] = None
+        self._token_budget_t = 0.0
+        self._token_bytes_spent = 0.0
+        self._health_pass = False
+        self._health_t = 0.0
+        self._block_on_gpu = [False] * self.num_layers
 
     # -- lifecycle (called from the probe's own thread) --
 
     def start(self):
+        self._block_on_gpu = [any(p.is_cuda for p in block.parameters()) for block in self.blocks]
         with self._lock:
-            for layer in self.layers:
+            for layer, block in zip(self.layers, self.blocks):
                 self._handles += layer.install(self._on_routing)
+                self._handles.append(block.register_forward_pre_hook(self._timer_start(layer.index)))
+                self._handles.append(block.register_forward_hook(self._timer_end(layer.index), always_call=True))
+            self._handles.append(self.root.register_forward_pre_hook(self._on_pass_start, with_kwargs=True))
             # always_call: a forward that raises still ends the pass.
-            self._handles.append(self.root.register_forward_pre_hook(self._on_pass_start))
             self._handles.append(self.root.register_forward_hook(self._on_pass_end, always_call=True))
             self.active = True
 
@@ -92,11 +200,79 @@ class Recorder:
 
     # -- hooks (called from the job's thread, inside its forward) --
 
-    def _on_pass_start(self, module, args):
-        if self.active:
-            self._pass_depth += 1
-            if self._pass_depth == 1:
-                self._in_pass = True
+    def _on_pass_start(self, module, args, kwargs):
+        if not self.active:
+            return
+        self._pass_depth += 1
+        if self._pass_depth != 1:
+            return
+        t0 = perf_counter()
+        try:
+            self._in_pass = True
+            ids = _input_ids(args, kwargs)
+            if ids is not None:
+                self.last_shape = list(ids.shape)
+                seq = ids.shape[-1]
+                self._phase = "decode" if seq == 1 and self.passes > 0 else "prefill"
+            rate = self.settings.health_passes_per_s
+            self._health_pass = rate > 0 and t0 - self._health_t >= 1.0 / rate
+            if self._health_pass:
+                self._health_t = t0
+            self._token_record = None
+            if self._want_token_record(t0):
+                sample = None
+                if ids is not None:
+                    sample = ids.detach().reshape(-1)[: self.settings.token_sample].to(torch.int32, copy=True)
+                self._token_record = TokenRecord(self.passes + 1, self._phase, sample)
+        except Exception as exc:
+            self.on_error(exc)
+        self.probe_time_s += perf_counter() - t0
+
+    def _want_token_record(self, now):
+        """Sample a pass when the rate and byte budgets allow (a token bucket each)."""
+        s = self.settings
+        if s.token_sample <= 0 or s.token_passes_per_s <= 0:
+            return False
+        if now - self._token_budget_t < 1.0 / s.token_passes_per_s:
+            return False
+        bytes_per_pass = s.token_sample * (4 + self.num_layers * self.max_top_k * 8)
+        elapsed = now - self._token_budget_t if self._token_budget_t else 1.0
+        self._token_bytes_spent = max(0.0, self._token_bytes_spent - elapsed * s.token_bytes_per_s)
+        if self._token_bytes_spent + bytes_per_pass > s.token_bytes_per_s:
+            return False
+        self._token_bytes_spent += bytes_per_pass
+        self._token_budget_t = now
+        return True
+
+    def _timer_start(self, index):
+        def hook(module, args):
+            if self.active and self._in_pass:
+                if self._block_on_gpu[index]:
+                    event = torch.cuda.Event(enable_timing=True)
+                    event.record()
+                    self._gpu_events.append([index, event, None])
+                else:
+                    self._block_start[index] = perf_counter()
+        return hook
+
+    def _timer_end(self, index):
+        def hook(module, args, output):
+            if self.active and self._in_pass:
+                if self._block_on_gpu[index]:
+                    if self._gpu_events and self._gpu_events[-1][0] == index:
+                        event = torch.cuda.Event(enable_timing=True)
+                        event.record()
+                        self._gpu_events[-1][2] = event
+                elif self._block_start[index]:
+                    self.layer_time_s[index] += perf_counter() - self._block_start[index]
+                    self._block_start[index] = 0.0
+        return hook
+
+    def _device_state(self, device) -> _DeviceState:
+        state = self._state.get(device)
+        if state is None:
+            state = self._state[device] = _DeviceState(self.num_layers, self.num_experts, device)
+        return state
 
     def _on_routing(self, layer: MoELayer, routing: Routing):
         if not self.active:
@@ -106,24 +282,49 @@ class Recorder:
             if self._calls_outside_pass > 4 * self.num_layers:
                 self._ungated = True
             return
+        t0 = perf_counter()
         try:
-            ids = routing.ids.detach().reshape(-1)
-            device = ids.device
-            counts = self._counts.get(device)
-            if counts is None:
-                counts = self._counts[device] = torch.zeros(
-                    self.num_layers * self.num_experts, dtype=torch.int64, device=device)
-            ones = self._ones.get(device)
-            if ones is None or ones.numel() < ids.numel():
-                ones = self._ones[device] = torch.ones(
-                    max(ids.numel(), 4096), dtype=torch.int64, device=device)
-            flat = ids.to(torch.int64) + layer.index * self.num_experts
-            counts.scatter_add_(0, flat, ones[: flat.numel()])
+            ids = routing.ids.detach()
+            state = self._device_state(ids.device)
+            flat = ids.reshape(-1).to(torch.int64) + layer.index * self.num_experts
+            if state.ones.numel() < flat.numel():
+                state.ones = torch.ones(flat.numel(), dtype=torch.int64, device=ids.device)
+            state.counts.scatter_add_(0, flat, state.ones[: flat.numel()])
+            if self._health_pass or self._ungated:
+                self._record_health(state, layer.index, routing)
+            if self._token_record is not None:
+                n = self.settings.token_sample
+                weights = routing.weights
+                self._token_record.layers[layer.index] = (
+                    ids.reshape(ids.shape[0], -1)[:n].to(torch.int32, copy=True),
+                    None if weights is None else weights.detach().reshape(weights.shape[0], -1)[:n].to(torch.float32, copy=True),
+                )
         except Exception as exc:  # never let the probe break the job's forward
             self.on_error(exc)
             return
+        finally:
+            self.probe_time_s += perf_counter() - t0
         if self._ungated and layer.index == self.num_layers - 1:
             self._end_pass()  # no root call to mark passes: the last MoE layer does
+
+    def _record_health(self, state: _DeviceState, index: int, routing: Routing):
+        row = state.health[index]
+        if routing.logits is not None:
+            logits = routing.logits.detach().reshape(-1, routing.logits.shape[-1]).float()
+            nan = torch.isnan(logits)
+            inf = torch.isinf(logits)
+            finite = torch.nan_to_num(logits, nan=0.0, posinf=0.0, neginf=0.0)
+            lse = torch.logsumexp(finite, dim=-1)
+            log_p = finite - lse.unsqueeze(-1)
+            entropy = -(log_p.exp() * log_p).sum(dim=-1)
+            row[0] += logits.shape[0]
+            row[1] += entropy.sum()
+            row[2] += (lse * lse).sum()
+            row[3] += nan.sum()
+            row[4] += inf.sum()
+            torch.maximum(state.max_logit[index], finite.max().double(), out=state.max_logit[index])
+        if routing.dropped is not None:
+            row[5] += routing.dropped.sum()
 
     def _on_pass_end(self, module, args, output):
         if not self.active or self._pass_depth == 0:
@@ -135,26 +336,60 @@ class Recorder:
         self._end_pass()
 
     def _end_pass(self):
+        t0 = perf_counter()
         try:
             self.passes += 1
+            self.phase_passes[self._phase] += 1
+            record, self._token_record = self._token_record, None
+            if record is not None and record.layers:
+                self._enqueue(("tokens", self, record), is_snapshot=False)
             now = time.monotonic()
-            if not self._counts or (now - self._last_flush < self.flush_interval_s and not self._force_flush):
+            if not self._state or (now - self._last_flush < self.settings.flush_interval_s and not self._force_flush):
+                if not self._gpu_events or len(self._gpu_events) > 4096:
+                    self._gpu_events = []
                 return
-            self._force_flush = False
-            if _capturing_cuda_graph():
+            if _capturing_cuda_graph(self._state):
                 return  # a clone now would be recorded into the graph, not run
+            self._force_flush = False
             self._last_flush = now
-            clones = [tensor.clone() for tensor in self._counts.values()]
-            event = None
-            if clones[0].is_cuda:
-                event = torch.cuda.Event()
-                event.record()
-            try:
-                self.out.put_nowait((self, Snapshot(self.passes, clones, event, time.time())))
-            except queue.Full:
-                self.dropped_snapshots += 1
+            snapshot = self._snapshot(time.time())
+            self._enqueue(("counts", self, snapshot), is_snapshot=True)
         except Exception as exc:
             self.on_error(exc)
+        finally:
+            self.probe_time_s += perf_counter() - t0
+
+    def _snapshot(self, wall_time) -> Snapshot:
+        states = list(self._state.values())
+        tensors = {
+            "counts": [s.counts.clone() for s in states],
+            "health": [s.health.clone() for s in states],
+            "max_logit": [s.max_logit.clone() for s in states],
+        }
+        event = None
+        if states[0].counts.is_cuda:
+            event = torch.cuda.Event()
+            event.record()
+        host = {
+            "time_s": list(self.layer_time_s),
+            "probe_s": self.probe_time_s,
+            "prefill": self.phase_passes["prefill"],
+            "decode": self.phase_passes["decode"],
+            "shape": list(self.last_shape),
+            "gpu_events": self._gpu_events,
+            "dropped_tokens_records": self.dropped_token_records,
+        }
+        self._gpu_events = []
+        return Snapshot(self.passes, tensors, event, wall_time, host)
+
+    def _enqueue(self, item, is_snapshot):
+        try:
+            self.out.put_nowait(item)
+        except queue.Full:
+            if is_snapshot:
+                self.dropped_snapshots += 1
+            else:
+                self.dropped_token_records += 1
 
     def request_flush(self):
         """Ask for a snapshot at the end of the next pass, whatever the interval."""
@@ -166,11 +401,12 @@ class Recorder:
 
     def flush_now(self) -> Optional[Snapshot]:
         """A snapshot taken outside any pass; consistent only while the job is between passes."""
-        if not self._counts:
+        if not self._state:
             return None
-        clones = [tensor.clone() for tensor in self._counts.values()]
-        return Snapshot(self.passes, clones, None, time.time())
+        return self._snapshot(time.time())
 
 
-def _capturing_cuda_graph() -> bool:
-    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+def _capturing_cuda_graph(states) -> bool:
+    for device in states:
+        return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+    return False

@@ -23,10 +23,9 @@ import torch
 from . import paths
 from .framing import FrameError, FrameReader, encode_frame
 from .models import describe_model, find_model_roots
-from .recorder import Recorder
+from .recorder import Recorder, Settings
 
 PROTOCOL_VERSION = 1
-DEFAULT_FLUSH_INTERVAL_S = 0.05
 QUEUE_SIZE = 64
 SEND_TIMEOUT_S = 5.0
 POLL_S = 0.05
@@ -49,13 +48,12 @@ def _tensor_bytes(tensor: torch.Tensor) -> bytes:
 
 
 class ProbeServer:
-    def __init__(self, mode: str, once: bool, socket_dir: str = None, models=None,
-                 flush_interval_s: float = DEFAULT_FLUSH_INTERVAL_S):
+    def __init__(self, mode: str, once: bool, socket_dir: str = None, models=None, settings=None):
         self.mode = mode  # "injected" or "library"
         self.once = once
         self.socket_dir = socket_dir
         self.explicit_models = models  # roots given by moe_probe.attach(model), else found by gc
-        self.flush_interval_s = flush_interval_s
+        self.settings = settings or Settings()
         self.path = None
         self._listener = None
         self._thread = None
@@ -139,7 +137,9 @@ class Session:
         self.recorders = []
         self.seq = 0
         self.error = None  # set (from any thread) when the probe disables itself
+        self.error_trace = ""
         self.reader = FrameReader()
+        self.tokenizer = None
 
     def send(self, message):
         self.conn.sendall(encode_frame(message))
@@ -162,6 +162,7 @@ class Session:
             for recorder in self.recorders:
                 recorder.stop()
             self.recorders = []
+            self.tokenizer = None
             try:
                 self.conn.close()
             except OSError:
@@ -169,6 +170,7 @@ class Session:
 
     def _run(self):
         roots = find_model_roots(self.server.explicit_models)
+        settings = self.server.settings
         hello = {
             "t": "hello",
             "v": PROTOCOL_VERSION,
@@ -179,6 +181,7 @@ class Session:
             "python": platform.python_version(),
             "argv": list(sys.argv)[:16],
             "models": [describe_model(i, root, layers) for i, (root, layers) in enumerate(roots)],
+            "settings": settings.describe(),
         }
         if not roots:
             hello["error"] = {
@@ -189,30 +192,44 @@ class Session:
             self.send(hello)
             self._wait_for_close(1.0)
             return
+        self.tokenizer = find_tokenizer()
         for model_id, (root, layers) in enumerate(roots):
-            self.recorders.append(Recorder(model_id, root, layers, self.queue,
-                                           self.server.flush_interval_s, self.fail))
+            self.recorders.append(Recorder(model_id, root, layers, self.queue, settings, self.fail))
         self.send(hello)
         for recorder in self.recorders:
             recorder.start()
         while not self.server._stopping.is_set():
             if self.error is not None:
-                self.send({"t": "error", "code": "probe_failed", "message": self.error,
-                           "detail": getattr(self, "error_trace", "")})
+                self.send({"t": "error", "code": "probe_failed", "message": self.error, "detail": self.error_trace})
                 break
             try:
-                snapshot_owner, snapshot = self.queue.get(timeout=POLL_S)
+                item = self.queue.get(timeout=POLL_S)
             except queue.Empty:
-                snapshot = None
-            if snapshot is not None:
-                self._send_counts(snapshot_owner, snapshot)
+                item = None
+            if item is not None:
+                self._send_item(item)
             if not self._read_incoming():
                 return
         self._send_final()
 
+    def _send_item(self, item):
+        kind, recorder, payload = item
+        if kind == "counts":
+            self._send_counts(recorder, payload)
+        else:
+            self._send_tokens(recorder, payload)
+
     def _send_counts(self, recorder, snapshot):
         self.seq += 1
-        counts = snapshot.to_host()
+        tensors = snapshot.to_host()
+        host = snapshot.host
+        for index, start, end in host["gpu_events"]:
+            if end is not None:
+                end.synchronize()
+                recorder.gpu_time_s[index] += start.elapsed_time(end) / 1000.0
+        time_s = host["time_s"]
+        if any(recorder.gpu_time_s):
+            time_s = [a + b for a, b in zip(time_s, recorder.gpu_time_s)]
         self.send({
             "t": "counts",
             "model": recorder.model_id,
@@ -221,8 +238,47 @@ class Session:
             "passes": snapshot.passes,
             "layers": recorder.num_layers,
             "experts": recorder.num_experts,
-            "counts": _tensor_bytes(counts),
+            "counts": _tensor_bytes(tensors["counts"]),
             "dropped": recorder.dropped_snapshots,
+            "health": _tensor_bytes(tensors["health"]),
+            "max_logit": _tensor_bytes(tensors["max_logit"]),
+            "time_s": time_s,
+            "probe_s": host["probe_s"],
+            "prefill": host["prefill"],
+            "decode": host["decode"],
+            "shape": host["shape"],
+            "dropped_tokens": host["dropped_tokens_records"],
+        })
+
+    def _send_tokens(self, recorder, record):
+        layers = []
+        n = 0
+        k = 0
+        for index in sorted(record.layers):
+            ids, weights = record.layers[index]
+            n = max(n, ids.shape[0])
+            k = max(k, ids.shape[1])
+            layers.append({
+                "layer": index,
+                "n": ids.shape[0],
+                "k": ids.shape[1],
+                "ids": _tensor_bytes(ids.to("cpu")),
+                "weights": None if weights is None else _tensor_bytes(weights.to("cpu")),
+            })
+        token_ids = None if record.token_ids is None else record.token_ids.to("cpu")
+        texts = None
+        if token_ids is not None and self.tokenizer is not None:
+            texts = token_texts(self.tokenizer, token_ids.tolist())
+        self.send({
+            "t": "tokens",
+            "model": recorder.model_id,
+            "pass": record.pass_id,
+            "phase": record.phase,
+            "n": n,
+            "k": k,
+            "token_ids": None if token_ids is None else _tensor_bytes(token_ids),
+            "texts": texts,
+            "layers": layers,
         })
 
     def _send_final(self):
@@ -233,12 +289,12 @@ class Session:
         waiting = set(self.recorders)
         while (waiting or not self.queue.empty()) and time.monotonic() < deadline:
             try:
-                owner, snapshot = self.queue.get(timeout=POLL_S)
+                item = self.queue.get(timeout=POLL_S)
             except queue.Empty:
                 continue
-            self._send_counts(owner, snapshot)
-            if not owner.flush_pending:
-                waiting.discard(owner)
+            self._send_item(item)
+            if item[0] == "counts" and not item[1].flush_pending:
+                waiting.discard(item[1])
         for recorder in self.recorders:
             recorder.active = False
         for recorder in waiting:
@@ -268,6 +324,24 @@ class Session:
             time.sleep(POLL_S)
 
 
+def find_tokenizer():
+    """A live tokenizer object (transformers or any with convert_ids_to_tokens), if the job has one."""
+    import gc
+    for obj in gc.get_objects():
+        cls = type(obj)
+        if cls.__name__.endswith(("Tokenizer", "TokenizerFast")) and callable(getattr(cls, "convert_ids_to_tokens", None)):
+            return obj
+    return None
+
+
+def token_texts(tokenizer, ids):
+    try:
+        texts = tokenizer.convert_ids_to_tokens(ids)
+        return [t if isinstance(t, str) else "" for t in texts][: len(ids)]
+    except Exception:
+        return None
+
+
 def _count_modules():
     import gc
     from torch import nn
@@ -283,12 +357,12 @@ def current_server():
     return _server
 
 
-def start_server(mode, once, socket_dir=None, models=None):
+def start_server(mode, once, socket_dir=None, models=None, settings=None):
     global _server
     with _server_lock:
         if _server is not None and _server.running:
             return _server
-        _server = ProbeServer(mode=mode, once=once, socket_dir=socket_dir, models=models)
+        _server = ProbeServer(mode=mode, once=once, socket_dir=socket_dir, models=models, settings=settings)
         _server.start()
         return _server
 

@@ -6,8 +6,8 @@
  * to native messaging.
  */
 import * as fs from 'node:fs';
-import { PANEL_PROTOCOL_VERSION, type AttachMethod, type HostMessage, type JobUpdate, type PanelRequest } from '../../src/protocol/panel';
-import { countsToNumbers, type ModelInfo, type ProbeCounts, type ProbeFrame } from '../../src/protocol/probe';
+import { MAX_HOST_MESSAGE_BYTES, PANEL_PROTOCOL_VERSION, type AttachMethod, type HostMessage, type JobUpdate, type PanelRequest, type TokenUpdate } from '../../src/protocol/panel';
+import { countsToNumbers, float32s, float64s, int32s, type ModelInfo, type ProbeCounts, type ProbeFrame, type ProbeTokens } from '../../src/protocol/probe';
 import { AttachError, HINTS } from './attach-errors';
 import { chooseMethod, inject, preflight, waitForProbe } from './inject';
 import { probeSocketPath, socketDir } from './paths';
@@ -139,6 +139,8 @@ export class Host {
     if (frame.t === 'counts') {
       if (job.pending.has(frame.model)) job.coalesced += 1;
       job.pending.set(frame.model, frame);
+    } else if (frame.t === 'tokens') {
+      for (const part of splitTokenUpdate(tokenUpdate(job.pid, frame), TOKEN_MESSAGE_BUDGET)) this.send(part);
     } else if (frame.t === 'error') {
       this.send({ type: 'error', pid: job.pid, code: 'probe_failed', message: `The probe stopped itself: ${frame.message}` });
     }
@@ -171,13 +173,61 @@ export class Host {
 
   private flushJob(job: Job) {
     for (const counts of job.pending.values()) {
-      const update: JobUpdate = {
-        type: 'update', pid: job.pid, model: counts.model, passes: counts.passes,
-        layers: counts.layers, experts: counts.experts, counts: countsToNumbers(counts.counts),
-        ts: counts.ts, dropped: counts.dropped + job.coalesced,
-      };
-      this.send(update);
+      this.send(jobUpdate(job.pid, counts, job.coalesced));
     }
     job.pending.clear();
   }
+}
+
+/** A probe counts frame as the panel's update message (binary payloads as plain numbers). */
+export function jobUpdate(pid: number, counts: ProbeCounts, coalesced: number): JobUpdate {
+  const update: JobUpdate = {
+    type: 'update', pid, model: counts.model, passes: counts.passes,
+    layers: counts.layers, experts: counts.experts, counts: countsToNumbers(counts.counts),
+    ts: counts.ts, dropped: counts.dropped + coalesced,
+  };
+  if (counts.health) update.health = float64s(counts.health);
+  if (counts.max_logit) update.maxLogit = float64s(counts.max_logit);
+  if (counts.time_s) update.timeS = counts.time_s;
+  if (counts.probe_s !== undefined) update.probeS = counts.probe_s;
+  if (counts.prefill !== undefined) update.prefill = counts.prefill;
+  if (counts.decode !== undefined) update.decode = counts.decode;
+  if (counts.shape) update.shape = counts.shape;
+  if (counts.dropped_tokens !== undefined) update.droppedTokens = counts.dropped_tokens;
+  return update;
+}
+
+/** Room left under Chrome's 1 MiB message limit for a token update (JSON overhead aside). */
+const TOKEN_MESSAGE_BUDGET = MAX_HOST_MESSAGE_BYTES - 64 * 1024;
+
+/** Mixing weights to 4 decimals: plenty for display, and a third of the JSON size. */
+const round4 = (x: number) => Math.round(x * 1e4) / 1e4;
+
+/**
+ * Split a token update by layers until each part fits in `maxBytes` of JSON; the panel
+ * merges parts of the same pass. A single layer too large for one message is cut to fewer tokens.
+ */
+export function splitTokenUpdate(update: TokenUpdate, maxBytes: number): TokenUpdate[] {
+  if (JSON.stringify(update).length <= maxBytes) return [update];
+  if (update.layers.length > 1) {
+    const half = Math.ceil(update.layers.length / 2);
+    return [
+      ...splitTokenUpdate({ ...update, layers: update.layers.slice(0, half) }, maxBytes),
+      ...splitTokenUpdate({ ...update, layers: update.layers.slice(half) }, maxBytes),
+    ];
+  }
+  const layer = update.layers[0];
+  if (!layer || layer.n <= 1) return [];
+  const n = Math.floor(layer.n / 2);
+  const cut = { ...layer, n, ids: layer.ids.slice(0, n * layer.k), weights: layer.weights?.slice(0, n * layer.k) ?? null };
+  return splitTokenUpdate({ ...update, tokenIds: update.tokenIds?.slice(0, n) ?? null, texts: update.texts?.slice(0, n) ?? null, layers: [cut] }, maxBytes);
+}
+
+export function tokenUpdate(pid: number, frame: ProbeTokens): TokenUpdate {
+  return {
+    type: 'tokens', pid, model: frame.model, pass: frame.pass, phase: frame.phase,
+    tokenIds: frame.token_ids ? int32s(frame.token_ids) : null,
+    texts: frame.texts,
+    layers: frame.layers.map((l) => ({ layer: l.layer, n: l.n, k: l.k, ids: int32s(l.ids), weights: l.weights ? float32s(l.weights).map(round4) : null })),
+  };
 }

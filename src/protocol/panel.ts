@@ -2,7 +2,7 @@
  * Messages between the panel and the native host (JSON over native messaging,
  * relayed unchanged by the service worker). One place for both sides.
  */
-import type { ModelInfo } from './probe';
+import { describeValue, type ModelInfo } from './probe';
 
 export const PANEL_PROTOCOL_VERSION = 1;
 /** Chrome disconnects a native host that sends a message over 1 MiB. */
@@ -62,6 +62,34 @@ export interface JobUpdate {
   ts: number;
   /** Snapshots dropped on the way (probe queue full or host coalescing). */
   dropped: number;
+  /** Router health per layer, cumulative, row-major [layers x HEALTH_COLUMNS] (see protocol/probe.ts); absent if not measured. */
+  health?: number[];
+  /** Largest finite router logit per layer. */
+  maxLogit?: number[];
+  /** Seconds inside each MoE block, cumulative. */
+  timeS?: number[];
+  /** Seconds the probe spent in its own hooks, cumulative. */
+  probeS?: number;
+  prefill?: number;
+  decode?: number;
+  shape?: number[];
+  /** Per-token records dropped on the way. */
+  droppedTokens?: number;
+}
+
+/** The routing of every sampled token of one pass. */
+export interface TokenUpdate {
+  type: 'tokens';
+  pid: number;
+  model: number;
+  pass: number;
+  phase: 'prefill' | 'decode';
+  /** Input token ids of the sampled tokens (the first n of the batch), when known. */
+  tokenIds: number[] | null;
+  /** The tokenizer's string per token, when the job has a tokenizer alive. */
+  texts: string[] | null;
+  /** Per MoE layer: expert ids [n x k] and weights [n x k], row-major. */
+  layers: Array<{ layer: number; n: number; k: number; ids: number[]; weights: number[] | null }>;
 }
 
 export type HostMessage =
@@ -80,6 +108,7 @@ export type HostMessage =
       models: ModelInfo[];
     }
   | JobUpdate
+  | TokenUpdate
   | { type: 'detached'; pid: number; reason: 'requested' | 'process_exited' | 'probe_closed' | 'error'; message?: string }
   | { type: 'error'; pid?: number; code: ErrorCode; message: string; hint?: string };
 
@@ -97,7 +126,7 @@ export function parsePanelRequest(value: unknown): PanelRequest | { error: strin
     case 'detach':
       return pidOk(msg.pid) ? { type: msg.type, pid: msg.pid } : { error: `${msg.type} needs a positive integer pid` };
     default:
-      return { error: `unknown request type ${JSON.stringify(msg.type)}` };
+      return { error: `unknown request type ${describeValue(msg.type)}` };
   }
 }
 

@@ -46,8 +46,13 @@ export interface ProbeHello {
   python: string;
   argv: string[];
   models: ModelInfo[];
+  /** The probe's sampling settings (flush interval, token sample size and budgets). */
+  settings?: Record<string, number>;
   error?: ProbeErrorInfo;
 }
+
+/** Columns of a counts frame's per-layer `health` block, in order. */
+export const HEALTH_COLUMNS = ['logit_tokens', 'entropy_sum', 'zloss_sum', 'nan', 'inf', 'dropped'] as const;
 
 /** Cumulative per-(layer, expert) token counts since attach, as of the end of pass `passes`. */
 export interface ProbeCounts {
@@ -62,6 +67,50 @@ export interface ProbeCounts {
   counts: Uint8Array;
   /** Snapshots the probe dropped because its queue was full (cumulative). */
   dropped: number;
+  /**
+   * Router health, float64 little-endian [layers x HEALTH_COLUMNS], cumulative: tokens whose
+   * logits were measured, sums of softmax entropy (nats) and of logsumexp^2, NaN and Inf
+   * logit counts, tokens dropped by expert capacity. Absent when the probe measures none.
+   */
+  health?: Uint8Array;
+  /** Largest finite router logit seen per layer, float64 little-endian [layers]. */
+  max_logit?: Uint8Array;
+  /** Seconds spent inside each MoE block, cumulative. */
+  time_s?: number[];
+  /** Seconds the probe itself spent in its hooks, cumulative. */
+  probe_s?: number;
+  /** Passes seen as prefill (sequence length > 1) and as decode (length 1), cumulative. */
+  prefill?: number;
+  decode?: number;
+  /** Shape of the last pass's input ids, e.g. [batch, seq]. */
+  shape?: number[];
+  /** Token records the probe dropped because its queue was full (cumulative). */
+  dropped_tokens?: number;
+}
+
+/** Per-token routing of one sampled pass. */
+export interface ProbeTokenLayer {
+  layer: number;
+  n: number;
+  k: number;
+  /** int32 little-endian [n x k] expert ids. */
+  ids: Uint8Array;
+  /** float32 little-endian [n x k] mixing weights, when the router exposes them. */
+  weights: Uint8Array | null;
+}
+
+export interface ProbeTokens {
+  t: 'tokens';
+  model: number;
+  pass: number;
+  phase: 'prefill' | 'decode';
+  n: number;
+  k: number;
+  /** int32 little-endian [n] input token ids (the first n of the flattened batch), when seen. */
+  token_ids: Uint8Array | null;
+  /** The tokenizer's string for each token id, when a tokenizer is alive in the job. */
+  texts: string[] | null;
+  layers: ProbeTokenLayer[];
 }
 
 export interface ProbeFailure {
@@ -76,7 +125,7 @@ export interface ProbeBye {
   reason: string;
 }
 
-export type ProbeFrame = ProbeHello | ProbeCounts | ProbeFailure | ProbeBye;
+export type ProbeFrame = ProbeHello | ProbeCounts | ProbeTokens | ProbeFailure | ProbeBye;
 
 export class ProtocolError extends Error {
   constructor(message: string) {
@@ -86,6 +135,18 @@ export class ProtocolError extends Error {
 }
 
 type Obj = Record<string, unknown>;
+
+/** A decoded value for an error message: short, and never throws (BigInt, cycles, deep nesting). */
+export function describeValue(value: unknown): string {
+  let text: string | undefined;
+  try {
+    text = JSON.stringify(value);
+  } catch {
+    return typeof value;
+  }
+  if (text === undefined) return String(value);
+  return text.length > 80 ? `${text.slice(0, 77)}...` : text;
+}
 
 function isObj(value: unknown): value is Obj {
   return typeof value === 'object' && value !== null && !Array.isArray(value) && !(value instanceof Uint8Array);
@@ -102,6 +163,34 @@ const isNat = (v: unknown): v is number => typeof v === 'number' && Number.isInt
 const isNum = (v: unknown): v is number => typeof v === 'number' && Number.isFinite(v);
 const isBytes = (v: unknown): v is Uint8Array => v instanceof Uint8Array;
 const isStrArray = (v: unknown): v is string[] => Array.isArray(v) && v.every(isStr);
+const isNumArray = (v: unknown): v is number[] => Array.isArray(v) && v.every(isNum);
+
+function optional<T>(obj: Obj, key: string, check: (v: unknown) => v is T, what: string): T | undefined {
+  return obj[key] === undefined || obj[key] === null ? undefined : field(obj, key, check, what);
+}
+
+function sizedBytes(obj: Obj, key: string, bytes: number): Uint8Array | undefined {
+  const value = optional(obj, key, isBytes, 'binary data');
+  if (value !== undefined && value.byteLength !== bytes) {
+    throw new ProtocolError(`field "${key}" holds ${value.byteLength} bytes, expected ${bytes}`);
+  }
+  return value;
+}
+
+function parseTokenLayer(value: unknown): ProbeTokenLayer {
+  if (!isObj(value)) throw new ProtocolError('token layer should be a map');
+  const n = field(value, 'n', isNat, 'a whole number');
+  const k = field(value, 'k', isNat, 'a whole number');
+  const ids = sizedBytes(value, 'ids', n * k * 4);
+  if (!ids) throw new ProtocolError('field "ids" should be binary data');
+  return {
+    layer: field(value, 'layer', isNat, 'a whole number'),
+    n,
+    k,
+    ids,
+    weights: sizedBytes(value, 'weights', n * k * 4) ?? null,
+  };
+}
 
 function parseLayer(value: unknown): LayerInfo {
   if (!isObj(value)) throw new ProtocolError('layer should be a map');
@@ -163,6 +252,11 @@ export function parseProbeFrame(value: unknown): ProbeFrame {
           message: field(value.error, 'message', isStr, 'a string'),
         };
       }
+      const settings = value.settings;
+      if (settings !== undefined) {
+        if (!isObj(settings) || !Object.values(settings).every(isNum)) throw new ProtocolError('field "settings" should map names to numbers');
+        hello.settings = settings as Record<string, number>;
+      }
       return hello;
     }
     case 'counts': {
@@ -172,7 +266,7 @@ export function parseProbeFrame(value: unknown): ProbeFrame {
       if (counts.byteLength !== layers * experts * 8) {
         throw new ProtocolError(`counts holds ${counts.byteLength} bytes, expected ${layers}x${experts} int64 values`);
       }
-      return {
+      const frame: ProbeCounts = {
         t,
         model: field(value, 'model', isNat, 'a whole number'),
         seq: field(value, 'seq', isNat, 'a whole number'),
@@ -182,6 +276,43 @@ export function parseProbeFrame(value: unknown): ProbeFrame {
         experts,
         counts,
         dropped: field(value, 'dropped', isNat, 'a whole number'),
+      };
+      const health = sizedBytes(value, 'health', layers * HEALTH_COLUMNS.length * 8);
+      if (health) frame.health = health;
+      const maxLogit = sizedBytes(value, 'max_logit', layers * 8);
+      if (maxLogit) frame.max_logit = maxLogit;
+      const timeS = optional(value, 'time_s', isNumArray, 'a list of numbers');
+      if (timeS) {
+        if (timeS.length !== layers) throw new ProtocolError(`field "time_s" has ${timeS.length} values for ${layers} layers`);
+        frame.time_s = timeS;
+      }
+      for (const key of ['prefill', 'decode', 'dropped_tokens'] as const) {
+        const n = optional(value, key, isNat, 'a whole number');
+        if (n !== undefined) frame[key] = n;
+      }
+      const probeS = optional(value, 'probe_s', isNum, 'a number');
+      if (probeS !== undefined) frame.probe_s = probeS;
+      const shape = optional(value, 'shape', isNumArray, 'a list of numbers');
+      if (shape) frame.shape = shape;
+      return frame;
+    }
+    case 'tokens': {
+      const phase = value.phase;
+      if (phase !== 'prefill' && phase !== 'decode') throw new ProtocolError('field "phase" should be "prefill" or "decode"');
+      const n = field(value, 'n', isNat, 'a whole number');
+      const layersValue = value.layers;
+      if (!Array.isArray(layersValue)) throw new ProtocolError('field "layers" should be a list');
+      const texts = optional(value, 'texts', isStrArray, 'a list of strings');
+      return {
+        t,
+        model: field(value, 'model', isNat, 'a whole number'),
+        pass: field(value, 'pass', isNat, 'a whole number'),
+        phase,
+        n,
+        k: field(value, 'k', isNat, 'a whole number'),
+        token_ids: optional(value, 'token_ids', isBytes, 'binary data') ?? null,
+        texts: texts ?? null,
+        layers: layersValue.map(parseTokenLayer),
       };
     }
     case 'error': {
@@ -196,8 +327,26 @@ export function parseProbeFrame(value: unknown): ProbeFrame {
     case 'bye':
       return { t, reason: field(value, 'reason', isStr, 'a string') };
     default:
-      throw new ProtocolError(`unknown frame type ${JSON.stringify(t)}`);
+      throw new ProtocolError(`unknown frame type ${describeValue(t)}`);
   }
+}
+
+/** Decode a little-endian float64 payload. */
+export function float64s(bytes: Uint8Array): number[] {
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  return Array.from({ length: bytes.byteLength / 8 }, (_, i) => view.getFloat64(i * 8, true));
+}
+
+/** Decode a little-endian int32 payload. */
+export function int32s(bytes: Uint8Array): number[] {
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  return Array.from({ length: bytes.byteLength / 4 }, (_, i) => view.getInt32(i * 4, true));
+}
+
+/** Decode a little-endian float32 payload. */
+export function float32s(bytes: Uint8Array): number[] {
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  return Array.from({ length: bytes.byteLength / 4 }, (_, i) => view.getFloat32(i * 4, true));
 }
 
 /** Decode a counts frame's int64 payload into plain numbers (exact below 2^53). */

@@ -48,14 +48,14 @@ describe('MoE panel attached to a running Mixtral job', () => {
       const shown = await readShownCounts(panel);
       expect(shown.layer).toBe(layer);
       expect(shown.counts).toHaveLength(8);
-      expect(shown.counts.reduce((a, b) => a + b, 0)).toBe(shown.passes * 2 * 16 * 2); // passes x batch x seq x top-k
+      expect(shown.counts.reduce((a: number, b: number) => a + b, 0)).toBe(shown.passes * 2 * 16 * 2); // passes x batch x seq x top-k
       const start = findWindow(job.passes(), layer, shown.passes, shown.counts);
       expect(start, `no run of ${shown.passes} passes of the job sums to ${shown.counts} for layer ${layer}`).toBeGreaterThanOrEqual(0);
     }
     await devtools.screenshot({ path: path.join(ARTIFACTS, 'panel-attached.png') });
 
     await panel.click(`[data-testid="detach-${job.pid}"]`);
-    await panel.waitForFunction((pid) => document.querySelector(`[data-testid="job"][data-pid="${pid}"][data-status="detached"]`), { polling: 100, timeout: 15000 }, job.pid);
+    await panel.waitForFunction((pid: number) => document.querySelector(`[data-testid="job"][data-pid="${pid}"][data-status="detached"]`), { polling: 100, timeout: 15000 }, job.pid);
     const detachedAt = job.passes().length;
 
     // The job goes on: more passes, same outputs for the same inputs, no hooks or threads of ours.
