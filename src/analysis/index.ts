@@ -1,0 +1,14 @@
+/**
+ * Routing analyses: pure functions over per-expert counts, router logits and
+ * top-k ids. See each module for the definitions.
+ */
+export * from './load';
+export * from './window';
+export * from './dead';
+export * from './collapse';
+export * from './router';
+export * from './coactivation';
+export * from './locality';
+export * from './vocabulary';
+export * from './thresholds';
+export { findings, fmtInt, type Finding, type FindingKind, type LayerWindow } from './findings';
