@@ -55,4 +55,12 @@ describe('parsePanelRequest', () => {
     }
     expect(parsePanelRequest(JSON.parse('{"type":"attach","pid":1e400}'))).toEqual({ error: 'attach needs a positive integer pid' });
   });
+
+  it('does not throw on a deeply nested or huge type, and keeps the error short', () => {
+    // Found by fuzzing: JSON.stringify of the type overflowed the stack and crashed the host's stdin handler.
+    const deep = JSON.parse(`{"type":${'['.repeat(50_000)}${']'.repeat(50_000)}}`);
+    expect(parsePanelRequest(deep)).toEqual({ error: 'unknown request type object' });
+    const huge = parsePanelRequest({ type: 'x'.repeat(5_000_000) });
+    expect('error' in huge && huge.error.length).toBeLessThan(200);
+  });
 });

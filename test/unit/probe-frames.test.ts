@@ -128,6 +128,17 @@ describe('ProbeFrameReader', () => {
     expect(() => new ProbeFrameReader().feed(encode(null))).toThrow('frame should be a MessagePack map');
     expect(() => new ProbeFrameReader().feed(encode(Buffer.from('{}')))).toThrow('frame should be a MessagePack map');
   });
+
+  it('rejects a frame type that cannot be written as JSON with a ProtocolError, not a TypeError', () => {
+    // Found by fuzzing: {t: <msgpackr BigInt extension>} made the error message itself throw.
+    const bigint = Buffer.from('81a174d5420001', 'hex');
+    const err = thrown(() => decodeProbeFrameBody(bigint));
+    expect(err).toBeInstanceOf(ProtocolError);
+    expect((err as Error).message).toBe('unknown frame type bigint');
+    const long = thrown(() => decodeProbeFrameBody(packr.pack({ t: 'x'.repeat(100_000) })));
+    expect(long).toBeInstanceOf(ProtocolError);
+    expect((long as Error).message.length).toBeLessThan(200);
+  });
 });
 
 describe('decodeProbeFrameBody', () => {
