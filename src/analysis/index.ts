@@ -11,4 +11,5 @@ export * from './coactivation';
 export * from './locality';
 export * from './vocabulary';
 export * from './thresholds';
+export * from './health';
 export { findings, fmtInt, type Finding, type FindingKind, type LayerWindow } from './findings';

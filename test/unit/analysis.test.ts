@@ -30,7 +30,9 @@ import {
   topKOverlapRate,
   topShare,
   vocabularySpecialization,
+  windowDelta,
   windowTokens,
+  layerHealth,
   type LayerWindow,
 } from '../../src/analysis';
 
@@ -179,6 +181,45 @@ describe('window size', () => {
     expect(smallestJudgeableWindow(512, 8, 1000, 50)).toBe(3200); // 50*512/8 = 3200
     expect(smallestJudgeableWindow(512, 1, 1000, 50)).toBe(25600); // 50*512 = 25600
     expect(smallestJudgeableWindow(7, 3, 0, 10)).toBe(24); // 70/3 = 23.33 -> 24
+  });
+});
+
+describe('windows from cumulative snapshots', () => {
+  it('subtracts the older snapshot', () => {
+    // [10, 20, 30] - [4, 20, 25] = [6, 0, 5]
+    expect(Array.from(windowDelta([10, 20, 30], [4, 20, 25]))).toEqual([6, 0, 5]);
+    expect(Array.from(windowDelta([10, 20, 30]))).toEqual([10, 20, 30]);
+  });
+
+  it('takes the newer snapshot whole when any counter went down (restart)', () => {
+    // 3 < 4: restarted, so the window is [3, 50, 30], not [-1, 30, 5]
+    const out = new Float64Array(3);
+    expect(windowDelta([3, 50, 30], [4, 20, 25], out)).toBe(out);
+    expect(Array.from(out)).toEqual([3, 50, 30]);
+  });
+
+  it('rejects mismatched sizes', () => {
+    expect(() => windowDelta([1, 2], [1])).toThrow(RangeError);
+    expect(() => windowDelta([1, 2], [1, 1], new Float64Array(1))).toThrow(RangeError);
+  });
+});
+
+describe('router health from the probe sums', () => {
+  it('means and the normalized entropy of one layer', () => {
+    // columns: logit_tokens, entropy_sum, zloss_sum, nan, inf, dropped
+    // layer 1: N = 4, entropy_sum = 4 * ln2 -> mean ln2, / ln4 = 0.5; zloss_sum = 10 -> 2.5
+    const block = [0, 0, 0, 0, 0, 0, 4, 4 * LN2, 10, 2, 1, 7];
+    const h = layerHealth(block, 1, 4);
+    expect(h.logitTokens).toBe(4);
+    expect(h.meanEntropy).toBeCloseTo(LN2, 12);
+    expect(h.normalizedEntropy).toBeCloseTo(0.5, 12);
+    expect(h.zLoss).toBe(2.5);
+    expect(h.nanLogits).toBe(2);
+    expect(h.infLogits).toBe(1);
+    expect(h.droppedTokens).toBe(7);
+    // layer 0 measured no tokens: NaN means, which findings ignores
+    expect(layerHealth(block, 0, 4).normalizedEntropy).toBeNaN();
+    expect(() => layerHealth(block, 2, 4)).toThrow(RangeError);
   });
 });
 
