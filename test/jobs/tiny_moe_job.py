@@ -40,6 +40,48 @@ def build_model(arch, layers, experts, top_k, hidden, seed):
     raise SystemExit("unknown --arch %s" % arch)
 
 
+def gate_inputs(model, layer, batches):
+    """The router's inputs in one layer over the fixed input batches ([tokens, hidden])."""
+    seen = []
+    gate = model.model.layers[layer].mlp.gate
+    handle = gate.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach().reshape(-1, args[0].shape[-1])))
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                model(batch)
+    finally:
+        handle.remove()
+    return torch.cat(seen)
+
+
+def plant_fault(model, layer, kind, expert, top_k, batches):
+    """Edit one layer's router weights (Mixtral: mlp.gate.weight [E, hidden], no bias) so that
+    `expert` never wins (kind "dead") or experts 0..top_k-1 win every token (kind "collapse").
+    The job's inputs cycle through fixed batches, so the router's inputs in this layer are a
+    fixed finite set (edits here only change later layers): fit the rows on exactly those
+    inputs, a perceptron on the violated tokens, and check the result."""
+    x = gate_inputs(model, layer, batches)
+    weight = model.model.layers[layer].mlp.gate.weight
+    scale = float(x.norm(dim=-1).mean())
+    with torch.no_grad():
+        rows = [expert] if kind == "dead" else list(range(top_k))
+        sign = -1.0 if kind == "dead" else 1.0
+        for row in rows:
+            weight[row] = sign * 10.0 * x.mean(0) / scale
+        for _ in range(5000):
+            ids = torch.topk(x @ weight.T, top_k, dim=-1).indices
+            if kind == "dead":
+                bad = (ids == expert).any(-1)
+            else:
+                bad = ~torch.stack([(ids == r).any(-1) for r in rows]).all(0)
+            if not bad.any():
+                return
+            step = x[bad].mean(0) / scale
+            for row in rows:
+                weight[row] += sign * step
+    raise SystemExit("could not plant %s in layer %d" % (kind, layer))
+
+
 def hook_count(model):
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
 
@@ -58,12 +100,20 @@ def main():
     parser.add_argument("--passes", type=int, default=0, help="0: run until killed")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--log", required=True)
+    parser.add_argument("--dead", action="append", default=[], metavar="LAYER:EXPERT",
+                        help="plant a dead expert: its router row is set so it never wins (mixtral)")
+    parser.add_argument("--collapse", action="append", type=int, default=[], metavar="LAYER",
+                        help="plant router collapse: experts 0..top_k-1 win every token of LAYER (mixtral)")
     args = parser.parse_args()
 
     torch.set_num_threads(1)
     model = build_model(args.arch, args.layers, args.experts, args.top_k, args.hidden, args.seed).eval()
     generator = torch.Generator().manual_seed(args.seed + 1)
     batches = [torch.randint(0, 256, (args.batch, args.seq), generator=generator) for _ in range(args.cycle)]
+    faults = [(int(l), "dead", int(e)) for l, e in (d.split(":") for d in args.dead)]
+    faults += [(l, "collapse", 0) for l in args.collapse]
+    for layer, kind, expert in sorted(faults):  # lower layers first: their edits change later layers' inputs
+        plant_fault(model, layer, kind, expert, args.top_k, batches)
 
     with open(args.log, "a", buffering=1) as log:
         log.write(json.dumps({"ready": True, "pid": os.getpid(), "arch": args.arch,
