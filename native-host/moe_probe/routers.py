@@ -84,6 +84,7 @@ class MoELayer:
         self.last_error: Optional[BaseException] = None
 
     def describe(self):
+        # exactly these keys: they go into the probe's frames (see src/protocol/probe.ts)
         return {
             "index": self.index,
             "name": self.name,
@@ -127,20 +128,18 @@ class MoELayer:
         floats_e: List[torch.Tensor] = []
         float_k: List[torch.Tensor] = []
         for item in items:
-            if not isinstance(item, torch.Tensor) or item.dim() < 1:
+            # 1-D items are skipped: flattened [N*k] ids sorted by expert (JetMoE), token
+            # permutations or per-expert sizes cannot be told from [N] top-1 ids by shape.
+            if not isinstance(item, torch.Tensor) or item.dim() < 2:
                 continue
             flat = item.detach()
-            if flat.dim() == 1:  # [N] ids of a top-1 router; other 1-D items carry no routing
-                if k != 1 or flat.is_floating_point():
-                    continue
-                flat = flat.unsqueeze(-1)
             width = flat.shape[-1]
             if flat.dim() != 2:
                 flat = flat.reshape(-1, width)
             if not item.is_floating_point():
                 if width == E and k == 1 and E != 1 and dispatch is None:
                     dispatch = flat  # one-hot dispatch mask, capacity applied
-                elif ids is None and (width == k or width != E):
+                elif ids is None and width == k:
                     ids = flat
             elif width == k and (k != E or not float_k):
                 float_k.append(flat)
@@ -170,7 +169,6 @@ class MoELayer:
         return Routing(ids=ids, weights=weights, logits=logits, dropped=dropped)
 
 
-
 class RouterOutputLayer(MoELayer):
     """Reads the routing from a router module's output (see the module docstring)."""
 
@@ -184,11 +182,6 @@ class RouterOutputLayer(MoELayer):
         self.logits_index = logits_index
         if arch:
             self.arch = arch
-
-    def describe(self):
-        info = super().describe()
-        info["router"] = self.router_name
-        return info
 
     def install(self, on_routing: OnRouting) -> list:
         def hook(module, args, output):
@@ -244,11 +237,6 @@ class RouteFnLayer(MoELayer):
     def __init__(self, name, module, num_experts, top_k, router_name: str = ""):
         super().__init__(name, module, num_experts, top_k)
         self.router_name = router_name
-
-    def describe(self):
-        info = super().describe()
-        info["router"] = self.router_name or (self.name + "." + self.method)
-        return info
 
     def install(self, on_routing: OnRouting) -> list:
         layer = self
