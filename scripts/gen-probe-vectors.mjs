@@ -32,6 +32,24 @@ function int64s(values) {
   return { $bin: buf.toString('hex') };
 }
 
+function float64s(values) {
+  const buf = Buffer.alloc(values.length * 8);
+  values.forEach((v, i) => buf.writeDoubleLE(v, i * 8));
+  return { $bin: buf.toString('hex') };
+}
+
+function float32s(values) {
+  const buf = Buffer.alloc(values.length * 4);
+  values.forEach((v, i) => buf.writeFloatLE(v, i * 4));
+  return { $bin: buf.toString('hex') };
+}
+
+function int32s(values) {
+  const buf = Buffer.alloc(values.length * 4);
+  values.forEach((v, i) => buf.writeInt32LE(v, i * 4));
+  return { $bin: buf.toString('hex') };
+}
+
 function bytes(n, seed = 1) {
   const buf = Buffer.alloc(n);
   for (let i = 0; i < n; i++) buf[i] = (i * 37 + seed) & 0xff;
@@ -67,6 +85,9 @@ const valid = [
       t: 'hello', v: 1, pid: 4242, mode: 'library', framework: 'torch', framework_version: '2.13.0+cpu',
       python: '3.12.3', argv: ['train.py', '--layers', '4'],
       models: [{ id: 0, class: 'MixtralForCausalLM', model_type: 'mixtral', device: 'cpu', dtype: 'float32', layers: layers(4, 8, 2) }],
+      // An open map of numbers. The probe sends some of these as floats with integral values
+      // (10.0), which JSON cannot write: float-valued settings here are non-integral.
+      settings: { flush_interval_s: 0.05, token_sample: 128, token_passes_per_s: 10.5, token_bytes_per_s: 2000000, health_passes_per_s: 50.5 },
     },
   },
   {
@@ -98,11 +119,43 @@ const valid = [
     },
   },
   {
+    name: 'counts_full',
+    frame: {
+      // With every optional field the torch probe sends: router health [layers x HEALTH_COLUMNS]
+      // and max logit as float64, per-layer time, probe time, phase counts, last input shape.
+      t: 'counts', model: 0, seq: 7, ts: 1700000123.125, passes: 3, layers: 2, experts: 4,
+      counts: int64s([12, 0, 7, 5, 3, 9, 0, 12]), dropped: 0,
+      health: float64s([48, 61.25, 130.5, 0, 0, 0, 48, 58.75, 122.0625, 1, 2, 3]),
+      max_logit: float64s([3.5, -0.25]),
+      time_s: [0.0125, 0.0375], probe_s: 0.00025, prefill: 1, decode: 2, shape: [2, 8], dropped_tokens: 0,
+    },
+  },
+  {
     name: 'counts_large',
     frame: {
       // 4 x 16 int64 = 512 bytes (bin16); values past 2^32; seq, passes as uint16/uint32.
       t: 'counts', model: 1, seq: 300, ts: 1754321098.765432, passes: 70000, layers: 4, experts: 16,
       counts: int64s(Array.from({ length: 64 }, (_, i) => (i % 5 === 0 ? 2 ** 33 + i : i * 1000))), dropped: 200,
+    },
+  },
+  {
+    name: 'tokens',
+    frame: {
+      // int32 ids [n x k] and float32 weights [n x k] per layer; int32 input token ids [n].
+      t: 'tokens', model: 0, pass: 1, phase: 'prefill', n: 3, k: 2,
+      token_ids: int32s([1, 4711, 63]), texts: ['<s>', '▁données', 'ü'],
+      layers: [
+        { layer: 0, n: 3, k: 2, ids: int32s([0, 3, 2, 1, 3, 0]), weights: float32s([0.75, 0.25, 0.5, 0.5, 0.625, 0.375]) },
+        { layer: 1, n: 3, k: 2, ids: int32s([1, 2, 2, 3, 0, 1]), weights: float32s([0.5, 0.5, 0.875, 0.125, 0.5, 0.5]) },
+      ],
+    },
+  },
+  {
+    name: 'tokens_decode_bare',
+    frame: {
+      // No input ids seen, no tokenizer, a router that does not expose its weights.
+      t: 'tokens', model: 1, pass: 300, phase: 'decode', n: 1, k: 2, token_ids: null, texts: null,
+      layers: [{ layer: 0, n: 1, k: 2, ids: int32s([3, 1]), weights: null }],
     },
   },
   {
@@ -113,8 +166,11 @@ const valid = [
   { name: 'bye', frame: { t: 'bye', reason: 'detached' } },
 ];
 
-const hello = valid[0].frame;
-const counts = valid[3].frame;
+const byName = (name) => valid.find((v) => v.name === name).frame;
+const hello = byName('hello');
+const counts = byName('counts');
+const countsFull = byName('counts_full');
+const tokens = byName('tokens');
 const without = (obj, key) => Object.fromEntries(Object.entries(obj).filter(([k]) => k !== key));
 
 const invalid = [
@@ -131,6 +187,15 @@ const invalid = [
   { name: 'counts_missing_counts', frame: without(counts, 'counts'), expect_error: 'field "counts" should be binary data' },
   { name: 'counts_negative_seq', frame: { ...counts, seq: -1 }, expect_error: 'field "seq" should be a whole number' },
   { name: 'counts_ts_string', frame: { ...counts, ts: 'now' }, expect_error: 'field "ts" should be a number' },
+  { name: 'counts_health_wrong_length', frame: { ...countsFull, health: bytes(88) }, expect_error: 'field "health" holds 88 bytes, expected 96' },
+  { name: 'counts_time_s_per_layer', frame: { ...countsFull, time_s: [0.5] }, expect_error: 'field "time_s" has 1 values for 2 layers' },
+  { name: 'hello_settings_not_numbers', frame: { ...hello, settings: { token_sample: 'all' } }, expect_error: 'field "settings" should map names to numbers' },
+  { name: 'tokens_bad_phase', frame: { ...tokens, phase: 'middle' }, expect_error: 'field "phase" should be "prefill" or "decode"' },
+  {
+    name: 'tokens_ids_wrong_length',
+    frame: { ...tokens, layers: [{ ...tokens.layers[0], ids: int32s([0, 3, 2, 1, 3]) }] },
+    expect_error: 'field "ids" holds 20 bytes, expected 24',
+  },
   { name: 'unknown_t', frame: { t: 'hullo', reason: 'x' }, expect_error: 'unknown frame type "hullo"' },
   { name: 'missing_t', frame: { reason: 'detached' }, expect_error: 'unknown frame type undefined' },
   { name: 'not_a_map', frame: ['bye', 'detached'], expect_error: 'frame should be a MessagePack map' },

@@ -83,21 +83,61 @@ def test_probe_speaks_the_vectors_protocol_version():
 # -- a real probe, attached to a real (tiny) transformers model --------------------
 
 
-def assert_same_shape(real, ref, where="frame"):
-    """Same key sets and value types as the reference value, all the way down."""
-    if isinstance(ref, dict):
-        assert isinstance(real, dict), "%s: expected a map, got %r" % (where, type(real).__name__)
-        assert set(real) == set(ref), "%s: keys %s, vector has %s" % (where, sorted(real), sorted(ref))
-        for key in ref:
-            assert_same_shape(real[key], ref[key], "%s.%s" % (where, key))
-    elif isinstance(ref, list):
-        assert isinstance(real, list), "%s: expected a list, got %r" % (where, type(real).__name__)
-        if ref:
-            for i, item in enumerate(real):
-                assert_same_shape(item, ref[0], "%s[%d]" % (where, i))
-    else:
-        assert type(real) is type(ref), "%s: %r is %s, vector has %s" % (
-            where, real, type(real).__name__, type(ref).__name__)
+# Maps the protocol declares open (Record<string, number>): any keys, values of these types.
+OPEN_MAPS = {"frame.settings"}
+
+
+def _kind(value):
+    return "bytes" if isinstance(value, (bytes, bytearray)) else type(value).__name__
+
+
+def assert_conforms(real, refs, where="frame"):
+    """`real` has exactly the key set of one of the reference values (the vectors of its "t"),
+    and every value has a type the references show at that place, all the way down.
+    An int is accepted where the references have a float (TypeScript reads both as numbers)."""
+    kinds = {_kind(ref) for ref in refs}
+    kind = _kind(real)
+    assert kind in kinds or (kind == "int" and "float" in kinds), "%s: %r is %s, the vectors have %s" % (
+        where, real, kind, sorted(kinds))
+    if isinstance(real, dict):
+        maps = [ref for ref in refs if isinstance(ref, dict)]
+        if where in OPEN_MAPS:
+            values = [item for ref in maps for item in ref.values()]
+            for key, item in real.items():
+                assert isinstance(key, str), "%s: key %r" % (where, key)
+                assert_conforms(item, values, "%s.%s" % (where, key))
+            return
+        key_sets = [set(ref) for ref in maps]
+        assert set(real) in key_sets, "%s: keys %s, the vectors have %s" % (
+            where, sorted(real), [sorted(keys) for keys in key_sets])
+        for key, item in real.items():
+            assert_conforms(item, [ref[key] for ref in maps if key in ref], "%s.%s" % (where, key))
+    elif isinstance(real, list):
+        items = [item for ref in refs if isinstance(ref, list) for item in ref]
+        assert items or not real, "%s: the vectors have no example item for this list" % where
+        for i, item in enumerate(real):
+            assert_conforms(item, items, "%s[%d]" % (where, i))
+
+
+def assert_matches_vectors(frame):
+    refs = [from_json(v["frame"]) for v in VALID if v["frame"]["t"] == frame["t"]]
+    assert refs, "no vector for frame type %r" % frame["t"]
+    assert_conforms(frame, refs)
+
+
+def test_conformance_check_is_strict():
+    hello = from_json(BY_NAME["hello"]["frame"])
+    assert_matches_vectors(hello)
+    for broken in ({**hello, "extra": 1}, {k: v for k, v in hello.items() if k != "pid"}, {**hello, "pid": "1"},
+                   {**hello, "models": [{**hello["models"][0], "layers": [{"index": 0}]}]},
+                   {**hello, "settings": {"x": "y"}}):
+        with pytest.raises(AssertionError):
+            assert_matches_vectors(broken)
+    assert_matches_vectors({**hello, "settings": {"new_setting": 3}})  # settings is an open map
+    tokens = from_json(BY_NAME["tokens"]["frame"])
+    assert_matches_vectors({**tokens, "texts": None})
+    with pytest.raises(AssertionError):
+        assert_matches_vectors({**tokens, "n": 1.5})
 
 
 def read_frame(conn):
@@ -168,7 +208,7 @@ def test_real_probe_frames_match_the_vectors(socket_dir):
 
         hello = read_frame(conn)
         assert hello["t"] == "hello"
-        assert_same_shape(hello, from_json(BY_NAME["hello"]["frame"]))
+        assert_matches_vectors(hello)
         assert hello["mode"] == "library" and hello["pid"] == os.getpid()
         assert len(hello["models"]) == 1
         layers = hello["models"][0]["layers"]
@@ -202,14 +242,18 @@ def test_real_probe_frames_match_the_vectors(socket_dir):
 
         kinds = [frame["t"] for frame in frames]
         assert kinds and kinds[-1] == "bye", kinds
-        assert set(kinds) <= {"counts", "bye"}, frames
-        assert_same_shape(frames[-1], from_json(BY_NAME["bye"]["frame"]))
+        assert set(kinds) <= {"counts", "tokens", "bye"}, frames
+        for frame in frames:
+            assert_matches_vectors(frame)
         counts = [frame for frame in frames if frame["t"] == "counts"]
         assert counts, "no counts frame before bye"
         for frame in counts:
-            assert_same_shape(frame, from_json(BY_NAME["counts"]["frame"]))
             assert (frame["model"], frame["layers"], frame["experts"]) == (0, 2, 4)
             assert len(frame["counts"]) == 2 * 4 * 8
+        for frame in (f for f in frames if f["t"] == "tokens"):
+            for layer in frame["layers"]:
+                ids = struct.unpack("<%di" % (layer["n"] * layer["k"]), layer["ids"])
+                assert layer["k"] == 2 and all(0 <= i < 4 for i in ids), layer
         assert [f["seq"] for f in counts] == sorted(f["seq"] for f in counts)
         last = counts[-1]
         decoded = struct.unpack("<8q", last["counts"])

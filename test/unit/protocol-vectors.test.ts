@@ -7,7 +7,7 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Packr } from 'msgpackr';
 import { describe, expect, it } from 'vitest';
-import { ProtocolError, countsToNumbers, parseProbeFrame } from '../../src/protocol/probe';
+import { HEALTH_COLUMNS, ProtocolError, countsToNumbers, float32s, float64s, int32s, parseProbeFrame } from '../../src/protocol/probe';
 import { ProbeFrameReader, decodeProbeFrameBody, encodeFrameHeader } from '../../native-host/src/probe-frames';
 
 interface Vector {
@@ -43,7 +43,7 @@ function fromJson(value: unknown): unknown {
 
 describe('probe frame vectors', () => {
   it('cover every frame type, with and without optional fields, and invalid frames', () => {
-    expect(new Set(valid.map((v) => (v.frame as { t: string }).t))).toEqual(new Set(['hello', 'counts', 'error', 'bye']));
+    expect(new Set(valid.map((v) => (v.frame as { t: string }).t))).toEqual(new Set(['hello', 'counts', 'tokens', 'error', 'bye']));
     expect(valid.some((v) => (v.frame as { error?: unknown }).error)).toBe(true);
     expect(valid.some((v) => ((v.frame as { models?: { layers: unknown[] }[] }).models ?? []).some((m) => m.layers.length > 1))).toBe(true);
     expect(invalid.length).toBeGreaterThanOrEqual(4);
@@ -80,6 +80,20 @@ describe('probe frame vectors', () => {
     const large = decodeProbeFrameBody(Buffer.from(valid.find((v) => v.name === 'counts_large')!.msgpack_hex, 'hex'));
     if (large.t !== 'counts') throw new Error('expected counts');
     expect(countsToNumbers(large.counts)).toEqual(Array.from({ length: 64 }, (_, i) => (i % 5 === 0 ? 2 ** 33 + i : i * 1000)));
+  });
+
+  it('binary payloads of the full counts and tokens frames decode to what they were written from', () => {
+    const full = decodeProbeFrameBody(Buffer.from(valid.find((v) => v.name === 'counts_full')!.msgpack_hex, 'hex'));
+    if (full.t !== 'counts') throw new Error('expected counts');
+    expect(full.health!.byteLength).toBe(full.layers * HEALTH_COLUMNS.length * 8);
+    expect(float64s(full.health!)).toEqual([48, 61.25, 130.5, 0, 0, 0, 48, 58.75, 122.0625, 1, 2, 3]);
+    expect(float64s(full.max_logit!)).toEqual([3.5, -0.25]);
+    const tokens = decodeProbeFrameBody(Buffer.from(valid.find((v) => v.name === 'tokens')!.msgpack_hex, 'hex'));
+    if (tokens.t !== 'tokens') throw new Error('expected tokens');
+    expect(int32s(tokens.token_ids!)).toEqual([1, 4711, 63]);
+    expect(tokens.texts).toEqual(['<s>', '▁données', 'ü']);
+    expect(int32s(tokens.layers[0].ids)).toEqual([0, 3, 2, 1, 3, 0]);
+    expect(float32s(tokens.layers[1].weights!)).toEqual([0.5, 0.5, 0.875, 0.125, 0.5, 0.5]);
   });
 
   it.each(invalid.map((v) => [v.name, v] as const))('%s: rejected with a ProtocolError saying what is wrong', (_name, v) => {
