@@ -105,6 +105,10 @@ class ProbeServer:
                 if uid is not None and uid != os.getuid():
                     conn.close()  # another user's process: refuse without a word
                     continue
+                if self.once:
+                    # An injected probe serves exactly one host: the socket goes now, so a
+                    # later attach never finds it half-closed and injects a fresh probe.
+                    self._close_listener()
                 self.session = Session(self, conn)
                 try:
                     self.session.run()
@@ -115,7 +119,7 @@ class ProbeServer:
         finally:
             self._close()
 
-    def _close(self):
+    def _close_listener(self):
         try:
             self._listener.close()
         except OSError:
@@ -124,6 +128,9 @@ class ProbeServer:
             os.unlink(self.path)
         except OSError:
             pass
+
+    def _close(self):
+        self._close_listener()
         _forget_server(self)
 
 

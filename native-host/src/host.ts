@@ -98,7 +98,7 @@ export class Host {
       const job: Job = { pid, client, method, models: hello.models, pending: new Map(), coalesced: 0, detaching: false };
       this.jobs.set(pid, job);
       client.on('frame', (frame) => this.onFrame(job, frame));
-      client.on('close', (err) => this.onClose(job, err));
+      client.on('close', (err) => void this.onClose(job, err));
       this.send({
         type: 'attached', pid, method, ms: Math.round(performance.now() - started),
         python: hello.python, framework: hello.framework, frameworkVersion: hello.framework_version,
@@ -146,10 +146,12 @@ export class Host {
     }
   }
 
-  private onClose(job: Job, err: Error | null) {
+  private async onClose(job: Job, err: Error | null) {
     if (this.jobs.get(job.pid) !== job) return;
     this.flushJob(job); // the final counts sent before goodbye
     this.jobs.delete(job.pid);
+    // A dying job closes its sockets a moment before it is gone from the process table.
+    if (!job.detaching) await waitForExit(job.pid, 300);
     if (job.detaching) {
       this.send({ type: 'detached', pid: job.pid, reason: 'requested' });
     } else if (!processExists(job.pid)) {
@@ -177,6 +179,11 @@ export class Host {
     }
     job.pending.clear();
   }
+}
+
+async function waitForExit(pid: number, ms: number): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (processExists(pid) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
 }
 
 /** A probe counts frame as the panel's update message (binary payloads as plain numbers). */

@@ -69,12 +69,19 @@ export function readProcessFacts(pid: number, proc = '/proc'): ProcessFacts | nu
   }
 }
 
+/** Whether pid names a live process (a zombie, exited but not yet reaped, does not count). */
 export function processExists(pid: number): boolean {
   try {
     process.kill(pid, 0);
-    return true;
   } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
+    if ((err as NodeJS.ErrnoException).code !== 'EPERM') return false;
+  }
+  try {
+    // Field 3 of /proc/PID/stat is the state; the command name before it may hold spaces.
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
+  } catch {
+    return process.platform !== 'linux'; // no /proc (macOS): kill(pid, 0) is all we know
   }
 }
 

@@ -1,0 +1,217 @@
+/**
+ * The native host against real processes, over real stdio native messaging:
+ * the failure paths a user meets, several jobs at once, repeated attach/detach,
+ * and what happens when the job or the host dies mid-stream.
+ */
+import { type ChildProcess, spawn } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import type { HostMessage, JobUpdate } from '../../src/protocol/panel';
+import { HostDriver, isType } from './host-driver';
+import { ROOT, pythonPath, startTinyJob, type Job } from './jobs';
+
+const cleanup: Array<() => unknown> = [];
+afterEach(async () => {
+  while (cleanup.length) await cleanup.pop()!();
+});
+
+function host(): HostDriver {
+  const driver = new HostDriver();
+  cleanup.push(() => driver.kill());
+  driver.send({ type: 'hello', version: 1 });
+  return driver;
+}
+
+async function job(args: string[] = []): Promise<Job> {
+  const j = await startTinyJob(args);
+  cleanup.push(() => j.stop());
+  return j;
+}
+
+function spawnIdle(command: string, args: string[]): ChildProcess {
+  const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'ignore'] });
+  cleanup.push(() => child.kill('SIGKILL'));
+  return child;
+}
+
+async function waitForLine(child: ChildProcess, text: string) {
+  await new Promise<void>((resolve, reject) => {
+    let out = '';
+    const timer = setTimeout(() => reject(new Error(`no "${text}" from ${child.pid}`)), 60000);
+    child.stdout!.on('data', (d) => {
+      out += d;
+      if (out.includes(text)) {
+        clearTimeout(timer);
+        resolve();
+      }
+    });
+  });
+}
+
+async function attachError(driver: HostDriver, pid: number) {
+  driver.send({ type: 'attach', pid });
+  return driver.waitFor(isType('error', pid), 30000);
+}
+
+const sumCounts = (u: JobUpdate) => u.counts.reduce((a, b) => a + b, 0);
+const fdCount = (pid: number) => fs.readdirSync(`/proc/${pid}/fd`).length;
+
+describe('native host', () => {
+  it('explains why it cannot attach: no process, not Python, no torch, no MoE model', async () => {
+    const driver = host();
+    const gone = await attachError(driver, 2 ** 30);
+    expect(gone.code).toBe('no_such_process');
+
+    const sleeper = spawnIdle('sleep', ['60']);
+    const notPython = await attachError(driver, sleeper.pid!);
+    expect(notPython.code).toBe('not_python');
+    expect(notPython.message).toMatch(/not a Python process/);
+
+    const plain = spawnIdle(pythonPath(), ['-c', 'import time\nprint("ready", flush=True)\nwhile True: time.sleep(0.05)']);
+    await waitForLine(plain, 'ready');
+    const noTorch = await attachError(driver, plain.pid!);
+    expect(noTorch.code).toBe('no_torch');
+
+    const dense = spawnIdle(pythonPath(), [path.join(ROOT, 'test/jobs/no_moe_job.py')]);
+    await waitForLine(dense, 'ready');
+    const fdsBefore = fdCount(dense.pid!);
+    const noMoe = await attachError(driver, dense.pid!);
+    expect(noMoe.code).toBe('no_moe');
+    expect(noMoe.hint).toBeTruthy();
+    // The probe left nothing behind: no socket, the fds the job had before.
+    await new Promise((r) => setTimeout(r, 1500));
+    expect(fs.existsSync(`/tmp/moe-devtools-${process.getuid!()}/probe-${dense.pid}.sock`)).toBe(false);
+    expect(fdCount(dense.pid!)).toBe(fdsBefore);
+    expect(dense.exitCode).toBeNull();
+  });
+
+  it('answers malformed panel messages with an error and keeps serving', async () => {
+    const driver = host();
+    driver.send({ type: 'attach', pid: -3 });
+    const bad = await driver.waitFor(isType('error'));
+    expect(bad.code).toBe('bad_request');
+    const junk = Buffer.from('{not json');
+    const head = Buffer.alloc(4);
+    head.writeUInt32LE(junk.length);
+    driver.sendRaw(Buffer.concat([head, junk]));
+    await driver.waitFor((m) => m.type === 'error' && /JSON/.test(m.message));
+    driver.send({ type: 'list' });
+    await driver.waitFor(isType('processes'));
+  });
+
+  it('attaches to two jobs at once and relays both', async () => {
+    const [a, b] = [await job(), await job(['--experts', '4', '--top-k', '1'])];
+    const driver = host();
+    driver.send({ type: 'attach', pid: a.pid });
+    driver.send({ type: 'attach', pid: b.pid });
+    const ua = await driver.waitFor((m): m is JobUpdate => m.type === 'update' && m.pid === a.pid && m.passes >= 3);
+    const ub = await driver.waitFor((m): m is JobUpdate => m.type === 'update' && m.pid === b.pid && m.passes >= 3);
+    expect(ua.experts).toBe(8);
+    expect(ub.experts).toBe(4);
+    expect(sumCounts(ua)).toBe(ua.passes * 32 * 2 * ua.layers);
+    expect(sumCounts(ub)).toBe(ub.passes * 32 * 1 * ub.layers);
+  });
+
+  it('attaches and detaches 20 times to one job without leaking hooks, threads or files', async () => {
+    const j = await job();
+    const driver = host();
+    const baselineHooks = j.passes()[0].hooks;
+    const fdsBefore = fdCount(j.pid);
+    const times: number[] = [];
+    for (let i = 0; i < 20; i++) {
+      const from = driver.messages.length;
+      driver.send({ type: 'attach', pid: j.pid });
+      const attached = await driver.waitFor(isType('attached', j.pid), 30000, from);
+      times.push(attached.ms);
+      await driver.waitFor((m) => m.type === 'update' && m.pid === j.pid, 10000, from);
+      driver.send({ type: 'detach', pid: j.pid });
+      await driver.waitFor(isType('detached', j.pid), 10000, from);
+    }
+    await new Promise((r) => setTimeout(r, 500));
+    const n = j.passes().length;
+    while (j.passes().length < n + 3) await new Promise((r) => setTimeout(r, 50));
+    const last = j.passes().at(-1)!;
+    expect(last.hooks).toBe(baselineHooks);
+    expect(last.threads).toEqual(['MainThread']);
+    expect(fdCount(j.pid)).toBe(fdsBefore);
+    expect(fs.existsSync(`/tmp/moe-devtools-${process.getuid!()}/probe-${j.pid}.sock`)).toBe(false);
+    times.sort((x, y) => x - y);
+    console.log(`20 attaches: median ${times[10]} ms, max ${times[19]} ms (first ${times[0]} ms)`);
+  });
+
+  it('tells the panel within a second when the job dies mid-stream', async () => {
+    const j = await job();
+    const driver = host();
+    driver.send({ type: 'attach', pid: j.pid });
+    await driver.waitFor((m) => m.type === 'update' && m.pid === j.pid);
+    const killedAt = Date.now();
+    j.process.kill('SIGKILL');
+    const detached = await driver.waitFor(isType('detached', j.pid), 5000);
+    expect(detached.reason).toBe('process_exited');
+    expect(Date.now() - killedAt).toBeLessThan(1000);
+  });
+
+  it('when the host dies mid-stream the probe removes its hooks within a second', async () => {
+    const j = await job();
+    const baselineHooks = j.passes()[0].hooks;
+    const driver = host();
+    driver.send({ type: 'attach', pid: j.pid });
+    await driver.waitFor((m) => m.type === 'update' && m.pid === j.pid);
+    expect(j.passes().at(-1)!.hooks).toBeGreaterThan(baselineHooks);
+    driver.kill('SIGKILL');
+    const killedAt = Date.now();
+    let cleanAt = 0;
+    while (Date.now() - killedAt < 5000) {
+      const last = j.passes().at(-1)!;
+      if (last.hooks === baselineHooks && last.threads.length === 1) {
+        cleanAt = Date.now();
+        break;
+      }
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    expect(cleanAt, 'probe hooks still present 5 s after the host died').toBeGreaterThan(0);
+    expect(cleanAt - killedAt).toBeLessThan(1000);
+  });
+
+  it('on browser port close (stdin EOF) detaches every probe and exits; the job carries on', async () => {
+    const j = await job();
+    const baselineHooks = j.passes()[0].hooks;
+    const driver = host();
+    driver.send({ type: 'attach', pid: j.pid });
+    await driver.waitFor((m) => m.type === 'update' && m.pid === j.pid);
+    driver.process.stdin!.end();
+    expect(await driver.exited()).toBe(0);
+    const n = j.passes().length;
+    while (j.passes().length < n + 3) await new Promise((r) => setTimeout(r, 50));
+    expect(j.passes().at(-1)!.hooks).toBe(baselineHooks);
+    expect(j.process.exitCode).toBeNull();
+  });
+
+  it('attaches over the socket of a job started with `python -m moe_probe run`, without injecting', async () => {
+    const dir = fs.mkdtempSync('/tmp/moe-run-');
+    const log = path.join(dir, 'job.jsonl');
+    const child = spawn(pythonPath(), ['-m', 'moe_probe', 'run', path.join(ROOT, 'test/jobs/tiny_moe_job.py'), '--log', log], {
+      stdio: 'ignore',
+      env: { ...process.env, PYTHONPATH: path.join(ROOT, 'native-host') },
+    });
+    cleanup.push(() => child.kill('SIGKILL'));
+    const driver = host();
+    const deadline = Date.now() + 60000;
+    let listed: HostMessage | undefined;
+    while (Date.now() < deadline) {
+      const from = driver.messages.length;
+      driver.send({ type: 'list' });
+      const list = await driver.waitFor(isType('processes'), 10000, from);
+      listed = list.processes.find((p) => p.pid === child.pid && p.probe) ? list : undefined;
+      if (listed && fs.existsSync(log) && fs.readFileSync(log, 'utf8').includes('"pass"')) break;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    expect(listed, 'the job never showed up as having a probe').toBeTruthy();
+    driver.send({ type: 'attach', pid: child.pid! });
+    const attached = await driver.waitFor(isType('attached', child.pid!), 20000);
+    expect(attached.method).toBe('socket');
+    const update = await driver.waitFor((m): m is JobUpdate => m.type === 'update' && m.pid === child.pid && m.passes >= 2);
+    expect(sumCounts(update)).toBe(update.passes * 32 * 2 * update.layers);
+  });
+});
