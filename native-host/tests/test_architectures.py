@@ -23,6 +23,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 NATIVE_HOST = os.path.dirname(HERE)
@@ -138,13 +139,50 @@ def first_tensor(output):
     return output
 
 
+# aten ops that make the host wait for the device (or need data-dependent shapes, which do)
+SYNCING_OPS = ("aten._local_scalar_dense", "aten.nonzero", "aten.masked_select", "aten.equal",
+               "aten.is_nonzero", "aten._unique", "aten.unique", "aten.repeat_interleave.Tensor",
+               "aten.index.Tensor", "aten.allclose")
+
+
+class OpLog(TorchDispatchMode):
+    """Every aten op run while active, with whether it writes into one of its arguments."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = str(func)
+        if name.startswith("aten._to_copy") and "device" in kwargs and kwargs["device"] != args[0].device:
+            name += " (to %s)" % kwargs["device"]
+        self.ops.append((name, func._schema.is_mutable))
+        return func(*args, **kwargs)
+
+
+def trace_reads(layers):
+    """Run each layer's read() under OpLog (an attribute on the probe's layer object, not the model)."""
+    log = []
+    for layer in layers:
+        def traced(args, output, _read=layer.read):
+            with OpLog() as ops:
+                result = _read(args, output)
+            log.extend(ops.ops)
+            return result
+        layer.read = traced
+    return log
+
+
 def check_probe(model, inputs, truth, expected_names, check_weights=True):
-    """Layers found, routing equal to `truth`, outputs bitwise identical, hooks restored."""
+    """Layers found, routing equal to `truth`, outputs bitwise identical, hooks restored,
+    and the probe's reads neither write into a tensor nor synchronise with the device."""
     layers = find_moe_layers(model)
     assert [layer.name for layer in layers] == expected_names
     assert [layer.index for layer in layers] == list(range(len(expected_names)))
     for layer in layers:
-        assert set(layer.describe()) >= {"index", "name", "arch", "experts", "top_k"}
+        assert set(layer.describe()) == {"index", "name", "arch", "experts", "top_k"}
+    ops = trace_reads(layers)
 
     with torch.no_grad():
         plain = first_tensor(model(**inputs))
@@ -165,6 +203,9 @@ def check_probe(model, inputs, truth, expected_names, check_weights=True):
     assert after == before, "hooks or attributes left behind after remove()"
     assert torch.equal(plain, hooked), "outputs changed with the probe's hooks installed"
     assert all(layer.errors == 0 for layer in layers), [layer.last_error for layer in layers]
+    assert ops, "the probe's reads were not traced"
+    assert not [name for name, _ in ops if name.startswith(SYNCING_OPS) or " (to " in name], ops
+    assert not [name for name, mutable in ops if mutable], "the probe wrote into a tensor"
 
     # records arrive in forward order; their layer indices must walk the layers in order
     assert [lay.index for lay, _ in records] == [i % len(layers) for i in range(len(records))]
@@ -639,6 +680,18 @@ def test_user_written_moe_blocks():
 
 
 # -- no MoE at all ------------------------------------------------------------------------------
+
+
+def test_probe_source_has_no_host_sync_calls():
+    """Calls that copy to the host or wait for the device never appear in the adapters' code
+    (on CPU some of them are no-ops the op trace above cannot see)."""
+    import inspect
+    from moe_probe import routers
+    source = inspect.getsource(routers)
+    code = "\n".join(line.split("#")[0] for line in source.splitlines() if not line.strip().startswith(("#",)))
+    code = code.split('"""', 2)[2]  # past the module docstring, which names them
+    for call in (".item(", ".cpu(", ".tolist(", ".numpy(", ".nonzero(", "synchronize(", ".to('cpu'", '.to("cpu"'):
+        assert call not in code, call
 
 
 def test_models_without_moe_layers():
