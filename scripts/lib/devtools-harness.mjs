@@ -108,3 +108,13 @@ export async function selectLayer(panel, layer) {
   await panel.select('[data-testid="layer-select"]', String(layer));
   await panel.waitForFunction((l) => document.querySelector(`[data-testid="expert-table"][data-layer="${l}"]`), { polling: 100, timeout: 10000 }, layer);
 }
+
+/** Undock DevTools into its own window of the given size, so screenshots show only DevTools. */
+export async function undockDevTools(devtools, { width = 1280, height = 800 } = {}) {
+  await devtools.evaluate(`(async () => {
+    const UI = await import(new URL('./ui/legacy/legacy.js', location.href).href);
+    UI.DockController.DockController.instance().setDockSide('undocked');
+  })()`);
+  await devtools.setViewport({ width, height });
+  await new Promise((r) => setTimeout(r, 300));
+}
