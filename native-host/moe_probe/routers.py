@@ -448,23 +448,6 @@ def _match_router(name: str, module: nn.Module, declared: _Declared, parents) ->
                              logits_index=declared_index, arch="router")
 
 
-class TopKRouterLayer(RouterOutputLayer):
-    """Kept for callers of the earlier API: a router module that returns its own top-k."""
-
-    arch = "topk-router"
-
-    @classmethod
-    def match(cls, name: str, module: nn.Module) -> Optional["RouterOutputLayer"]:
-        rows = _linear_rows(module)
-        top_k = _int_attr(module, ("top_k",))
-        if rows is None or top_k is None:
-            return None
-        num_experts = _int_attr(module, EXPERT_COUNT_ATTRS) or rows[0]
-        if num_experts != rows[0] or top_k > num_experts:
-            return None
-        return cls(name, module, num_experts, top_k, router=module, router_name=name)
-
-
 def find_moe_layers(root: nn.Module) -> List[MoELayer]:
     """All MoE layers under root, in module order, with .index set 0..L-1.
 
