@@ -183,6 +183,7 @@ class Recorder:
         self._block_on_gpu = [any(p.is_cuda for p in block.parameters()) for block in self.blocks]
         with self._lock:
             for layer, block in zip(self.layers, self.blocks):
+                layer.on_error = self.on_error
                 self._handles += layer.install(self._on_routing)
                 self._handles.append(block.register_forward_pre_hook(self._timer_start(layer.index)))
                 self._handles.append(block.register_forward_hook(self._timer_end(layer.index), always_call=True))

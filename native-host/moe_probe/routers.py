@@ -81,6 +81,7 @@ class MoELayer:
         self.top_k = int(top_k)
         self.index = -1  # position among the model's MoE layers, set by find_moe_layers
         self.errors = 0  # reads that failed (the job's forward is never interrupted)
+        self.on_error = None  # called with the exception of a failed read, if set
         self.last_error: Optional[BaseException] = None
 
     def describe(self):
@@ -108,6 +109,8 @@ class MoELayer:
         except Exception as exc:  # a probe bug must never break the job's forward
             self.errors += 1
             self.last_error = exc
+            if self.on_error is not None:
+                self.on_error(exc)  # the recorder disables the probe and reports why
             return
         if routing is not None:
             on_routing(self, routing)
