@@ -9,6 +9,7 @@ import * as fs from 'node:fs';
 import { MAX_HOST_MESSAGE_BYTES, PANEL_PROTOCOL_VERSION, type AttachMethod, type HostMessage, type JobUpdate, type PanelRequest, type TokenUpdate } from '../../src/protocol/panel';
 import { countsToNumbers, float32s, float64s, int32s, type ModelInfo, type ProbeCounts, type ProbeFrame, type ProbeTokens } from '../../src/protocol/probe';
 import { AttachError, HINTS } from './attach-errors';
+import { DEFAULT_HISTORY_BYTES, History } from './history';
 import { chooseMethod, inject, preflight, waitForProbe } from './inject';
 import { probeSocketPath, socketDir } from './paths';
 import { ProbeClient } from './probe-client';
@@ -23,6 +24,13 @@ export interface HostOptions {
   attachTimeoutMs?: number;
   gdbPath?: string;
   log?: (line: string) => void;
+  /** Byte cap of the history kept for the panel's window queries. */
+  historyBytes?: number;
+  /**
+   * True while the browser is behind reading our output: updates are then coalesced
+   * and token records dropped (and counted) rather than queued without bound.
+   */
+  congested?: () => boolean;
 }
 
 interface Job {
@@ -41,16 +49,33 @@ export class Host {
   private attaching = new Set<number>();
   private timer: NodeJS.Timeout;
   private watchdog: NodeJS.Timeout;
+  private stats: NodeJS.Timeout;
   private readonly dir: string;
+  readonly history: History;
+  droppedToPanel = 0;
 
   constructor(
     private readonly send: (message: HostMessage) => void,
     private readonly opts: HostOptions,
   ) {
     this.dir = opts.socketDir ?? socketDir();
+    this.history = new History(opts.historyBytes ?? DEFAULT_HISTORY_BYTES);
     this.timer = setInterval(() => this.flushUpdates(), 1000 / (opts.updateHz ?? 30));
     // A job killed hard may leave its socket open for a moment; poll so the panel hears within a second.
     this.watchdog = setInterval(() => this.checkJobsAlive(), 250);
+    this.stats = setInterval(() => this.sendStats(), 1000);
+  }
+
+  private congested(): boolean {
+    return this.opts.congested?.() ?? false;
+  }
+
+  private sendStats() {
+    if (!this.jobs.size) return;
+    this.send({
+      type: 'host-stats', rssBytes: process.memoryUsage.rss(), historyBytes: this.history.used,
+      historyCapBytes: this.history.capBytes, historyEvicted: this.history.evicted, droppedToPanel: this.droppedToPanel,
+    });
   }
 
   async handle(request: PanelRequest): Promise<void> {
@@ -65,7 +90,49 @@ export class Host {
         return this.attach(request.pid);
       case 'detach':
         return this.detach(request.pid);
+      case 'history':
+        return this.sendHistory(request.pid, request.from, request.to, request.layer);
+      case 'token-pass': {
+        const found = this.history.query(request.pid, 'tokens').filter((e) => e.frame.pass === request.pass);
+        if (!found.length) {
+          this.send({ type: 'error', pid: request.pid, code: 'bad_request', message: `No token record of pass ${request.pass} is held for process ${request.pid}.` });
+        }
+        for (const entry of found) for (const part of splitTokenUpdate(tokenUpdate(request.pid, entry.frame), TOKEN_MESSAGE_BUDGET)) this.send(part);
+        return;
+      }
+      case 'configure':
+        if (request.historyMB !== undefined) this.history.setCap(request.historyMB * 1024 * 1024);
+        if (request.updateHz !== undefined) {
+          clearInterval(this.timer);
+          this.timer = setInterval(() => this.flushUpdates(), 1000 / request.updateHz);
+        }
+        return;
     }
+  }
+
+  /** Past snapshots of a job, in parts that each fit in one native message. */
+  private sendHistory(pid: number, from?: number, to?: number, layer?: number) {
+    const entries = this.history.query(pid, 'counts', from, to);
+    let part = 0;
+    let batch: JobUpdate[] = [];
+    let size = 0;
+    const flush = (done: boolean) => {
+      this.send({ type: 'history', pid, ...(layer !== undefined ? { layer } : {}), updates: batch, part: part++, done });
+      batch = [];
+      size = 0;
+    };
+    for (const entry of entries) {
+      const update = jobUpdate(pid, entry.frame, 0);
+      if (layer !== undefined) {
+        if (layer >= update.layers) continue;
+        update.counts = update.counts.slice(layer * update.experts, (layer + 1) * update.experts);
+      }
+      const bytes = JSON.stringify(update).length;
+      if (size + bytes > TOKEN_MESSAGE_BUDGET && batch.length) flush(false);
+      batch.push(update);
+      size += bytes;
+    }
+    flush(true);
   }
 
   private async attach(pid: number): Promise<void> {
@@ -132,14 +199,21 @@ export class Host {
   stop(): void {
     clearInterval(this.timer);
     clearInterval(this.watchdog);
+    clearInterval(this.stats);
     for (const job of this.jobs.values()) job.client.close();
   }
 
   private onFrame(job: Job, frame: ProbeFrame) {
     if (frame.t === 'counts') {
+      this.history.addCounts(job.pid, frame);
       if (job.pending.has(frame.model)) job.coalesced += 1;
       job.pending.set(frame.model, frame);
     } else if (frame.t === 'tokens') {
+      this.history.addTokens(job.pid, Date.now() / 1000, frame);
+      if (this.congested()) {
+        this.droppedToPanel += 1;
+        return;
+      }
       for (const part of splitTokenUpdate(tokenUpdate(job.pid, frame), TOKEN_MESSAGE_BUDGET)) this.send(part);
     } else if (frame.t === 'error') {
       this.send({ type: 'error', pid: job.pid, code: 'probe_failed', message: `The probe stopped itself: ${frame.message}` });
@@ -170,6 +244,10 @@ export class Host {
   }
 
   private flushUpdates() {
+    if (this.congested()) {
+      this.droppedToPanel += 1; // this tick's updates wait, coalesced, for the browser to catch up
+      return;
+    }
     for (const job of this.jobs.values()) this.flushJob(job);
   }
 

@@ -22,7 +22,15 @@ function send(message: HostMessage) {
 }
 
 const probeRoot = process.env.MOE_DEVTOOLS_PROBE_ROOT ?? path.dirname(process.argv[1] ?? __filename);
-const host = new Host(send, { probeRoot, log });
+// More than this much unread by the browser means it is behind: coalesce and drop instead of queueing.
+const CONGESTED_BYTES = 8 * 1024 * 1024;
+const historyMB = Number(process.env.MOE_DEVTOOLS_HISTORY_MB);
+const host = new Host(send, {
+  probeRoot,
+  log,
+  congested: () => process.stdout.writableLength > CONGESTED_BYTES,
+  ...(historyMB > 0 ? { historyBytes: historyMB * 1024 * 1024 } : {}),
+});
 const reader = new NativeMessageReader();
 
 process.stdin.on('data', (chunk: Buffer) => {

@@ -46,7 +46,13 @@ export type PanelRequest =
   | { type: 'hello'; version: number }
   | { type: 'list' }
   | { type: 'attach'; pid: number }
-  | { type: 'detach'; pid: number };
+  | { type: 'detach'; pid: number }
+  /** Past counts snapshots the host still holds for a job, optionally one layer only, within [from, to] (probe time, s). */
+  | { type: 'history'; pid: number; from?: number; to?: number; layer?: number }
+  /** The per-token routing of one sampled pass, from the host's history. */
+  | { type: 'token-pass'; pid: number; pass: number }
+  /** Host settings: history memory cap (MiB) and panel update rate (Hz). */
+  | { type: 'configure'; historyMB?: number; updateHz?: number };
 
 export interface JobUpdate {
   type: 'update';
@@ -109,6 +115,18 @@ export type HostMessage =
     }
   | JobUpdate
   | TokenUpdate
+  /** Answer to a history request; long answers come in several parts, the last with done. */
+  | { type: 'history'; pid: number; layer?: number; updates: JobUpdate[]; part: number; done: boolean }
+  /** Once a second: the host's own memory and what it had to drop. */
+  | {
+      type: 'host-stats';
+      rssBytes: number;
+      historyBytes: number;
+      historyCapBytes: number;
+      historyEvicted: number;
+      /** Updates and token records not sent because the browser was reading too slowly. */
+      droppedToPanel: number;
+    }
   | { type: 'detached'; pid: number; reason: 'requested' | 'process_exited' | 'probe_closed' | 'error'; message?: string }
   | { type: 'error'; pid?: number; code: ErrorCode; message: string; hint?: string };
 
@@ -125,6 +143,37 @@ export function parsePanelRequest(value: unknown): PanelRequest | { error: strin
     case 'attach':
     case 'detach':
       return pidOk(msg.pid) ? { type: msg.type, pid: msg.pid } : { error: `${msg.type} needs a positive integer pid` };
+    case 'history': {
+      if (!pidOk(msg.pid)) return { error: 'history needs a positive integer pid' };
+      const req: Extract<PanelRequest, { type: 'history' }> = { type: 'history', pid: msg.pid };
+      for (const key of ['from', 'to'] as const) {
+        if (msg[key] === undefined) continue;
+        if (typeof msg[key] !== 'number' || !Number.isFinite(msg[key])) return { error: `history: ${key} should be a number (seconds)` };
+        req[key] = msg[key] as number;
+      }
+      if (msg.layer !== undefined) {
+        if (typeof msg.layer !== 'number' || !Number.isInteger(msg.layer) || msg.layer < 0) return { error: 'history: layer should be a whole number' };
+        req.layer = msg.layer;
+      }
+      return req;
+    }
+    case 'token-pass':
+      if (!pidOk(msg.pid)) return { error: 'token-pass needs a positive integer pid' };
+      return typeof msg.pass === 'number' && Number.isInteger(msg.pass) && msg.pass > 0
+        ? { type: 'token-pass', pid: msg.pid, pass: msg.pass }
+        : { error: 'token-pass needs a positive integer pass' };
+    case 'configure': {
+      const req: Extract<PanelRequest, { type: 'configure' }> = { type: 'configure' };
+      if (msg.historyMB !== undefined) {
+        if (typeof msg.historyMB !== 'number' || !(msg.historyMB >= 1 && msg.historyMB <= 65536)) return { error: 'configure: historyMB should be between 1 and 65536' };
+        req.historyMB = msg.historyMB;
+      }
+      if (msg.updateHz !== undefined) {
+        if (typeof msg.updateHz !== 'number' || !(msg.updateHz >= 1 && msg.updateHz <= 120)) return { error: 'configure: updateHz should be between 1 and 120' };
+        req.updateHz = msg.updateHz;
+      }
+      return req;
+    }
     default:
       return { error: `unknown request type ${describeValue(msg.type)}` };
   }

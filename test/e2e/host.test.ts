@@ -113,6 +113,34 @@ describe('native host', () => {
     expect(sumCounts(ub)).toBe(ub.passes * 32 * 1 * ub.layers);
   });
 
+  it('keeps a bounded history and answers window, layer and token-pass queries from it', async () => {
+    const j = await job();
+    const driver = new HostDriver({ MOE_DEVTOOLS_HISTORY_MB: '1' });
+    cleanup.push(() => driver.kill());
+    driver.send({ type: 'attach', pid: j.pid });
+    await driver.waitFor((m) => m.type === 'update' && m.pid === j.pid && m.passes >= 15, 30000);
+    const from = driver.messages.length;
+    driver.send({ type: 'history', pid: j.pid, layer: 2 });
+    const history = await driver.waitFor(isType('history', j.pid), 10000, from);
+    expect(history.done).toBe(true);
+    expect(history.layer).toBe(2);
+    expect(history.updates.length).toBeGreaterThan(3);
+    // Cumulative snapshots, oldest first: each layer-2 row is the job's own routing summed
+    // over the passes it covers, so it grows by exactly passes x tokens x top-k.
+    for (const u of history.updates) expect(u.counts.reduce((a, b) => a + b, 0)).toBe(u.passes * 32 * 2);
+    const passes = history.updates.map((u) => u.passes);
+    expect([...passes].sort((a, b) => a - b)).toEqual(passes);
+    const tokenPass = driver.messages.find((m) => m.type === 'tokens' && m.pid === j.pid);
+    expect(tokenPass).toBeTruthy();
+    const before = driver.messages.length;
+    driver.send({ type: 'token-pass', pid: j.pid, pass: (tokenPass as { pass: number }).pass });
+    const replay = await driver.waitFor((m) => m.type === 'tokens' && m.pid === j.pid && m.pass === (tokenPass as { pass: number }).pass, 10000, before);
+    expect(replay).toEqual(tokenPass);
+    const stats = await driver.waitFor(isType('host-stats'), 5000);
+    expect(stats.historyCapBytes).toBe(1024 * 1024);
+    expect(stats.historyBytes).toBeLessThanOrEqual(stats.historyCapBytes);
+  });
+
   it('attaches and detaches 20 times to one job without leaking hooks, threads or files', async () => {
     const j = await job();
     const driver = host();
