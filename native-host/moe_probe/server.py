@@ -7,9 +7,12 @@ and the thread ends, leaving the process as it found it.
 """
 
 import ctypes
+import hmac
+import json
 import os
 import platform
 import queue
+import secrets
 import select
 import socket
 import struct
@@ -41,6 +44,29 @@ def _peer_uid(conn):
     return uid
 
 
+def _check_token(conn, token):
+    """A TCP client's first frame must be {"t": "auth", "token": TOKEN}; anything else is refused."""
+    conn.settimeout(2.0)
+    reader = FrameReader()
+    data = b""
+    try:
+        while True:
+            chunk = conn.recv(4096)
+            if not chunk:
+                return False
+            data += chunk
+            if len(data) > 4096:
+                return False
+            messages = reader.feed(chunk)
+            if messages:
+                first = messages[0]
+                return (isinstance(first, dict) and first.get("t") == "auth"
+                        and isinstance(first.get("token"), str)
+                        and hmac.compare_digest(first["token"], token))
+    except (OSError, ValueError):
+        return False
+
+
 def _tensor_bytes(tensor: torch.Tensor) -> bytes:
     """Raw little-endian bytes of a contiguous host tensor, without numpy."""
     tensor = tensor.contiguous()
@@ -48,9 +74,16 @@ def _tensor_bytes(tensor: torch.Tensor) -> bytes:
 
 
 class ProbeServer:
-    def __init__(self, mode: str, once: bool, socket_dir: str = None, models=None, settings=None):
+    def __init__(self, mode: str, once: bool, socket_dir: str = None, models=None, settings=None,
+                 tcp_port=None):
         self.mode = mode  # "injected" or "library"
         self.once = once
+        # Optional TCP listener for a job on a remote machine reached through an SSH tunnel:
+        # bound to 127.0.0.1 only, and a client must present the random token first.
+        self.tcp_port = tcp_port
+        self.tcp_token = None
+        self.tcp_address = None
+        self._tcp_listener = None
         self.socket_dir = socket_dir
         self.explicit_models = models  # roots given by moe_probe.attach(model), else found by gc
         self.settings = settings or Settings()
@@ -78,8 +111,9 @@ class ProbeServer:
             os.umask(old_umask)
         os.chmod(self.path, 0o600)
         listener.listen(4)
-        listener.settimeout(POLL_S * 4)
         self._listener = listener
+        if self.tcp_port is not None:
+            self._start_tcp(directory)
         self._thread = threading.Thread(target=self._serve, name="moe_probe", daemon=True)
         self._thread.start()
 
@@ -92,19 +126,49 @@ class ProbeServer:
     def running(self):
         return self._thread is not None and self._thread.is_alive()
 
+    def _start_tcp(self, directory):
+        tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        tcp.bind(("127.0.0.1", int(self.tcp_port)))
+        tcp.listen(4)
+        self._tcp_listener = tcp
+        self.tcp_token = secrets.token_hex(16)
+        self.tcp_address = "127.0.0.1:%d" % tcp.getsockname()[1]
+        info = os.path.join(directory, "%s%d.tcp.json" % (paths.SOCKET_PREFIX, os.getpid()))
+        fd = os.open(info, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"address": self.tcp_address, "token": self.tcp_token}, f)
+        self._tcp_info = info
+        sys.stderr.write("moe_probe: listening on %s (token in %s)\n" % (self.tcp_address, info))
+
+    def _accept(self):
+        """The next connection and whether it came over TCP, or (None, False) on timeout."""
+        listeners = [l for l in (self._listener, self._tcp_listener) if l is not None]
+        readable, _, _ = select.select(listeners, [], [], POLL_S * 4)
+        if not readable:
+            return None, False
+        conn, _ = readable[0].accept()
+        return conn, readable[0] is self._tcp_listener
+
     def _serve(self):
         try:
             while not self._stopping.is_set():
                 try:
-                    conn, _ = self._listener.accept()
-                except socket.timeout:
-                    continue
-                except OSError:
+                    conn, over_tcp = self._accept()
+                except (OSError, ValueError):
                     break
-                uid = _peer_uid(conn)
-                if uid is not None and uid != os.getuid():
-                    conn.close()  # another user's process: refuse without a word
+                if conn is None:
                     continue
+                conn.setblocking(True)
+                if over_tcp:
+                    if not _check_token(conn, self.tcp_token):
+                        conn.close()
+                        continue
+                else:
+                    uid = _peer_uid(conn)
+                    if uid is not None and uid != os.getuid():
+                        conn.close()  # another user's process: refuse without a word
+                        continue
                 if self.once:
                     # An injected probe serves exactly one host: the socket goes now, so a
                     # later attach never finds it half-closed and injects a fresh probe.
@@ -120,14 +184,18 @@ class ProbeServer:
             self._close()
 
     def _close_listener(self):
-        try:
-            self._listener.close()
-        except OSError:
-            pass
-        try:
-            os.unlink(self.path)
-        except OSError:
-            pass
+        for listener in (self._listener, self._tcp_listener):
+            try:
+                if listener is not None:
+                    listener.close()
+            except OSError:
+                pass
+        for path in (self.path, getattr(self, "_tcp_info", None)):
+            try:
+                if path:
+                    os.unlink(path)
+            except OSError:
+                pass
 
     def _close(self):
         self._close_listener()
@@ -364,12 +432,13 @@ def current_server():
     return _server
 
 
-def start_server(mode, once, socket_dir=None, models=None, settings=None):
+def start_server(mode, once, socket_dir=None, models=None, settings=None, tcp_port=None):
     global _server
     with _server_lock:
         if _server is not None and _server.running:
             return _server
-        _server = ProbeServer(mode=mode, once=once, socket_dir=socket_dir, models=models, settings=settings)
+        _server = ProbeServer(mode=mode, once=once, socket_dir=socket_dir, models=models, settings=settings,
+                              tcp_port=tcp_port)
         _server.start()
         return _server
 

@@ -7,7 +7,7 @@
  */
 import * as fs from 'node:fs';
 import { MAX_HOST_MESSAGE_BYTES, PANEL_PROTOCOL_VERSION, type AttachMethod, type HostMessage, type JobUpdate, type PanelRequest, type TokenUpdate } from '../../src/protocol/panel';
-import { countsToNumbers, float32s, float64s, int32s, type ModelInfo, type ProbeCounts, type ProbeFrame, type ProbeTokens } from '../../src/protocol/probe';
+import { countsToNumbers, float32s, float64s, int32s, type ModelInfo, type ProbeCounts, type ProbeFrame, type ProbeHello, type ProbeTokens } from '../../src/protocol/probe';
 import { AttachError, HINTS } from './attach-errors';
 import { DEFAULT_HISTORY_BYTES, History } from './history';
 import { chooseMethod, inject, preflight, waitForProbe } from './inject';
@@ -42,6 +42,8 @@ interface Job {
   pending: Map<number, ProbeCounts>;
   coalesced: number;
   detaching: boolean;
+  /** Reached over TCP: its pid is on another machine, so no local process checks. */
+  remote: boolean;
 }
 
 export class Host {
@@ -90,6 +92,8 @@ export class Host {
         return this.attach(request.pid);
       case 'detach':
         return this.detach(request.pid);
+      case 'connect':
+        return this.connectTcp(request.address, request.token);
       case 'history':
         return this.sendHistory(request.pid, request.from, request.to, request.layer);
       case 'token-pass': {
@@ -135,6 +139,32 @@ export class Host {
     flush(true);
   }
 
+  /** Attach to a probe on TCP (through an SSH tunnel); the job is known by the pid its probe reports. */
+  private async connectTcp(address: string, token: string): Promise<void> {
+    const started = performance.now();
+    const colon = address.lastIndexOf(':');
+    const host = address.slice(0, colon).replace(/^\[|\]$/g, '');
+    const port = Number(address.slice(colon + 1));
+    let connected: Awaited<ReturnType<typeof ProbeClient.connect>>;
+    try {
+      connected = await ProbeClient.connect({ host, port, token }, 5000);
+    } catch (err) {
+      this.send({
+        type: 'error', code: 'attach_timeout',
+        message: `No probe answered at ${address} with that token: ${(err as Error).message}`,
+        hint: 'Check the tunnel (ssh -L PORT:127.0.0.1:PORT host) and copy the token from probe-PID.tcp.json on the remote machine.',
+      });
+      return;
+    }
+    const { client, hello } = connected;
+    if (this.jobs.has(hello.pid)) {
+      client.close();
+      this.send({ type: 'error', pid: hello.pid, code: 'already_attached', message: `Already attached to a process ${hello.pid}.` });
+      return;
+    }
+    this.adopt(hello.pid, client, hello, 'tcp', started);
+  }
+
   private async attach(pid: number): Promise<void> {
     if (this.jobs.has(pid) || this.attaching.has(pid)) {
       this.send({ type: 'error', pid, code: 'already_attached', message: `Already attached to process ${pid}.` });
@@ -162,21 +192,25 @@ export class Host {
         const code = hello.error.code === 'no_moe' ? 'no_moe' : 'probe_failed';
         throw new AttachError(code, hello.error.message, code === 'no_moe' ? HINTS.no_moe : undefined);
       }
-      const job: Job = { pid, client, method, models: hello.models, pending: new Map(), coalesced: 0, detaching: false };
-      this.jobs.set(pid, job);
-      client.on('frame', (frame) => this.onFrame(job, frame));
-      client.on('close', (err) => void this.onClose(job, err));
-      this.send({
-        type: 'attached', pid, method, ms: Math.round(performance.now() - started),
-        python: hello.python, framework: hello.framework, frameworkVersion: hello.framework_version,
-        argv: hello.argv, models: hello.models,
-      });
+      this.adopt(pid, client, hello, method, started);
     } catch (err) {
       const e = err instanceof AttachError ? err : new AttachError('internal', (err as Error).message ?? String(err));
       this.send({ type: 'error', pid, code: e.code, message: e.message, ...(e.hint ? { hint: e.hint } : {}) });
     } finally {
       this.attaching.delete(pid);
     }
+  }
+
+  private adopt(pid: number, client: ProbeClient, hello: ProbeHello, method: AttachMethod, started: number) {
+    const job: Job = { pid, client, method, models: hello.models, pending: new Map(), coalesced: 0, detaching: false, remote: method === 'tcp' };
+    this.jobs.set(pid, job);
+    client.on('frame', (frame) => this.onFrame(job, frame));
+    client.on('close', (err) => void this.onClose(job, err));
+    this.send({
+      type: 'attached', pid, method, ms: Math.round(performance.now() - started),
+      python: hello.python, framework: hello.framework, frameworkVersion: hello.framework_version,
+      argv: hello.argv, models: hello.models,
+    });
   }
 
   async detach(pid: number): Promise<void> {
@@ -225,10 +259,10 @@ export class Host {
     this.flushJob(job); // the final counts sent before goodbye
     this.jobs.delete(job.pid);
     // A dying job closes its sockets a moment before it is gone from the process table.
-    if (!job.detaching) await waitForExit(job.pid, 300);
+    if (!job.detaching && !job.remote) await waitForExit(job.pid, 300);
     if (job.detaching) {
       this.send({ type: 'detached', pid: job.pid, reason: 'requested' });
-    } else if (!processExists(job.pid)) {
+    } else if (!job.remote && !processExists(job.pid)) {
       this.send({ type: 'detached', pid: job.pid, reason: 'process_exited', message: `Process ${job.pid} exited.` });
     } else if (err) {
       this.send({ type: 'detached', pid: job.pid, reason: 'error', message: `Connection to the probe failed: ${err.message}` });
@@ -239,7 +273,7 @@ export class Host {
 
   private checkJobsAlive() {
     for (const job of this.jobs.values()) {
-      if (!processExists(job.pid)) job.client.close();
+      if (!job.remote && !processExists(job.pid)) job.client.close();
     }
   }
 

@@ -25,11 +25,15 @@ export class ProbeClient extends EventEmitter<ProbeClientEvents> {
     socket.on('close', () => this.finish(null));
   }
 
-  /** Connect and wait for the probe's hello. */
-  static connect(path: string, timeoutMs = 10000): Promise<{ client: ProbeClient; hello: ProbeHello }> {
+  /**
+   * Connect and wait for the probe's hello: to a Unix socket path, or to a TCP address
+   * (a probe on another machine reached through an SSH tunnel), which needs its token.
+   */
+  static connect(target: string | { host: string; port: number; token: string }, timeoutMs = 10000): Promise<{ client: ProbeClient; hello: ProbeHello }> {
     return new Promise((resolve, reject) => {
-      const socket = net.createConnection({ path });
+      const socket = typeof target === 'string' ? net.createConnection({ path: target }) : net.createConnection({ host: target.host, port: target.port });
       const client = new ProbeClient(socket);
+      if (typeof target !== 'string') client.send({ t: 'auth', token: target.token });
       const timer = setTimeout(() => {
         client.close();
         reject(new Error(`the probe did not say hello within ${timeoutMs} ms`));

@@ -20,7 +20,7 @@ export interface ProcessInfo {
   attached: boolean;
 }
 
-export type AttachMethod = 'socket' | 'remote_exec' | 'gdb' | 'lldb';
+export type AttachMethod = 'socket' | 'remote_exec' | 'gdb' | 'lldb' | 'tcp';
 
 /** Error codes the panel knows how to explain; `message` and `hint` carry the words. */
 export type ErrorCode =
@@ -51,6 +51,8 @@ export type PanelRequest =
   | { type: 'history'; pid: number; from?: number; to?: number; layer?: number }
   /** The per-token routing of one sampled pass, from the host's history. */
   | { type: 'token-pass'; pid: number; pass: number }
+  /** Attach to a probe listening on TCP (moe_probe.attach(model, tcp_port=...)), e.g. through an SSH tunnel. */
+  | { type: 'connect'; address: string; token: string }
   /** Host settings: history memory cap (MiB) and panel update rate (Hz). */
   | { type: 'configure'; historyMB?: number; updateHz?: number };
 
@@ -156,6 +158,14 @@ export function parsePanelRequest(value: unknown): PanelRequest | { error: strin
         req.layer = msg.layer;
       }
       return req;
+    }
+    case 'connect': {
+      const m = typeof msg.address === 'string' ? /^(127\.\d+\.\d+\.\d+|localhost|\[::1\]):(\d{1,5})$/.exec(msg.address) : null;
+      if (!m || Number(m[2]) < 1 || Number(m[2]) > 65535) {
+        return { error: 'connect needs a loopback address such as 127.0.0.1:PORT (forward the remote port with ssh -L)' };
+      }
+      if (typeof msg.token !== 'string' || !/^[0-9a-f]{16,128}$/.test(msg.token)) return { error: 'connect needs the probe token (hex)' };
+      return { type: 'connect', address: msg.address as string, token: msg.token };
     }
     case 'token-pass':
       if (!pidOk(msg.pid)) return { error: 'token-pass needs a positive integer pid' };

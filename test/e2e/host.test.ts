@@ -216,6 +216,42 @@ describe('native host', () => {
     expect(j.process.exitCode).toBeNull();
   });
 
+  it('connects over TCP (as through an SSH tunnel) only with the probe token', async () => {
+    const dir = fs.mkdtempSync('/tmp/moe-tcp-');
+    const script = [
+      'import sys, time, torch',
+      `sys.path.insert(0, ${JSON.stringify(path.join(ROOT, 'native-host'))})`,
+      `sys.path.insert(0, ${JSON.stringify(path.join(ROOT, 'test/jobs'))})`,
+      'import moe_probe',
+      'from tiny_moe_job import build_model',
+      'torch.set_num_threads(1)',
+      'model = build_model("mixtral", 2, 4, 2, 32, 0).eval()',
+      'moe_probe.attach(model, tcp_port=0)',
+      'x = torch.randint(0, 256, (1, 8))',
+      'print("ready", flush=True)',
+      'while True:',
+      '    with torch.no_grad(): model(x)',
+      '    time.sleep(0.02)',
+    ].join('\n');
+    const child = spawn(pythonPath(), ['-c', script], { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, MOE_DEVTOOLS_SOCKET_DIR: dir } });
+    cleanup.push(() => child.kill('SIGKILL'));
+    await waitForLine(child, 'ready');
+    const info = JSON.parse(fs.readFileSync(path.join(dir, `probe-${child.pid}.tcp.json`), 'utf8'));
+    expect(info.address).toMatch(/^127\.0\.0\.1:\d+$/);
+    expect(fs.statSync(path.join(dir, `probe-${child.pid}.tcp.json`)).mode & 0o777).toBe(0o600);
+    const driver = host();
+    driver.send({ type: 'connect', address: info.address, token: '0'.repeat(32) });
+    const refused = await driver.waitFor(isType('error'), 15000);
+    expect(refused.message).toMatch(/No probe answered/);
+    driver.send({ type: 'connect', address: '10.1.2.3:80', token: info.token });
+    await driver.waitFor((m) => m.type === 'error' && /loopback/.test(m.message));
+    driver.send({ type: 'connect', address: info.address, token: info.token });
+    const attached = await driver.waitFor(isType('attached', child.pid!), 15000);
+    expect(attached.method).toBe('tcp');
+    const update = await driver.waitFor((m): m is JobUpdate => m.type === 'update' && m.pid === child.pid && m.passes >= 2);
+    expect(sumCounts(update)).toBe(update.passes * 8 * 2 * 2);
+  });
+
   it('attaches over the socket of a job started with `python -m moe_probe run`, without injecting', async () => {
     const dir = fs.mkdtempSync('/tmp/moe-run-');
     const log = path.join(dir, 'job.jsonl');
