@@ -88,6 +88,7 @@ const valid = [
       // An open map of numbers. The probe sends some of these as floats with integral values
       // (10.0), which JSON cannot write: float-valued settings here are non-integral.
       settings: { flush_interval_s: 0.05, token_sample: 128, token_passes_per_s: 10.5, token_bytes_per_s: 2000000, health_passes_per_s: 50.5 },
+      warnings: [],
     },
   },
   {
@@ -101,6 +102,7 @@ const valid = [
         { id: 0, class: 'Qwen3MoeForCausalLM', model_type: 'qwen3_moe', device: 'cuda:0', dtype: 'bfloat16', layers: layers(18, 128, 8) },
         { id: 1, class: 'MyTinyMoE', model_type: '', device: 'cuda:1', dtype: 'float16', layers: layers(2, 4, 1, 'generic', 'blocks') },
       ],
+      warnings: [{ code: 'cuda_graphs', message: 'This process holds 2 captured CUDA graphs: passes replayed from a graph run no Python hooks, so the probe cannot see them.' }],
     },
   },
   {
@@ -108,6 +110,8 @@ const valid = [
     frame: {
       t: 'hello', v: 1, pid: 77, mode: 'injected', framework: 'torch', framework_version: '2.13.0+cpu',
       python: '3.10.14', argv: ['-c'], models: [],
+      settings: { flush_interval_s: 0.05, token_sample: 128, token_passes_per_s: 10.5, token_bytes_per_s: 2000000, health_passes_per_s: 50.5 },
+      warnings: [],
       error: { code: 'no_moe', message: 'No MoE layer the probe understands was found among the 312 live torch modules.' },
     },
   },

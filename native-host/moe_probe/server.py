@@ -257,6 +257,7 @@ class Session:
             "argv": list(sys.argv)[:16],
             "models": [describe_model(i, root, layers) for i, (root, layers) in enumerate(roots)],
             "settings": settings.describe(),
+            "warnings": visibility_warnings([root for root, _ in roots]),
         }
         if not roots:
             hello["error"] = {
@@ -397,6 +398,25 @@ class Session:
         end = time.monotonic() + timeout
         while time.monotonic() < end and self._read_incoming():
             time.sleep(POLL_S)
+
+
+def visibility_warnings(roots):
+    """What forward hooks cannot see in this process, said up front rather than discovered as missing data."""
+    import gc
+    warnings = []
+    if torch.cuda.is_initialized():
+        graphs = sum(1 for obj in gc.get_objects() if type(obj).__name__ == "CUDAGraph")
+        if graphs:
+            warnings.append({"code": "cuda_graphs", "message": (
+                "This process holds %d captured CUDA graph%s: passes replayed from a graph run no Python hooks, "
+                "so the probe sees only eager passes (typically prefill)." % (graphs, "" if graphs == 1 else "s"))})
+    compiled = [type(root).__name__ for root in roots
+                if getattr(root, "_compiled_call_impl", None) is not None or type(root).__name__ == "OptimizedModule"]
+    if compiled:
+        warnings.append({"code": "compiled", "message": (
+            "%s runs under torch.compile: hooks added after compilation may be skipped until it recompiles."
+            % ", ".join(compiled))})
+    return warnings
 
 
 def find_tokenizer():

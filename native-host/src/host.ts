@@ -209,7 +209,7 @@ export class Host {
     this.send({
       type: 'attached', pid, method, ms: Math.round(performance.now() - started),
       python: hello.python, framework: hello.framework, frameworkVersion: hello.framework_version,
-      argv: hello.argv, models: hello.models,
+      argv: hello.argv, models: hello.models, warnings: hello.warnings ?? [],
     });
   }
 

@@ -114,6 +114,8 @@ export type HostMessage =
       frameworkVersion: string;
       argv: string[];
       models: ModelInfo[];
+      /** What the probe can see only partly (CUDA graph replays, compiled modules). */
+      warnings?: Array<{ code: string; message: string }>;
     }
   | JobUpdate
   | TokenUpdate

@@ -48,6 +48,8 @@ export interface ProbeHello {
   models: ModelInfo[];
   /** The probe's sampling settings (flush interval, token sample size and budgets). */
   settings?: Record<string, number>;
+  /** What the probe can see only partly: CUDA graph replays, compiled modules, ... */
+  warnings?: ProbeErrorInfo[];
   error?: ProbeErrorInfo;
 }
 
@@ -251,6 +253,13 @@ export function parseProbeFrame(value: unknown): ProbeFrame {
           code: field(value.error, 'code', isStr, 'a string'),
           message: field(value.error, 'message', isStr, 'a string'),
         };
+      }
+      if (value.warnings !== undefined) {
+        if (!Array.isArray(value.warnings)) throw new ProtocolError('field "warnings" should be a list');
+        hello.warnings = value.warnings.map((w) => {
+          if (!isObj(w)) throw new ProtocolError('a warning should be a map');
+          return { code: field(w, 'code', isStr, 'a string'), message: field(w, 'message', isStr, 'a string') };
+        });
       }
       const settings = value.settings;
       if (settings !== undefined) {
