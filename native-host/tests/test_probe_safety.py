@@ -233,3 +233,13 @@ def test_the_socket_is_private(socket_dir):
     path = moe_probe.attach(model)
     assert os.stat(path).st_mode & 0o777 == 0o600
     assert os.stat(os.path.dirname(path)).st_mode & 0o077 == 0
+
+
+def test_hello_warns_when_a_model_runs_under_torch_compile(socket_dir):
+    from moe_probe.server import visibility_warnings
+    model = tiny_mixtral()
+    assert visibility_warnings([model]) == []
+    model.compile()  # wraps the call; nothing is compiled until the first forward
+    warnings = visibility_warnings([model])
+    assert [w["code"] for w in warnings] == ["compiled"]
+    assert "MixtralForCausalLM" in warnings[0]["message"]
