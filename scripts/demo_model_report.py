@@ -16,8 +16,9 @@ and prints per layer:
   the whitespace bytes of the text.
 
 Byte classes (of the byte at that position, i.e. the input token):
-newline, space (space/tab/other whitespace), letter, digit, underscore,
-quote, bracket ( ()[]{} ), punct (other ASCII punctuation), nonascii.
+newline, indent (spaces/tabs at the start of a line), space (other
+whitespace), lower, upper (ASCII letters), digit, underscore, quote (' " `),
+bracket ( ()[]{} ), punct (other ASCII punctuation), nonascii.
 
 --faults plants the same faults as scripts/demo_job.py --faults, to verify
 them (dead expert: 0 tokens; collapsed layer: one expert >= 95% of first
@@ -36,31 +37,40 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from train_demo_model import read_budget, split_files, stdlib_files  # noqa: E402
 
-CLASSES = ["newline", "space", "letter", "digit", "underscore", "quote", "bracket", "punct", "nonascii"]
+CLASSES = ["newline", "indent", "space", "lower", "upper", "digit", "underscore", "quote", "bracket", "punct",
+           "nonascii"]
 
 
-def byte_class(b: int) -> int:
-    c = chr(b) if b < 128 else ""
-    if b == 10:
-        return 0
-    if b < 128 and c.isspace():
-        return 1
-    if b < 128 and c.isalpha():
-        return 2
-    if b < 128 and c.isdigit():
-        return 3
-    if c == "_":
-        return 4
-    if c in "'\"`":
-        return 5
-    if c in "()[]{}":
-        return 6
-    if b < 128:
-        return 7
-    return 8
-
-
-CLASS_OF = torch.tensor([byte_class(b) for b in range(256)])
+def classify(text: bytes) -> list[int]:
+    """Byte class of every position; 'indent' = whitespace before the first
+    non-blank byte of a line, 'space' = any other space/tab."""
+    out, at_line_start = [], True
+    for b in text:
+        c = chr(b) if b < 128 else ""
+        if b == 10:
+            k, at_line_start = 0, True
+        elif b < 128 and c.isspace():
+            k = 1 if at_line_start else 2
+        else:
+            at_line_start = False
+            if b >= 128:
+                k = 10
+            elif c.islower():
+                k = 3
+            elif c.isupper():
+                k = 4
+            elif c.isdigit():
+                k = 5
+            elif c == "_":
+                k = 6
+            elif c in "'\"`":
+                k = 7
+            elif c in "()[]{}":
+                k = 8
+            else:
+                k = 9
+        out.append(k)
+    return out
 
 
 def parse_args(argv=None):
@@ -117,7 +127,7 @@ def main(argv=None):
     ce = loss_sum / n
     print(f"held-out loss {ce:.3f} nats/byte = {ce / math.log(2):.3f} bits/byte")
 
-    cls = CLASS_OF[ids.reshape(-1)]
+    cls = torch.tensor(classify(text[: n * a.window]), dtype=torch.long)
     T = cls.numel()
     cls_tot = torch.bincount(cls, minlength=len(CLASSES)).float()
     print("byte classes in the text: " + ", ".join(f"{c} {100 * v / T:.1f}%" for c, v in zip(CLASSES, cls_tot.tolist())))
@@ -160,9 +170,9 @@ def main(argv=None):
             print(f"  FAULT CHECK collapse: layer {li} expert {a.collapse_expert} is first choice for "
                   f"{100 * float(fshare[a.collapse_expert]):.2f}% of {T} tokens")
 
-    print("\nstrongest specialisations (expert is first choice for X% of a byte class, class >= 2% of text):")
+    print("\nstrongest specialisations (expert is first choice for X% of a byte class, class >= 0.5% of text):")
     for frac, li, e, c, fs in sorted(headlines, reverse=True):
-        if cls_tot[CLASSES.index(c)] / T >= 0.02 and frac >= 0.4 and fs < 0.5:
+        if cls_tot[CLASSES.index(c)] / T >= 0.005 and frac >= 0.5 and fs < 0.5:
             print(f"  layer {li} expert {e} takes {100 * frac:.0f}% of {c} bytes (but only {100 * fs:.0f}% of all bytes)")
 
 
