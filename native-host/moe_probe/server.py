@@ -424,7 +424,9 @@ def find_tokenizer():
     import gc
     for obj in gc.get_objects():
         cls = type(obj)
-        if cls.__name__.endswith(("Tokenizer", "TokenizerFast")) and callable(getattr(cls, "convert_ids_to_tokens", None)):
+        # Class names vary (transformers 5 calls its fast tokenizer TokenizersBackend);
+        # every transformers tokenizer derives from a *Tokenizer* base class.
+        if callable(getattr(cls, "convert_ids_to_tokens", None)) and any("Tokenizer" in c.__name__ for c in cls.__mro__):
             return obj
     return None
 

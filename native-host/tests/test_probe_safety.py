@@ -243,3 +243,23 @@ def test_hello_warns_when_a_model_runs_under_torch_compile(socket_dir):
     warnings = visibility_warnings([model])
     assert [w["code"] for w in warnings] == ["compiled"]
     assert "MixtralForCausalLM" in warnings[0]["message"]
+
+
+def test_token_records_carry_the_strings_of_a_live_tokenizer(socket_dir):
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"tok%d" % i: i for i in range(64)}
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(WordLevel(vocab, unk_token="tok0")))
+    model = tiny_mixtral()
+    x = torch.tensor([[5, 17, 42, 63]])
+    client = Client(moe_probe.attach(model, token_passes_per_s=1000))
+    client.wait(lambda f: f["t"] == "hello")
+    assert wait_until(lambda: hook_count(model) > 0)
+    with torch.no_grad():
+        model(x)
+    tokens = client.wait(lambda f: f["t"] == "tokens")
+    assert tokens["texts"] == ["tok5", "tok17", "tok42", "tok63"]
+    assert tokenizer is not None  # alive for the whole test
+    client.close()
