@@ -186,7 +186,10 @@ export class Host {
         fs.rmSync(path, { force: true }); // a probe's socket left by a job that died
         throw new AttachError('no_such_process', `Process ${pid} does not exist (it may have exited).`);
       }
-      const { client, hello } = await ProbeClient.connect(path);
+      const { client, hello } = await ProbeClient.connect(path).catch((err: Error) => {
+        throw new AttachError('attach_timeout', `The probe in process ${pid} did not answer: ${err.message}.`,
+          'Another MoE panel (another DevTools window) may be attached to this job; detach there first.');
+      });
       if (hello.error) {
         await client.detach();
         const code = hello.error.code === 'no_moe' ? 'no_moe' : 'probe_failed';
@@ -204,7 +207,7 @@ export class Host {
   private adopt(pid: number, client: ProbeClient, hello: ProbeHello, method: AttachMethod, started: number) {
     const job: Job = { pid, client, method, models: hello.models, pending: new Map(), coalesced: 0, detaching: false, remote: method === 'tcp' };
     this.jobs.set(pid, job);
-    client.on('frame', (frame) => this.onFrame(job, frame));
+    client.onFrame((frame) => this.onFrame(job, frame));
     client.on('close', (err) => void this.onClose(job, err));
     this.send({
       type: 'attached', pid, method, ms: Math.round(performance.now() - started),

@@ -18,8 +18,12 @@ export class ProbeClient extends EventEmitter<ProbeClientEvents> {
   private closed = false;
   private closeError: Error | null = null;
 
+  /** Frames that arrived while nobody listened (right after hello, before the host subscribes). */
+  private backlog: ProbeFrame[] = [];
+
   private constructor(private readonly socket: net.Socket) {
     super();
+
     socket.on('data', (chunk) => this.onData(chunk));
     socket.on('error', (err) => this.finish(err));
     socket.on('close', () => this.finish(null));
@@ -52,6 +56,14 @@ export class ProbeClient extends EventEmitter<ProbeClientEvents> {
       client.once('frame', onFrame);
       client.once('close', onClose);
     });
+  }
+
+  /** Receive every frame from now on, starting with those that arrived before anyone listened. */
+  onFrame(handler: (frame: ProbeFrame) => void): void {
+    this.on('frame', handler);
+    const frames = this.backlog;
+    this.backlog = [];
+    for (const frame of frames) handler(frame);
   }
 
   send(message: Record<string, unknown>): void {
@@ -94,7 +106,8 @@ export class ProbeClient extends EventEmitter<ProbeClientEvents> {
       return;
     }
     for (const frame of frames) {
-      this.emit('frame', frame);
+      if (this.listenerCount('frame') > 0) this.emit('frame', frame);
+      else this.backlog.push(frame);
       if (frame.t === 'bye') this.socket.end();
     }
   }
