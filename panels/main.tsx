@@ -1,7 +1,9 @@
-/** Panel bootstrap: theme, the port to the service worker, and the Preact app. */
+/** Panel bootstrap: theme, the port to the service worker, the analysis worker, and the Preact app. */
 import { render } from 'preact';
+import * as Comlink from 'comlink';
 import { PANEL_PORT_NAME, PANEL_PROTOCOL_VERSION, type HostMessage } from '../src/protocol/panel';
-import { Store } from './store';
+import { Analyzer } from './engine/analyzer';
+import { Store, type AnalyzerPort, type UserSettings } from './store';
 import { App } from './views/App';
 import 'uplot/dist/uPlot.min.css';
 import './panel.css';
@@ -9,7 +11,38 @@ import './panel.css';
 const theme = globalThis.chrome?.devtools?.panels?.themeName === 'dark' ? 'dark' : 'light';
 document.documentElement.dataset.theme = theme;
 
-const store = new Store();
+const SETTINGS_KEY = 'moe-devtools.settings';
+function loadSettings(): Partial<UserSettings> {
+  try {
+    const value = JSON.parse(localStorage.getItem(SETTINGS_KEY) ?? '{}');
+    return typeof value === 'object' && value ? value : {};
+  } catch {
+    return {};
+  }
+}
+
+/** The analysis worker (dist/extension/worker.js); in-thread if workers are unavailable. */
+function makeAnalyzer(): AnalyzerPort {
+  try {
+    const url = globalThis.chrome?.runtime?.id ? chrome.runtime.getURL('worker.js') : new URL('worker.js', location.href).href;
+    const worker = new Worker(url);
+    document.documentElement.dataset.analyzer = 'worker';
+    return Comlink.wrap<Analyzer>(worker) as unknown as AnalyzerPort;
+  } catch {
+    document.documentElement.dataset.analyzer = 'main-thread';
+    return new Analyzer();
+  }
+}
+
+const store = new Store(loadSettings());
+store.useAnalyzer(makeAnalyzer());
+store.onSettings((s) => {
+  try {
+    localStorage.setItem(SETTINGS_KEY, JSON.stringify(s));
+  } catch {
+    // storage unavailable: settings last for this session
+  }
+});
 const port = chrome.runtime.connect(chrome.runtime.id, { name: PANEL_PORT_NAME });
 port.onMessage.addListener((message: HostMessage) => store.receive(message));
 port.onDisconnect.addListener(() => store.setConnection('disconnected'));
@@ -18,5 +51,7 @@ port.postMessage({ type: 'hello', version: PANEL_PROTOCOL_VERSION });
 store.refresh();
 // New jobs start all the time; keep the list fresh while the panel is open.
 setInterval(() => store.refresh(), 2000);
+// Analyses at up to 5 Hz (timers, not requestAnimationFrame: the panel document is often hidden).
+setInterval(() => void store.tick(), 200);
 
 render(<App store={store} />, document.getElementById('app')!);

@@ -1,16 +1,36 @@
 /**
- * The panel's state: host connection, processes, and every attached job.
- * Views read from here and never talk to the host themselves. The store holds
- * several jobs at once (ranks of one run, or two runs to compare).
+ * The panel's state: host connection, processes, and every attached job (and
+ * every opened recording). Views read from here and never talk to the host
+ * themselves. The store holds several jobs at once (ranks of one run, or two
+ * runs to compare), each with its own analysis; the selected one is shown.
+ *
+ * Heavy work (windows, analyses) is done by an analyzer, normally the Web
+ * Worker of panels/worker.ts behind comlink; the store only forwards messages
+ * to it and keeps the latest result. DOM-free, so unit tests drive it directly.
  */
 import type { ErrorCode, HostMessage, JobUpdate, PanelRequest, ProcessInfo } from '../src/protocol/panel';
 import type { ModelInfo } from '../src/protocol/probe';
+import type { Analysis, AnalysisSettings, WindowMode } from './engine/analyzer';
+import { parseRecording, RecordingError, serializeRecording, withPid } from './engine/recording';
 
 export type ConnectionState = 'connecting' | 'connected' | 'disconnected';
 
+export type ViewId = 'overview' | 'load' | 'heatmap' | 'tokens' | 'timeline' | 'coactivation' | 'profiler';
+
+export const VIEWS: Array<{ id: ViewId; label: string }> = [
+  { id: 'overview', label: 'Overview' },
+  { id: 'load', label: 'Load' },
+  { id: 'heatmap', label: 'Heatmap' },
+  { id: 'tokens', label: 'Tokens' },
+  { id: 'timeline', label: 'Timeline' },
+  { id: 'coactivation', label: 'Co-activation' },
+  { id: 'profiler', label: 'Profiler' },
+];
+
 export interface JobState {
+  /** The process id; for an opened recording, a negative id of its own. */
   pid: number;
-  status: 'attaching' | 'attached' | 'detached';
+  status: 'attaching' | 'attached' | 'detached' | 'recording';
   method?: string;
   attachMs?: number;
   python?: string;
@@ -21,14 +41,35 @@ export interface JobState {
   /** Updates received, for the status bar's rate. */
   updates: number;
   detachReason?: string;
+  /** The host's 'attached' message, kept to head recordings. */
+  attachedMessage?: HostMessage;
+  /** For an opened recording: its file name and the pid it was recorded from. */
+  replay?: { file: string; pid: number };
 }
 
 export interface Notice {
   id: number;
   pid?: number;
-  code: ErrorCode;
+  code: ErrorCode | 'bad_recording';
   message: string;
   hint?: string;
+}
+
+/** What the user can set (persisted by the panel bootstrap). */
+export interface UserSettings {
+  windowMode: WindowMode;
+  windowValue: number;
+  /** Overrides of DEFAULT_THRESHOLDS.minTokens and minExpectedPerExpert; undefined keeps the default. */
+  minTokens?: number;
+  minExpectedPerExpert?: number;
+}
+
+export const DEFAULT_USER_SETTINGS: UserSettings = { windowMode: 'seconds', windowValue: 30 };
+
+export interface RecordingState {
+  pid: number;
+  started: number;
+  messages: HostMessage[];
 }
 
 export interface StoreState {
@@ -38,25 +79,71 @@ export interface StoreState {
   selectedPid: number | null;
   selectedLayer: number;
   notices: Notice[];
+  view: ViewId;
+  settings: UserSettings;
+  paused: boolean;
+  /** Latest analysis per job. */
+  analyses: Map<number, Analysis>;
+  recording: RecordingState | null;
+  /** The last finished recording, ready to save. */
+  saved: { name: string; text: string; messages: number } | null;
+  /** Token selected in the Tokens view: pass and position. */
+  token: { pass: number; index: number } | null;
 }
 
 export type Send = (request: PanelRequest) => void;
 
+/** The analyzer as the store sees it: the comlink proxy of the worker, or an Analyzer in-thread. */
+export interface AnalyzerPort {
+  ingest(message: HostMessage): unknown;
+  ingestMany(messages: HostMessage[]): unknown;
+  analyze(pid: number, settings: Partial<AnalysisSettings>): Promise<Analysis | null> | Analysis | null;
+  clear(pid: number): unknown;
+  forget(pid: number): unknown;
+}
+
+/** Most messages one recording keeps (bounded memory); recording stops there. */
+export const MAX_RECORDED_MESSAGES = 200_000;
+
 export class Store {
-  state: StoreState = {
-    connection: 'connecting',
-    processes: [],
-    jobs: new Map(),
-    selectedPid: null,
-    selectedLayer: 0,
-    notices: [],
-  };
+  state: StoreState;
   private listeners = new Set<() => void>();
   private nextNoticeId = 1;
+  private nextReplayId = 1;
   private send: Send = () => {};
+  private analyzer: AnalyzerPort | null = null;
+  private dirty = new Set<number>();
+  private busy = false;
+  private persist: (s: UserSettings) => void = () => {};
+
+  constructor(settings: Partial<UserSettings> = {}) {
+    this.state = {
+      connection: 'connecting',
+      processes: [],
+      jobs: new Map(),
+      selectedPid: null,
+      selectedLayer: 0,
+      notices: [],
+      view: 'overview',
+      settings: { ...DEFAULT_USER_SETTINGS, ...settings },
+      paused: false,
+      analyses: new Map(),
+      recording: null,
+      saved: null,
+      token: null,
+    };
+  }
 
   connect(send: Send) {
     this.send = send;
+  }
+
+  useAnalyzer(analyzer: AnalyzerPort) {
+    this.analyzer = analyzer;
+  }
+
+  onSettings(persist: (s: UserSettings) => void) {
+    this.persist = persist;
   }
 
   subscribe(listener: () => void): () => void {
@@ -78,7 +165,10 @@ export class Store {
   attach(pid: number) {
     const jobs = new Map(this.state.jobs);
     jobs.set(pid, { pid, status: 'attaching', models: [], latest: new Map(), updates: 0 });
-    this.set({ jobs, selectedPid: pid, notices: this.state.notices.filter((n) => n.pid !== pid) });
+    const analyses = new Map(this.state.analyses);
+    analyses.delete(pid);
+    void this.analyzer?.forget(pid);
+    this.set({ jobs, analyses, selectedPid: pid, notices: this.state.notices.filter((n) => n.pid !== pid) });
     this.send({ type: 'attach', pid });
   }
 
@@ -87,15 +177,146 @@ export class Store {
   }
 
   selectJob(pid: number) {
-    this.set({ selectedPid: pid });
+    this.dirty.add(pid);
+    this.set({ selectedPid: pid, token: null });
   }
 
   selectLayer(layer: number) {
+    if (this.state.selectedPid !== null) this.dirty.add(this.state.selectedPid);
     this.set({ selectedLayer: layer });
+  }
+
+  selectView(view: ViewId) {
+    this.set({ view });
+  }
+
+  selectToken(token: { pass: number; index: number } | null) {
+    this.set({ token });
+  }
+
+  setSettings(patch: Partial<UserSettings>) {
+    const settings = { ...this.state.settings, ...patch };
+    if (!(settings.windowValue > 0)) settings.windowValue = DEFAULT_USER_SETTINGS.windowValue;
+    for (const key of ['minTokens', 'minExpectedPerExpert'] as const) {
+      const v = settings[key];
+      if (v !== undefined && !(Number.isFinite(v) && v >= 0)) delete settings[key];
+    }
+    for (const pid of this.state.jobs.keys()) this.dirty.add(pid);
+    this.persist(settings);
+    this.set({ settings });
+  }
+
+  togglePause() {
+    if (this.state.selectedPid !== null) this.dirty.add(this.state.selectedPid);
+    this.set({ paused: !this.state.paused });
+  }
+
+  /** Forget the selected job's history: windows restart from the next snapshot. */
+  clear() {
+    const pid = this.state.selectedPid;
+    if (pid === null) return;
+    void this.analyzer?.clear(pid);
+    const analyses = new Map(this.state.analyses);
+    analyses.delete(pid);
+    this.dirty.add(pid);
+    this.set({ analyses, token: null });
+  }
+
+  startRecording() {
+    const pid = this.state.selectedPid;
+    const job = pid !== null ? this.state.jobs.get(pid) : undefined;
+    if (!job || job.status !== 'attached') return;
+    // The attach message first, so that a replay knows the model's layers and top-k.
+    const messages = job.attachedMessage ? [job.attachedMessage] : [];
+    this.set({ recording: { pid: job.pid, started: Date.now(), messages }, saved: null });
+  }
+
+  stopRecording() {
+    const rec = this.state.recording;
+    if (!rec) return;
+    const stamp = new Date(rec.started).toISOString().replace(/[:.]/g, '-');
+    this.set({
+      recording: null,
+      saved: { name: `moe-${rec.pid}-${stamp}.moerec`, text: serializeRecording(rec.pid, rec.started, rec.messages), messages: rec.messages.length },
+    });
+  }
+
+  /** Open a recording as a job of its own. A corrupt or foreign file changes nothing but a notice. */
+  async openRecording(file: string, text: string): Promise<boolean> {
+    let recording;
+    try {
+      recording = parseRecording(text);
+    } catch (err) {
+      const message = err instanceof RecordingError ? err.message : `Could not read the recording: ${(err as Error).message}`;
+      this.notice({ code: 'bad_recording', message: `${file}: ${message}`, hint: 'Recordings are the .moerec files saved by the Record button.' });
+      return false;
+    }
+    const id = -this.nextReplayId++;
+    const messages = withPid(recording.messages, id);
+    const attached = messages.find((m) => m.type === 'attached');
+    const latest = new Map<number, JobUpdate>();
+    let updates = 0;
+    for (const m of messages) {
+      if (m.type === 'update') {
+        latest.set(m.model, m);
+        updates++;
+      }
+    }
+    let models = attached && attached.type === 'attached' ? attached.models : [];
+    if (!models.length) {
+      const u = [...latest.values()][0]!;
+      models = [{ id: u.model, class: 'Recorded model', model_type: '', device: '', dtype: '',
+        layers: Array.from({ length: u.layers }, (_, i) => ({ index: i, name: `layer ${i}`, arch: '', experts: u.experts, top_k: 1 })) }];
+    }
+    await this.analyzer?.ingestMany(messages);
+    const jobs = new Map(this.state.jobs);
+    jobs.set(id, { pid: id, status: 'recording', models, latest, updates, replay: { file, pid: recording.header.pid }, method: 'recording' });
+    this.dirty.add(id);
+    this.set({ jobs, selectedPid: id, token: null });
+    await this.tick();
+    return true;
+  }
+
+  closeJob(pid: number) {
+    const jobs = new Map(this.state.jobs);
+    jobs.delete(pid);
+    const analyses = new Map(this.state.analyses);
+    analyses.delete(pid);
+    void this.analyzer?.forget(pid);
+    this.set({ jobs, analyses, selectedPid: this.state.selectedPid === pid ? null : this.state.selectedPid });
   }
 
   dismiss(id: number) {
     this.set({ notices: this.state.notices.filter((n) => n.id !== id) });
+  }
+
+  notice(n: Omit<Notice, 'id'>) {
+    this.set({ notices: [...this.state.notices.slice(-4), { ...n, id: this.nextNoticeId++ }] });
+  }
+
+  /** Analyse the selected job if anything changed; the panel calls this on a timer. */
+  async tick(): Promise<void> {
+    const pid = this.state.selectedPid;
+    if (pid === null || !this.analyzer || this.busy || this.state.paused || !this.dirty.has(pid)) return;
+    this.busy = true;
+    this.dirty.delete(pid);
+    try {
+      const s = this.state.settings;
+      const result = await this.analyzer.analyze(pid, {
+        windowMode: s.windowMode,
+        windowValue: s.windowValue,
+        thresholds: { minTokens: s.minTokens, minExpectedPerExpert: s.minExpectedPerExpert },
+        layer: this.state.selectedLayer,
+        tokenPasses: 4,
+      });
+      if (result && this.state.jobs.has(pid)) {
+        const analyses = new Map(this.state.analyses);
+        analyses.set(pid, result);
+        this.set({ analyses });
+      }
+    } finally {
+      this.busy = false;
+    }
   }
 
   // -- events from the host --
@@ -105,6 +326,13 @@ export class Store {
   }
 
   receive(message: HostMessage) {
+    if ('pid' in message && message.pid !== undefined) {
+      const rec = this.state.recording;
+      if (rec && rec.pid === message.pid && message.type !== 'error') {
+        rec.messages.push(message);
+        if (rec.messages.length >= MAX_RECORDED_MESSAGES) this.stopRecording();
+      }
+    }
     switch (message.type) {
       case 'hello':
         this.set({ connection: 'connected' });
@@ -115,20 +343,30 @@ export class Store {
       case 'attaching':
         return this.patchJob(message.pid, { status: 'attaching', method: message.method });
       case 'attached':
+        void this.analyzer?.ingest(message);
         this.patchJob(message.pid, {
           status: 'attached', method: message.method, attachMs: message.ms, python: message.python,
-          argv: message.argv, models: message.models,
+          argv: message.argv, models: message.models, attachedMessage: message,
         });
         this.refresh();
         return;
       case 'update': {
         const job = this.state.jobs.get(message.pid);
         if (!job) return;
+        void this.analyzer?.ingest(message);
+        this.dirty.add(message.pid);
         const latest = new Map(job.latest);
         latest.set(message.model, message);
         return this.patchJob(message.pid, { latest, updates: job.updates + 1 });
       }
+      case 'tokens': {
+        if (!this.state.jobs.has(message.pid)) return;
+        void this.analyzer?.ingest(message);
+        this.dirty.add(message.pid);
+        return;
+      }
       case 'detached':
+        if (this.state.recording?.pid === message.pid) this.stopRecording();
         this.patchJob(message.pid, { status: 'detached', detachReason: message.message ?? message.reason });
         this.refresh();
         return;

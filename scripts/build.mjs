@@ -24,6 +24,7 @@ await esbuild.build({
     background: 'src/background/service-worker.ts',
     devtools: 'src/devtools/devtools.ts',
     panel: 'panels/main.tsx',
+    worker: 'panels/worker.ts',
   },
   outdir: ext,
   format: 'iife',

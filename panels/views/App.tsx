@@ -1,8 +1,17 @@
-/** The panel's layout: toolbar, jobs sidebar, the selected job's load view, status bar. */
-import { useEffect, useMemo, useState } from 'preact/hooks';
-import { layerCounts, type JobState, type Store } from '../store';
-import { LoadChart } from './LoadChart';
+/** The panel's layout: toolbar, jobs sidebar, view tabs over the selected job, status bar. */
+import { useEffect, useMemo, useRef, useState } from 'preact/hooks';
+import { metricsCsv, metricsJson } from '../engine/export';
+import type { Analysis } from '../engine/analyzer';
+import { VIEWS, type JobState, type Store } from '../store';
+import { Coactivation } from './Coactivation';
+import { fmt, int } from './format';
+import { Heatmap } from './Heatmap';
+import { Load } from './Load';
+import { Overview } from './Overview';
 import { ProcessList } from './ProcessList';
+import { Profiler } from './Profiler';
+import { Timeline } from './Timeline';
+import { Tokens } from './Tokens';
 
 function useStore(store: Store) {
   const [, setTick] = useState(0);
@@ -10,32 +19,139 @@ function useStore(store: Store) {
   return store.state;
 }
 
+/** Save text through an <a download> blob link. */
+function download(name: string, text: string, type: string) {
+  const url = URL.createObjectURL(new Blob([text], { type }));
+  const a = document.createElement('a');
+  a.href = url;
+  a.download = name;
+  document.body.appendChild(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 60_000);
+}
+
 export function App({ store }: { store: Store }) {
   const state = useStore(store);
   const job = state.selectedPid !== null ? state.jobs.get(state.selectedPid) : undefined;
+  const analysis = job ? state.analyses.get(job.pid) : undefined;
+  const [settingsOpen, setSettingsOpen] = useState(false);
+  const fileInput = useRef<HTMLInputElement>(null);
+  const recording = state.recording;
+  const canRecord = job?.status === 'attached';
+  const openFile = async (e: Event) => {
+    const input = e.target as HTMLInputElement;
+    const file = input.files?.[0];
+    input.value = '';
+    if (!file) return;
+    let text: string;
+    try {
+      text = await file.text();
+    } catch (err) {
+      store.notice({ code: 'bad_recording', message: `${file.name}: could not be read (${(err as Error).message})` });
+      return;
+    }
+    await store.openRecording(file.name, text);
+  };
   return (
     <div class="layout">
       <header class="toolbar" role="toolbar">
-        <span class="title">MoE</span>
+        <button class={`tool record ${recording ? 'on' : ''}`} data-testid="record" disabled={!canRecord && !recording}
+          title={recording ? 'Stop recording' : 'Record this job’s messages'} onClick={() => (recording ? store.stopRecording() : store.startRecording())}>
+          <span class="record-dot" />
+        </button>
+        <button class={`tool ${state.paused ? 'on' : ''}`} data-testid="pause" title={state.paused ? 'Resume live updates' : 'Pause the views (data keeps being collected)'} onClick={() => store.togglePause()}>
+          {state.paused ? '▶' : '❚❚'}
+        </button>
+        <button class="tool" data-testid="clear" title="Clear: restart the window from now" disabled={!job} onClick={() => store.clear()}>⊘</button>
         <span class="divider" />
+        <button class="tool text" data-testid="open-recording" title="Open a recording (.moerec)" onClick={() => fileInput.current?.click()}>Open recording</button>
+        <input type="file" ref={fileInput} data-testid="recording-file" accept=".moerec,.jsonl,.json,application/json,text/plain" hidden onChange={openFile} />
+        {state.saved && <SaveLink saved={state.saved} />}
+        <span class="divider" />
+        <button class="tool text" data-testid="export-csv" disabled={!analysis} title="Export the current metrics as CSV" onClick={() => analysis && download(`moe-${analysis.pid}-metrics.csv`, metricsCsv(analysis), 'text/csv')}>CSV</button>
+        <button class="tool text" data-testid="export-json" disabled={!analysis} title="Export the current metrics as JSON" onClick={() => analysis && download(`moe-${analysis.pid}-metrics.json`, metricsJson(analysis), 'application/json')}>JSON</button>
+        <span class="divider" />
+        <button class={`tool ${settingsOpen ? 'on' : ''}`} data-testid="settings-toggle" title="Window and thresholds" onClick={() => setSettingsOpen(!settingsOpen)}>⚙</button>
+        <span class="spacer" />
+        {recording && <span class="rec-label" data-testid="recording-status">● REC {recording.messages.length}</span>}
         {job && job.status === 'attached' && (
           <button data-testid="toolbar-detach" onClick={() => store.detach(job.pid)}>Detach {job.pid}</button>
         )}
-        <span class="spacer" />
-        <span class={`connection ${state.connection}`} data-testid="connection">{connectionLabel(state.connection)}</span>
       </header>
+      {settingsOpen && <SettingsBar store={store} />}
       <Notices store={store} />
       <div class="body">
-        <ProcessList store={store} />
-        <main class="content">{job ? <JobView store={store} job={job} /> : <Welcome />}</main>
+        <div class="sidebar">
+          <ProcessList store={store} />
+          <Recordings store={store} />
+        </div>
+        <main class="content">{job ? <JobView store={store} job={job} analysis={analysis} /> : <Welcome />}</main>
       </div>
-      <StatusBar job={job} />
+      <StatusBar store={store} job={job} analysis={analysis} />
     </div>
   );
 }
 
-function connectionLabel(state: string) {
-  return state === 'connected' ? 'Host connected' : state === 'connecting' ? 'Connecting to host…' : 'Host disconnected';
+/** The last recording as an <a download> blob link. */
+function SaveLink({ saved }: { saved: { name: string; text: string; messages: number } }) {
+  const url = useMemo(() => URL.createObjectURL(new Blob([saved.text], { type: 'application/x-ndjson' })), [saved]);
+  useEffect(() => () => URL.revokeObjectURL(url), [url]);
+  return (
+    <a class="tool text" data-testid="recording-link" href={url} download={saved.name} data-messages={saved.messages} title={`${saved.messages} messages`}>
+      Save recording
+    </a>
+  );
+}
+
+function SettingsBar({ store }: { store: Store }) {
+  const s = store.state.settings;
+  const num = (e: Event) => {
+    const v = (e.target as HTMLInputElement).value.trim();
+    return v === '' ? undefined : Number(v);
+  };
+  return (
+    <div class="settings-bar" data-testid="settings">
+      <label>
+        Window{' '}
+        <input type="number" min="1" data-testid="setting-window-value" value={s.windowValue} disabled={s.windowMode === 'all'}
+          onChange={(e) => store.setSettings({ windowValue: num(e) ?? 30 })} />
+        <select data-testid="setting-window-mode" value={s.windowMode} onChange={(e) => store.setSettings({ windowMode: (e.target as HTMLSelectElement).value as 'seconds' })}>
+          <option value="seconds">seconds</option>
+          <option value="tokens">tokens</option>
+          <option value="all">since attach</option>
+        </select>
+      </label>
+      <label title="Least tokens in the window before dead-expert, imbalance and collapse verdicts (default 1000)">
+        Min tokens <input type="number" min="0" data-testid="setting-min-tokens" placeholder="1000" value={s.minTokens ?? ''} onChange={(e) => store.setSettings({ minTokens: num(e) })} />
+      </label>
+      <label title="Least expected assignments per expert under even routing before a dead-expert verdict (default 50)">
+        Min per expert <input type="number" min="0" data-testid="setting-min-per-expert" placeholder="50" value={s.minExpectedPerExpert ?? ''} onChange={(e) => store.setSettings({ minExpectedPerExpert: num(e) })} />
+      </label>
+    </div>
+  );
+}
+
+function Recordings({ store }: { store: Store }) {
+  const replays = [...store.state.jobs.values()].filter((j) => j.replay);
+  if (!replays.length) return null;
+  return (
+    <div class="recordings">
+      <div class="sidebar-head"><span>Recordings</span></div>
+      <ul class="process-list">
+        {replays.map((j) => (
+          <li key={j.pid} class={j.pid === store.state.selectedPid ? 'selected' : ''} data-testid="replay-item" onClick={() => store.selectJob(j.pid)}>
+            <div class="process-row">
+              <span class="pid">{j.replay!.pid}</span>
+              <span class="tags"><span class="tag">recording</span></span>
+              <button class="icon-button" title="Close" onClick={(e) => { e.stopPropagation(); store.closeJob(j.pid); }}>✕</button>
+            </div>
+            <div class="cmdline" title={j.replay!.file}>{j.replay!.file}</div>
+          </li>
+        ))}
+      </ul>
+    </div>
+  );
 }
 
 function Welcome() {
@@ -43,6 +159,7 @@ function Welcome() {
     <div class="welcome">
       <h2>Watch a Mixture-of-Experts job route its tokens</h2>
       <p>Pick a Python process on the left and click <b>Attach</b>. The probe hooks the model's routers; <b>Detach</b> removes every hook and the job carries on unchanged.</p>
+      <p>Or <b>Open recording</b> to look at a session recorded earlier.</p>
     </div>
   );
 }
@@ -66,22 +183,30 @@ function Notices({ store }: { store: Store }) {
   );
 }
 
-function JobView({ store, job }: { store: Store; job: JobState }) {
+function JobView({ store, job, analysis: a }: { store: Store; job: JobState; analysis?: Analysis }) {
   const model = job.models[0];
-  const update = model ? job.latest.get(model.id) : undefined;
-  const layer = Math.min(store.state.selectedLayer, Math.max(0, (model?.layers.length ?? 1) - 1));
-  const counts = useMemo(() => (update ? layerCounts(update, layer) : []), [update, layer]);
+  const layer = Math.min(store.state.selectedLayer, Math.max(0, (model?.layers.length ?? a?.layers ?? 1) - 1));
   const info = model?.layers[layer];
-  const total = counts.reduce((a, b) => a + b, 0);
+  const view = store.state.view;
 
   if (job.status === 'attaching') return <div class="welcome">Attaching to process {job.pid}{job.method ? ` via ${job.method}` : ''}…</div>;
+  const title = job.replay ? `Recording of pid ${job.replay.pid}` : `pid ${job.pid}`;
+  const status = job.replay ? job.replay.file : job.status === 'detached' ? `Detached: ${job.detachReason ?? ''}` : `attached via ${job.method} in ${job.attachMs} ms`;
   return (
     <div class="job" data-testid="job" data-pid={job.pid} data-status={job.status}>
       <div class="job-head">
-        <span class="job-title">{model ? `${model.class}` : 'Model'} · pid {job.pid}</span>
-        <span class="muted">{job.status === 'detached' ? `Detached: ${job.detachReason ?? ''}` : `attached via ${job.method} in ${job.attachMs} ms`}</span>
+        <span class="job-title">{model ? `${model.class}` : 'Model'} · {title}</span>
+        <span class="muted">{status}</span>
       </div>
-      {model && (
+      <nav class="tabs" role="tablist">
+        {VIEWS.map((v) => (
+          <button key={v.id} role="tab" aria-selected={view === v.id} class={`tab ${view === v.id ? 'selected' : ''}`} data-testid={`tab-${v.id}`} onClick={() => store.selectView(v.id)}>
+            {v.label}
+            {v.id === 'overview' && a && a.findings.length > 0 && <span class="badge" data-testid="findings-count">{a.findings.length}</span>}
+          </button>
+        ))}
+      </nav>
+      {model && (view === 'load' || view === 'coactivation') && (
         <div class="controls">
           <label>
             Layer{' '}
@@ -94,42 +219,48 @@ function JobView({ store, job }: { store: Store; job: JobState }) {
           {info && <span class="muted">{info.experts} experts · top-{info.top_k} · {info.arch}</span>}
         </div>
       )}
-      {!update ? (
+      {!a ? (
         <p class="empty">Waiting for the job's next forward pass…</p>
       ) : (
-        <>
-          <LoadChart counts={counts} title={`Tokens per expert, layer ${layer}`} />
-          <table class="grid" data-testid="expert-table" data-layer={layer} data-passes={update.passes}>
-            <thead><tr><th>Expert</th><th>Tokens</th><th>Share</th></tr></thead>
-            <tbody>
-              {counts.map((c, e) => (
-                <tr key={e} data-expert={e}>
-                  <td>{e}</td>
-                  <td class="num" data-testid="expert-count">{c}</td>
-                  <td class="num">{total ? ((100 * c) / total).toFixed(1) : '0.0'}%</td>
-                </tr>
-              ))}
-            </tbody>
-          </table>
-        </>
+        <div class="view" data-testid={`view-${view}`}>
+          {view === 'overview' && <Overview store={store} a={a} />}
+          {view === 'load' && <Load store={store} a={a} layer={layer} />}
+          {view === 'heatmap' && <Heatmap a={a} />}
+          {view === 'tokens' && <Tokens store={store} a={a} />}
+          {view === 'timeline' && <Timeline a={a} />}
+          {view === 'coactivation' && <Coactivation a={a} layer={layer} />}
+          {view === 'profiler' && <Profiler a={a} />}
+        </div>
       )}
     </div>
   );
 }
 
-function StatusBar({ job }: { job?: JobState }) {
-  const update = job?.models[0] ? job.latest.get(job.models[0].id) : undefined;
+function StatusBar({ store, job, analysis: a }: { store: Store; job?: JobState; analysis?: Analysis }) {
+  const { connection, paused } = store.state;
+  const update = job?.models[0] ? job.latest.get(job.models[0].id) : job ? [...job.latest.values()][0] : undefined;
+  const last = a?.timeline[a.timeline.length - 1];
   return (
     <footer class="statusbar" data-testid="statusbar">
+      <span class={`connection ${connection}`} data-testid="connection">{connectionLabel(connection)}</span>
       {update ? (
         <>
           <span data-testid="passes">{update.passes} passes</span>
+          <span data-testid="passes-per-s">{fmt(last?.passesPerS ?? NaN, 1)} passes/s</span>
+          <span data-testid="tokens-per-s">{int(last?.tokensPerS ?? NaN)} tokens/s</span>
           <span>{job!.updates} updates</span>
-          <span title="Snapshots dropped on the way because a consumer was slower than the job">{update.dropped} dropped</span>
+          <span title="Snapshots dropped on the way because a consumer was slower than the job" class={update.dropped ? 'warn' : ''}>{update.dropped} dropped</span>
+          {update.droppedTokens ? <span class="warn" title="Per-token records dropped on the way">{update.droppedTokens} token records dropped</span> : null}
+          {a && <span data-testid="window-info">window: {a.window.passes} passes, {int(a.window.tokens)} tokens</span>}
+          {paused && <span class="warn">paused</span>}
         </>
       ) : (
         <span>{job ? `pid ${job.pid}: ${job.status}` : 'Not attached'}</span>
       )}
     </footer>
   );
+}
+
+function connectionLabel(state: string) {
+  return state === 'connected' ? 'Host connected' : state === 'connecting' ? 'Connecting to host…' : 'Host disconnected';
 }

@@ -4,7 +4,7 @@ import type { Store } from '../store';
 export function ProcessList({ store }: { store: Store }) {
   const { processes, jobs, selectedPid, connection } = store.state;
   return (
-    <aside class="sidebar" aria-label="Python processes">
+    <aside class="process-pane" aria-label="Python processes">
       <div class="sidebar-head">
         <span>Python processes with torch</span>
         <button class="icon-button" title="Refresh the list" data-testid="refresh" disabled={connection !== 'connected'} onClick={() => store.refresh()}>

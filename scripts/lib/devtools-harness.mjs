@@ -118,3 +118,51 @@ export async function undockDevTools(devtools, { width = 1280, height = 800 } = 
   await devtools.setViewport({ width, height });
   await new Promise((r) => setTimeout(r, 300));
 }
+
+/** Show one of the panel's views (tabs): overview, load, heatmap, tokens, timeline, coactivation, profiler. */
+export async function showView(panel, view) {
+  await panel.waitForSelector(`[data-testid="tab-${view}"]`, { timeout: 30000 });
+  await panel.click(`[data-testid="tab-${view}"]`);
+  await panel.waitForFunction((v) => document.querySelector(`[data-testid="view-${v}"]`), { polling: 100, timeout: 30000 }, view);
+}
+
+/** Set the panel's window and threshold settings through its Settings bar (values as the inputs take them). */
+export async function setPanelSettings(panel, settings) {
+  if (!(await panel.$('[data-testid="settings"]'))) await panel.click('[data-testid="settings-toggle"]');
+  await panel.waitForSelector('[data-testid="settings"]', { timeout: 10000 });
+  await panel.evaluate((s) => {
+    const set = (testid, value) => {
+      const el = document.querySelector(`[data-testid="${testid}"]`);
+      el.value = String(value);
+      el.dispatchEvent(new Event('change', { bubbles: true }));
+    };
+    if (s.windowMode !== undefined) set('setting-window-mode', s.windowMode);
+    if (s.windowValue !== undefined) set('setting-window-value', s.windowValue);
+    if (s.minTokens !== undefined) set('setting-min-tokens', s.minTokens);
+    if (s.minExpectedPerExpert !== undefined) set('setting-min-per-expert', s.minExpectedPerExpert);
+  }, settings);
+}
+
+/** The findings the Overview lists: kind, layer and experts of each. */
+export async function readFindings(panel) {
+  return panel.$$eval('[data-testid="finding"]', (els) =>
+    els.map((el) => ({
+      kind: el.getAttribute('data-kind'),
+      layer: Number(el.getAttribute('data-layer')),
+      experts: (el.getAttribute('data-experts') || '').split(',').filter(Boolean).map(Number),
+      text: el.textContent,
+    })),
+  );
+}
+
+/** The heatmap's hover readout for (layer, expert), by moving the mouse over that cell (unsorted heatmap). */
+export async function hoverHeatmap(panel, layer, expert) {
+  return panel.evaluate((l, e) => {
+    const canvas = document.querySelector('[data-testid="heatmap"]');
+    const rect = canvas.getBoundingClientRect();
+    const x = rect.left + ((e + 0.5) / canvas.width) * rect.width;
+    const y = rect.top + ((l + 0.5) / canvas.height) * rect.height;
+    canvas.dispatchEvent(new MouseEvent('mousemove', { clientX: x, clientY: y, bubbles: true }));
+    return new Promise((resolve) => setTimeout(() => resolve(document.querySelector('[data-testid="heatmap-readout"]').textContent), 50));
+  }, layer, expert);
+}

@@ -7,7 +7,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Browser } from 'puppeteer-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { attachThroughPanel, launchBrowser, makeProfile, openMoEPanel, readShownCounts, selectLayer } from '../../scripts/lib/devtools-harness.mjs';
+import { attachThroughPanel, launchBrowser, makeProfile, openMoEPanel, readShownCounts, selectLayer, showView } from '../../scripts/lib/devtools-harness.mjs';
 import { ROOT, findWindow, startTinyJob, type Job } from './jobs';
 
 const ARTIFACTS = path.join(ROOT, 'test-artifacts');
@@ -39,6 +39,7 @@ describe('MoE panel attached to a running Mixtral job', () => {
     const started = Date.now();
     await attachThroughPanel(panel, job.pid);
     const attachMs = Date.now() - started;
+    await showView(panel, 'load'); // the per-expert table lives in the Load view
 
     // The panel must show live counts that equal the job's own record of its routing,
     // for every layer we look at, over the very passes the panel says it counted.

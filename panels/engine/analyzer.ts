@@ -1,0 +1,448 @@
+/**
+ * The panel's heavy lifting, DOM-free so that it runs in a Web Worker (panels/worker.ts,
+ * behind comlink) and in unit tests alike: keeps a bounded history of each job's
+ * cumulative snapshots, differences them into a recent window, and runs the
+ * routing analyses of src/analysis over that window.
+ */
+import type { HostMessage, JobUpdate, TokenUpdate } from '../../src/protocol/panel';
+import { HEALTH_COLUMNS, type ModelInfo } from '../../src/protocol/probe';
+import { coactivation, findings, loadStats, resolveThresholds, smallestJudgeableWindow, type Finding, type LayerWindow, type Thresholds } from '../../src/analysis';
+import { Ring } from './ring';
+
+const HC = HEALTH_COLUMNS.length;
+const H_TOKENS = HEALTH_COLUMNS.indexOf('logit_tokens');
+const H_ENTROPY = HEALTH_COLUMNS.indexOf('entropy_sum');
+const H_NAN = HEALTH_COLUMNS.indexOf('nan');
+const H_INF = HEALTH_COLUMNS.indexOf('inf');
+const H_DROPPED = HEALTH_COLUMNS.indexOf('dropped');
+
+/** One cumulative snapshot, as of the end of pass `passes`. */
+export interface Snapshot {
+  /** Probe clock, seconds since the epoch. */
+  ts: number;
+  passes: number;
+  counts: Float64Array;
+  health: Float64Array | null;
+  timeS: Float64Array | null;
+  probeS: number;
+  prefill: number;
+  decode: number;
+  dropped: number;
+  droppedTokens: number;
+}
+
+export type WindowMode = 'seconds' | 'tokens' | 'all';
+
+export interface AnalysisSettings {
+  windowMode: WindowMode;
+  /** Seconds or tokens, per windowMode. */
+  windowValue: number;
+  thresholds: Partial<Thresholds>;
+  /** Layer for the per-layer views (co-activation, imbalance over time). */
+  layer: number;
+  /** Sampled passes of tokens to return for the Tokens view. */
+  tokenPasses: number;
+}
+
+export const DEFAULT_SETTINGS: AnalysisSettings = {
+  windowMode: 'seconds',
+  windowValue: 30,
+  thresholds: {},
+  layer: 0,
+  tokenPasses: 4,
+};
+
+export interface LayerRow {
+  layer: number;
+  experts: number;
+  topK: number;
+  /** Tokens through the layer in the window. */
+  tokens: number;
+  maxVio: number;
+  cv: number;
+  gini: number;
+  normalizedEntropy: number;
+  effectiveExperts: number;
+  zeroExperts: number;
+  /** Mean normalized per-token router entropy in the window; NaN when not measured. */
+  routerEntropy: number;
+  nan: number;
+  inf: number;
+  droppedTokens: number;
+  /** Mean ms inside the MoE block per pass; NaN when not measured. */
+  msPerPass: number;
+}
+
+export interface TimelinePoint {
+  /** Seconds since the first snapshot of the job. */
+  t: number;
+  passesPerS: number;
+  tokensPerS: number;
+  /** Mean over layers of MaxVio, and per layer. */
+  maxVio: number;
+  maxVioByLayer: Float32Array;
+  /** Mean normalized router entropy over layers; NaN when not measured. */
+  routerEntropy: number;
+  /** Share of the interval's passes that were decode passes; NaN when unknown. */
+  decodeShare: number;
+}
+
+export interface TokenRow {
+  pass: number;
+  phase: 'prefill' | 'decode';
+  n: number;
+  tokenIds: number[] | null;
+  texts: string[] | null;
+  /** Per layer index: k, ids [n*k], weights [n*k] or null. */
+  layers: Array<{ layer: number; k: number; ids: number[]; weights: number[] | null }>;
+}
+
+export interface Analysis {
+  pid: number;
+  model: number;
+  layers: number;
+  experts: number;
+  topK: number[];
+  /** Cumulative passes since attach (latest snapshot). */
+  passes: number;
+  /** The window: passes, seconds and tokens (layer 0) it covers, and the counts, row-major layers x experts. */
+  window: { passes: number; seconds: number; tokens: number; fromPass: number; toPass: number; counts: Float64Array };
+  /** Least tokens for a dead-expert verdict, per layer (see smallestJudgeableWindow). */
+  judgeable: number[];
+  rows: LayerRow[];
+  findings: Finding[];
+  thresholds: Thresholds;
+  timeline: TimelinePoint[];
+  /** Profiler: per layer ms per pass (rows), probe's own time as a share of block time, rates. */
+  profile: { probeShare: number; blockMsPerPass: number; probeMsPerPass: number; passesPerS: number; tokensPerS: number };
+  dropped: number;
+  droppedTokenRecords: number;
+  tokens: TokenRow[];
+  /** Co-activation P(j|i) for settings.layer from the sampled tokens in the window; null without token records. */
+  coactivation: { layer: number; tokens: number; matrix: Float32Array } | null;
+  /** Totals of token records kept. */
+  tokenPassesKept: number;
+}
+
+/** Snapshot memory budget per job (bytes of counts); bounds the ring's capacity. */
+const SNAPSHOT_BUDGET = 64 * 1024 * 1024;
+/** Snapshots closer together than this are thinned (the newest is always kept). */
+const MIN_SPACING_S = 0.2;
+const TIMELINE_POINTS = 3600;
+const TOKEN_PASSES = 512;
+
+interface JobData {
+  pid: number;
+  model: number;
+  layers: number;
+  experts: number;
+  topK: number[];
+  history: Ring<Snapshot>;
+  /** Newest snapshot (may be thinned out of history). */
+  latest: Snapshot | null;
+  /** Zero counts at attach, the baseline while the history has never been trimmed. */
+  zero: Snapshot | null;
+  t0: number;
+  timeline: Ring<TimelinePoint>;
+  tokens: Ring<TokenRow>;
+  version: number;
+}
+
+export class Analyzer {
+  private jobs = new Map<number, JobData>();
+  private models = new Map<number, ModelInfo[]>();
+
+  /** Take one host message (only 'attached', 'update' and 'tokens' matter here). */
+  ingest(message: HostMessage): void {
+    if (message.type === 'attached') {
+      this.models.set(message.pid, message.models);
+    } else if (message.type === 'update') {
+      this.ingestUpdate(message);
+    } else if (message.type === 'tokens') {
+      this.ingestTokens(message);
+    }
+  }
+
+  ingestMany(messages: HostMessage[]): void {
+    for (const m of messages) this.ingest(m);
+  }
+
+  /** Forget a job's history; the next snapshot becomes the new baseline. */
+  clear(pid: number): void {
+    const job = this.jobs.get(pid);
+    if (!job) return;
+    job.history.clear();
+    job.timeline.clear();
+    job.tokens.clear();
+    job.zero = null;
+    if (job.latest) job.history.push(job.latest);
+    job.version++;
+  }
+
+  forget(pid: number): void {
+    this.jobs.delete(pid);
+    this.models.delete(pid);
+  }
+
+  version(pid: number): number {
+    return this.jobs.get(pid)?.version ?? -1;
+  }
+
+  private job(pid: number, model: number, layers: number, experts: number): JobData {
+    let job = this.jobs.get(pid);
+    if (job && (job.layers !== layers || job.experts !== experts || job.model !== model)) {
+      if (model !== job.model && job.model >= 0) return job; // one model per job shown; ignore others
+      job = undefined;
+    }
+    if (!job) {
+      const info = this.models.get(pid)?.find((m) => m.id === model);
+      const topK = Array.from({ length: layers }, (_, l) => Math.max(1, info?.layers[l]?.top_k ?? 1));
+      const capacity = Math.max(32, Math.min(3000, Math.floor(SNAPSHOT_BUDGET / Math.max(1, layers * experts * 8))));
+      job = {
+        pid, model, layers, experts, topK, history: new Ring(capacity), latest: null, zero: null, t0: NaN,
+        timeline: new Ring(TIMELINE_POINTS), tokens: new Ring(TOKEN_PASSES), version: 0,
+      };
+      this.jobs.set(pid, job);
+    }
+    return job;
+  }
+
+  private ingestUpdate(u: JobUpdate): void {
+    if (u.counts.length !== u.layers * u.experts) return;
+    const job = this.job(u.pid, u.model, u.layers, u.experts);
+    if (job.model !== u.model) return;
+    const snap = toSnapshot(u);
+    if (job.latest && snap.passes < job.latest.passes) {
+      // The counters went backwards: a new attach. Start over.
+      job.history.clear();
+      job.timeline.clear();
+      job.latest = null;
+    }
+    if (!job.latest) {
+      job.t0 = snap.ts;
+      if (job.history.size === 0) job.zero = zeroSnapshot(snap);
+    }
+    const prev = job.history.last();
+    if (!prev || snap.ts - prev.ts >= MIN_SPACING_S) job.history.push(snap);
+    job.latest = snap;
+    this.addTimelinePoint(job, snap);
+    job.version++;
+  }
+
+  private ingestTokens(t: TokenUpdate): void {
+    const job = this.jobs.get(t.pid);
+    if (!job || job.model !== t.model) return;
+    // Parts of one pass (split by layers) merge into one row.
+    let row: TokenRow | undefined;
+    for (let i = job.tokens.size - 1; i >= 0 && i >= job.tokens.size - 4; i--) {
+      const r = job.tokens.at(i)!;
+      if (r.pass === t.pass) row = r;
+    }
+    if (!row) {
+      row = { pass: t.pass, phase: t.phase, n: 0, tokenIds: t.tokenIds, texts: t.texts, layers: [] };
+      job.tokens.push(row);
+    }
+    for (const l of t.layers) {
+      if (l.k < 1 || l.ids.length < l.n * l.k) continue;
+      row.layers = row.layers.filter((x) => x.layer !== l.layer);
+      row.layers.push({ layer: l.layer, k: l.k, ids: l.ids.slice(0, l.n * l.k), weights: l.weights ? l.weights.slice(0, l.n * l.k) : null });
+      row.n = Math.max(row.n, l.n);
+      if (l.layer < job.topK.length) job.topK[l.layer] = l.k;
+    }
+    row.layers.sort((a, b) => a.layer - b.layer);
+    if (!row.tokenIds && t.tokenIds) row.tokenIds = t.tokenIds;
+    if (!row.texts && t.texts) row.texts = t.texts;
+    job.version++;
+  }
+
+  private addTimelinePoint(job: JobData, snap: Snapshot): void {
+    // Rates over the trailing second (or the oldest snapshot we have).
+    let base: Snapshot | undefined;
+    for (let i = job.history.size - 1; i >= 0; i--) {
+      const s = job.history.at(i)!;
+      if (s === snap) continue;
+      base = s;
+      if (snap.ts - s.ts >= 1) break;
+    }
+    if (!base && job.zero) return;
+    if (!base || snap.ts <= base.ts || snap.passes <= base.passes) return;
+    const dt = snap.ts - base.ts;
+    const byLayer = new Float32Array(job.layers);
+    let vioSum = 0;
+    let vioN = 0;
+    let entSum = 0;
+    let entN = 0;
+    const e = job.experts;
+    const scratch = new Float64Array(e);
+    for (let l = 0; l < job.layers; l++) {
+      for (let i = 0; i < e; i++) scratch[i] = snap.counts[l * e + i]! - base.counts[l * e + i]!;
+      const st = loadStats(scratch);
+      byLayer[l] = st.maxVio;
+      if (Number.isFinite(st.maxVio)) {
+        vioSum += st.maxVio;
+        vioN++;
+      }
+      const re = routerEntropyDelta(snap, base, l, e);
+      if (Number.isFinite(re)) {
+        entSum += re;
+        entN++;
+      }
+    }
+    const dPre = snap.prefill - base.prefill;
+    const dDec = snap.decode - base.decode;
+    job.timeline.push({
+      t: snap.ts - job.t0,
+      passesPerS: (snap.passes - base.passes) / dt,
+      tokensPerS: layerTokens(snap, base, 0, e, job.topK[0] ?? 1) / dt,
+      maxVio: vioN ? vioSum / vioN : NaN,
+      maxVioByLayer: byLayer,
+      routerEntropy: entN ? entSum / entN : NaN,
+      decodeShare: dPre + dDec > 0 ? dDec / (dPre + dDec) : NaN,
+    });
+  }
+
+  /** The window's baseline snapshot for the given settings. */
+  private baseline(job: JobData, s: AnalysisSettings): Snapshot | null {
+    const latest = job.latest!;
+    const oldest = (job.history.evicted === 0 ? job.zero : null) ?? job.history.at(0) ?? null;
+    if (s.windowMode === 'all') return oldest;
+    const e = job.experts;
+    for (let i = job.history.size - 1; i >= 0; i--) {
+      const snap = job.history.at(i)!;
+      if (snap === latest) continue;
+      if (s.windowMode === 'seconds' ? latest.ts - snap.ts >= s.windowValue - 1e-6 : layerTokens(latest, snap, 0, e, job.topK[0] ?? 1) >= s.windowValue) {
+        return snap;
+      }
+    }
+    return oldest;
+  }
+
+  analyze(pid: number, settings: Partial<AnalysisSettings> = {}): Analysis | null {
+    const s: AnalysisSettings = { ...DEFAULT_SETTINGS, ...settings };
+    const job = this.jobs.get(pid);
+    if (!job || !job.latest) return null;
+    const latest = job.latest;
+    const base = this.baseline(job, s) ?? latest;
+    const { layers: L, experts: E } = job;
+    const th = resolveThresholds(s.thresholds);
+
+    const counts = new Float64Array(L * E);
+    for (let i = 0; i < counts.length; i++) counts[i] = latest.counts[i]! - base.counts[i]!;
+    const dPasses = latest.passes - base.passes;
+    const dt = latest.ts - base.ts;
+    const blockTotal = new Float64Array(1);
+    const rows: LayerRow[] = [];
+    const windows: LayerWindow[] = [];
+    const judgeable: number[] = [];
+    for (let l = 0; l < L; l++) {
+      const k = job.topK[l] ?? 1;
+      const c = counts.subarray(l * E, (l + 1) * E);
+      const st = loadStats(c);
+      const tokens = st.total / k;
+      const nan = healthDelta(latest, base, l, H_NAN);
+      const inf = healthDelta(latest, base, l, H_INF);
+      const dropped = Math.max(healthDelta(latest, base, l, H_DROPPED), 0);
+      const re = routerEntropyDelta(latest, base, l, E);
+      const blockS = latest.timeS && base.timeS ? latest.timeS[l]! - base.timeS[l]! : NaN;
+      if (Number.isFinite(blockS)) blockTotal[0]! += blockS;
+      rows.push({
+        layer: l, experts: E, topK: k, tokens, maxVio: st.maxVio, cv: st.cv, gini: st.gini,
+        normalizedEntropy: st.normalizedEntropy, effectiveExperts: st.effectiveExperts, zeroExperts: st.zeroExperts,
+        routerEntropy: re, nan, inf, droppedTokens: dropped, msPerPass: dPasses > 0 ? (1000 * blockS) / dPasses : NaN,
+      });
+      windows.push({
+        layer: l, counts: c, topK: k, tokens, nanLogits: nan, infLogits: inf, droppedTokens: dropped,
+        routerEntropy: Number.isFinite(re) ? re : undefined,
+      });
+      judgeable.push(smallestJudgeableWindow(E, k, th.minTokens, th.minExpectedPerExpert));
+    }
+    const found = findings(windows, th);
+    const probeS = latest.probeS - base.probeS;
+    const tokens0 = rows[0]?.tokens ?? 0;
+
+    // Token records in the window.
+    const inWindow: TokenRow[] = [];
+    for (let i = 0; i < job.tokens.size; i++) {
+      const r = job.tokens.at(i)!;
+      if (r.pass > base.passes || dPasses === 0) inWindow.push(r);
+    }
+    const layer = Math.min(Math.max(0, s.layer), L - 1);
+    let co: Analysis['coactivation'] = null;
+    {
+      const ids: number[] = [];
+      let n = 0;
+      let k = 0;
+      for (const r of inWindow) {
+        const lr = r.layers.find((x) => x.layer === layer);
+        if (!lr || (k && lr.k !== k)) continue;
+        k = lr.k;
+        for (let i = 0; i < lr.ids.length; i++) ids.push(lr.ids[i]!);
+        n += lr.ids.length / lr.k;
+      }
+      if (n > 0 && k > 0 && E > 0) co = { layer, tokens: n, matrix: Float32Array.from(coactivation(ids, n, k, E)) };
+    }
+
+    return {
+      pid, model: job.model, layers: L, experts: E, topK: job.topK.slice(), passes: latest.passes,
+      window: { passes: dPasses, seconds: dt, tokens: tokens0, fromPass: base.passes, toPass: latest.passes, counts },
+      judgeable, rows, findings: found, thresholds: th,
+      timeline: job.timeline.toArray(),
+      profile: {
+        probeShare: blockTotal[0]! > 0 ? probeS / blockTotal[0]! : NaN,
+        blockMsPerPass: dPasses > 0 && latest.timeS ? (1000 * blockTotal[0]!) / dPasses : NaN,
+        probeMsPerPass: dPasses > 0 ? (1000 * probeS) / dPasses : NaN,
+        passesPerS: dt > 0 ? dPasses / dt : NaN,
+        tokensPerS: dt > 0 ? tokens0 / dt : NaN,
+      },
+      dropped: latest.dropped,
+      droppedTokenRecords: latest.droppedTokens,
+      tokens: job.tokens.toArray().slice(-Math.max(1, s.tokenPasses)),
+      coactivation: co,
+      tokenPassesKept: job.tokens.size,
+    };
+  }
+}
+
+function toSnapshot(u: JobUpdate): Snapshot {
+  const L = u.layers;
+  return {
+    ts: u.ts,
+    passes: u.passes,
+    counts: Float64Array.from(u.counts),
+    health: u.health && u.health.length === L * HC ? Float64Array.from(u.health) : null,
+    timeS: u.timeS && u.timeS.length === L ? Float64Array.from(u.timeS) : null,
+    probeS: u.probeS ?? 0,
+    prefill: u.prefill ?? 0,
+    decode: u.decode ?? 0,
+    dropped: u.dropped,
+    droppedTokens: u.droppedTokens ?? 0,
+  };
+}
+
+function zeroSnapshot(like: Snapshot): Snapshot {
+  return {
+    ts: like.ts, passes: 0, counts: new Float64Array(like.counts.length),
+    health: like.health ? new Float64Array(like.health.length) : null,
+    timeS: like.timeS ? new Float64Array(like.timeS.length) : null,
+    probeS: 0, prefill: 0, decode: 0, dropped: 0, droppedTokens: 0,
+  };
+}
+
+function layerTokens(a: Snapshot, b: Snapshot, layer: number, e: number, k: number): number {
+  let t = 0;
+  for (let i = layer * e; i < (layer + 1) * e; i++) t += a.counts[i]! - b.counts[i]!;
+  return t / Math.max(1, k);
+}
+
+function healthDelta(a: Snapshot, b: Snapshot, layer: number, col: number): number {
+  if (!a.health || !b.health) return 0;
+  return a.health[layer * HC + col]! - b.health[layer * HC + col]!;
+}
+
+/** Mean normalized per-token router entropy between two snapshots; NaN when no logits were measured. */
+function routerEntropyDelta(a: Snapshot, b: Snapshot, layer: number, e: number): number {
+  if (!a.health || !b.health || e < 2) return NaN;
+  const n = healthDelta(a, b, layer, H_TOKENS);
+  if (!(n > 0)) return NaN;
+  return healthDelta(a, b, layer, H_ENTROPY) / n / Math.log(e);
+}

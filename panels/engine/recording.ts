@@ -1,0 +1,101 @@
+/**
+ * Recordings: every host message of one job, one JSON value per line after a header line,
+ * so that a session can be opened later with no job running. Parsing is strict: a corrupt
+ * or foreign file is rejected as a whole with a message that says where and why.
+ */
+import type { HostMessage } from '../../src/protocol/panel';
+
+export const RECORDING_FORMAT = 'moe-devtools-recording';
+export const RECORDING_VERSION = 1;
+
+export interface RecordingHeader {
+  format: typeof RECORDING_FORMAT;
+  version: number;
+  pid: number;
+  /** ms since the epoch when recording started. */
+  started: number;
+}
+
+export interface Recording {
+  header: RecordingHeader;
+  messages: HostMessage[];
+}
+
+export class RecordingError extends Error {}
+
+export function serializeRecording(pid: number, started: number, messages: readonly HostMessage[]): string {
+  const header: RecordingHeader = { format: RECORDING_FORMAT, version: RECORDING_VERSION, pid, started };
+  const lines = [JSON.stringify(header)];
+  for (const m of messages) lines.push(JSON.stringify(m));
+  return lines.join('\n') + '\n';
+}
+
+const isNum = (v: unknown): v is number => typeof v === 'number' && Number.isFinite(v);
+const isNumArray = (v: unknown): v is number[] => Array.isArray(v) && v.every(isNum);
+
+/** Why a message is not one a recording may hold, or null when it is fine. */
+function invalidMessage(v: unknown): string | null {
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) return 'not a JSON object';
+  const m = v as Record<string, unknown>;
+  switch (m.type) {
+    case 'attached':
+      return isNum(m.pid) && Array.isArray(m.models) ? null : 'an "attached" message needs pid and models';
+    case 'update': {
+      if (!isNum(m.pid) || !isNum(m.model) || !isNum(m.passes) || !isNum(m.ts) || !isNum(m.dropped)) return 'an "update" needs pid, model, passes, ts and dropped numbers';
+      if (!Number.isInteger(m.layers) || !Number.isInteger(m.experts) || (m.layers as number) < 1 || (m.experts as number) < 1) return 'an "update" needs whole layers and experts';
+      if (!isNumArray(m.counts) || m.counts.length !== (m.layers as number) * (m.experts as number)) return `"counts" should hold layers x experts numbers`;
+      for (const key of ['health', 'maxLogit', 'timeS'] as const) if (m[key] !== undefined && !isNumArray(m[key])) return `"${key}" should be a list of numbers`;
+      return null;
+    }
+    case 'tokens': {
+      if (!isNum(m.pid) || !isNum(m.model) || !isNum(m.pass)) return 'a "tokens" message needs pid, model and pass';
+      if (!Array.isArray(m.layers)) return 'a "tokens" message needs layers';
+      for (const l of m.layers as unknown[]) {
+        const x = l as Record<string, unknown>;
+        if (typeof x !== 'object' || x === null || !isNum(x.layer) || !isNum(x.n) || !isNum(x.k) || !isNumArray(x.ids)) return 'a token layer needs layer, n, k and ids';
+      }
+      if (m.texts !== null && m.texts !== undefined && !(Array.isArray(m.texts) && m.texts.every((t) => typeof t === 'string'))) return '"texts" should be strings';
+      return null;
+    }
+    case 'detached':
+    case 'attaching':
+      return isNum(m.pid) ? null : `a "${m.type}" message needs a pid`;
+    default:
+      return `unexpected message type ${JSON.stringify(m.type)}`;
+  }
+}
+
+export function parseRecording(text: string): Recording {
+  const lines = text.split('\n');
+  let header: unknown;
+  try {
+    header = JSON.parse(lines[0] ?? '');
+  } catch {
+    throw new RecordingError('This is not a MoE DevTools recording (the first line is not JSON).');
+  }
+  const h = header as Partial<RecordingHeader> | null;
+  if (!h || typeof h !== 'object' || h.format !== RECORDING_FORMAT) throw new RecordingError('This is not a MoE DevTools recording (no recording header).');
+  if (h.version !== RECORDING_VERSION) throw new RecordingError(`Recording version ${String(h.version)} is not supported (this panel reads version ${RECORDING_VERSION}).`);
+  if (!isNum(h.pid) || !isNum(h.started)) throw new RecordingError('The recording header lacks its pid or start time.');
+  const messages: HostMessage[] = [];
+  for (let i = 1; i < lines.length; i++) {
+    const line = lines[i]!;
+    if (!line.trim()) continue;
+    let value: unknown;
+    try {
+      value = JSON.parse(line);
+    } catch {
+      throw new RecordingError(`The recording is corrupt: line ${i + 1} is not valid JSON.`);
+    }
+    const why = invalidMessage(value);
+    if (why) throw new RecordingError(`The recording is corrupt: line ${i + 1}: ${why}.`);
+    messages.push(value as HostMessage);
+  }
+  if (!messages.some((m) => m.type === 'update')) throw new RecordingError('The recording holds no routing counts.');
+  return { header: h as RecordingHeader, messages };
+}
+
+/** The same messages with their pid replaced (a replayed job gets an id of its own). */
+export function withPid(messages: readonly HostMessage[], pid: number): HostMessage[] {
+  return messages.map((m) => ('pid' in m ? ({ ...m, pid } as HostMessage) : m));
+}

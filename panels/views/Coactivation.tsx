@@ -1,0 +1,18 @@
+/** Co-activation: P(j | i) for the chosen layer, from the sampled tokens' top-k choices in the window. */
+import type { Analysis } from '../engine/analyzer';
+import { fmt } from './format';
+import { MatrixCanvas } from './MatrixCanvas';
+
+export function Coactivation({ a, layer }: { a: Analysis; layer: number }) {
+  const co = a.coactivation;
+  if (!co || co.layer !== layer) return <p class="empty" data-testid="coactivation-empty">No sampled tokens for layer {layer} in this window yet.</p>;
+  const E = a.experts;
+  const m = co.matrix;
+  return (
+    <div class="coactivation" data-testid="coactivation-view" data-layer={layer} data-tokens={co.tokens}>
+      <p class="muted">Layer {layer}: row i, column j = P(expert j chosen | expert i chosen), from {co.tokens} sampled tokens. Diagonal is 1 for used experts.</p>
+      <MatrixCanvas rows={E} cols={E} height={Math.min(520, Math.max(160, E * 12))} intensity={(i, j) => (i === j ? 0 : m[i * E + j]!)}
+        describe={(i, j) => `P(expert ${j} | expert ${i}) = ${fmt(m[i * E + j]!, 3)}`} rowLabel="expert i" colLabel="expert j" testid="coactivation" />
+    </div>
+  );
+}

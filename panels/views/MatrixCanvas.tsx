@@ -1,0 +1,70 @@
+/**
+ * A rows x cols matrix drawn on a canvas (up to 128 x 512 and more): one pass over
+ * an ImageData, scaled by CSS. Hovering shows the cell's value in a readout.
+ */
+import { useEffect, useRef, useState } from 'preact/hooks';
+
+interface Props {
+  rows: number;
+  cols: number;
+  /** Value for (row, col) in [0, 1] for colour. */
+  intensity: (row: number, col: number) => number;
+  /** Column drawn at position x (for sorting); default identity. */
+  order?: number[];
+  describe: (row: number, col: number) => string;
+  rowLabel: string;
+  colLabel: string;
+  testid: string;
+  height?: number;
+}
+
+export function MatrixCanvas({ rows, cols, intensity, order, describe, rowLabel, colLabel, testid, height }: Props) {
+  const canvas = useRef<HTMLCanvasElement>(null);
+  const [hover, setHover] = useState<{ row: number; col: number } | null>(null);
+
+  useEffect(() => {
+    const c = canvas.current;
+    if (!c || rows < 1 || cols < 1) return;
+    c.width = cols;
+    c.height = rows;
+    const ctx = c.getContext('2d');
+    if (!ctx) return;
+    const img = ctx.createImageData(cols, rows);
+    const dark = document.documentElement.dataset.theme === 'dark';
+    const lo = dark ? [32, 33, 36] : [255, 255, 255];
+    const hi = dark ? [138, 180, 248] : [26, 115, 232];
+    for (let r = 0; r < rows; r++) {
+      for (let x = 0; x < cols; x++) {
+        const col = order ? order[x]! : x;
+        let v = intensity(r, col);
+        if (!Number.isFinite(v)) v = 0;
+        v = Math.max(0, Math.min(1, v));
+        const p = (r * cols + x) * 4;
+        img.data[p] = lo[0]! + (hi[0]! - lo[0]!) * v;
+        img.data[p + 1] = lo[1]! + (hi[1]! - lo[1]!) * v;
+        img.data[p + 2] = lo[2]! + (hi[2]! - lo[2]!) * v;
+        img.data[p + 3] = 255;
+      }
+    }
+    ctx.putImageData(img, 0, 0);
+  });
+
+  const onMove = (e: MouseEvent) => {
+    const c = canvas.current!;
+    const rect = c.getBoundingClientRect();
+    const x = Math.floor(((e.clientX - rect.left) / rect.width) * cols);
+    const row = Math.floor(((e.clientY - rect.top) / rect.height) * rows);
+    if (x < 0 || x >= cols || row < 0 || row >= rows) return setHover(null);
+    setHover({ row, col: order ? order[x]! : x });
+  };
+
+  const h = height ?? Math.min(520, Math.max(80, rows * 14));
+  return (
+    <div class="matrix">
+      <div class="matrix-readout" data-testid={`${testid}-readout`} data-row={hover?.row} data-col={hover?.col}>
+        {hover ? describe(hover.row, hover.col) : `Hover a cell: ${rowLabel} × ${colLabel}`}
+      </div>
+      <canvas ref={canvas} class="matrix-canvas" data-testid={testid} style={{ height: `${h}px` }} onMouseMove={onMove} onMouseLeave={() => setHover(null)} />
+    </div>
+  );
+}

@@ -1,0 +1,37 @@
+/** Timeline: router entropy, imbalance and tokens/s over time; decode stretches shaded. */
+import { useMemo } from 'preact/hooks';
+import type { Analysis } from '../engine/analyzer';
+import { LinePlot } from './LinePlot';
+
+export function Timeline({ a }: { a: Analysis }) {
+  const { data, bands, rate } = useMemo(() => {
+    const tl = a.timeline;
+    const t = tl.map((p) => p.t);
+    const bands: Array<[number, number]> = [];
+    let start: number | null = null;
+    for (let i = 0; i < tl.length; i++) {
+      const dec = tl[i]!.decodeShare > 0.5;
+      if (dec && start === null) start = tl[i]!.t;
+      if (!dec && start !== null) {
+        bands.push([start, tl[i]!.t]);
+        start = null;
+      }
+    }
+    if (start !== null && tl.length) bands.push([start, tl[tl.length - 1]!.t]);
+    return {
+      data: [t, tl.map((p) => p.routerEntropy), tl.map((p) => p.maxVio)] as [number[], number[], number[]],
+      rate: [t, tl.map((p) => p.tokensPerS), tl.map((p) => p.passesPerS)] as [number[], number[], number[]],
+      bands,
+    };
+  }, [a.timeline]);
+  const prefillShare = a.timeline.length ? a.timeline.filter((p) => p.decodeShare <= 0.5).length / a.timeline.length : NaN;
+  return (
+    <div class="timeline" data-testid="timeline-view" data-points={a.timeline.length}>
+      <p class="muted">Each point covers the trailing second. Shaded: decode passes (sequence length 1); unshaded: prefill. {Number.isFinite(prefillShare) ? `${Math.round(100 * prefillShare)}% of the time in prefill.` : ''}</p>
+      <LinePlot title="Router entropy and imbalance" testid="timeline-entropy" pan bands={bands}
+        lines={[{ label: 'router entropy (normalized)', color: '#1a73e8' }, { label: 'MaxVio (mean of layers)', color: '#e37400', scale: 'vio' }]} data={data} />
+      <LinePlot title="Throughput" testid="timeline-rate" pan bands={bands}
+        lines={[{ label: 'tokens/s', color: '#188038' }, { label: 'passes/s', color: '#a142f4', scale: 'p' }]} data={rate} />
+    </div>
+  );
+}

@@ -1,0 +1,110 @@
+import { describe, expect, it } from 'vitest';
+import type { HostMessage, JobUpdate } from '../../src/protocol/panel';
+import { HEALTH_COLUMNS } from '../../src/protocol/probe';
+import { Analyzer } from '../../panels/engine/analyzer';
+import { Ring } from '../../panels/engine/ring';
+import { metricsCsv, metricsJson } from '../../panels/engine/export';
+
+const L = 2;
+const E = 4;
+const models = [{ id: 0, class: 'M', model_type: 'm', device: 'cpu', dtype: 'f32', layers: [0, 1].map((i) => ({ index: i, name: `l${i}`, arch: 'x', experts: E, top_k: 2 })) }];
+const attached: HostMessage = { type: 'attached', pid: 7, method: 'socket', ms: 1, python: '3', framework: 'torch', frameworkVersion: '2', argv: [], models };
+
+/** Cumulative update after `passes` passes where each pass routes `perPass` (layers x experts) and takes 0.25 s. */
+function update(passes: number, perPass: number[], extra: Partial<JobUpdate> = {}): JobUpdate {
+  return { type: 'update', pid: 7, model: 0, passes, layers: L, experts: E, counts: perPass.map((c) => c * passes), ts: 1000 + passes * 0.25, dropped: 0, ...extra };
+}
+
+describe('Ring', () => {
+  it('keeps the newest items up to its capacity', () => {
+    const r = new Ring<number>(3);
+    for (let i = 0; i < 5; i++) r.push(i);
+    expect(r.toArray()).toEqual([2, 3, 4]);
+    expect(r.at(-1)).toBe(4);
+    expect(r.evicted).toBe(2);
+  });
+});
+
+describe('Analyzer', () => {
+  // Layer 0 even; layer 1: expert 3 dead, expert 0 hot.
+  const perPass = [8, 8, 8, 8, 16, 10, 6, 0];
+
+  it('windows cumulative counts by differencing snapshots, exactly', () => {
+    const a = new Analyzer();
+    a.ingest(attached);
+    for (let p = 1; p <= 100; p++) a.ingest(update(p, perPass));
+    const all = a.analyze(7, { windowMode: 'all' })!;
+    expect(all.window.passes).toBe(100);
+    expect(Array.from(all.window.counts)).toEqual(perPass.map((c) => c * 100));
+    const last2s = a.analyze(7, { windowMode: 'seconds', windowValue: 2 })!;
+    expect(last2s.window.passes).toBe(8);
+    expect(Array.from(last2s.window.counts.subarray(0, E))).toEqual([64, 64, 64, 64]);
+    const tokens = a.analyze(7, { windowMode: 'tokens', windowValue: 160 })!; // 16 tokens/pass in layer 0 (32 assignments, top-2)
+    expect(tokens.window.passes).toBe(10);
+    expect(tokens.window.tokens).toBe(160);
+  });
+
+  it('finds the dead expert once the window is big enough, with configurable thresholds', () => {
+    const a = new Analyzer();
+    a.ingest(attached);
+    for (let p = 1; p <= 20; p++) a.ingest(update(p, perPass));
+    expect(a.analyze(7, { windowMode: 'all' })!.findings.filter((f) => f.kind === 'dead_expert')).toEqual([]); // 320 tokens < 1000
+    const small = a.analyze(7, { windowMode: 'all', thresholds: { minTokens: 100 } })!;
+    const dead = small.findings.filter((f) => f.kind === 'dead_expert');
+    expect(dead.map((f) => [f.layer, f.experts])).toEqual([[1, [3]]]);
+    expect(small.judgeable).toEqual([100, 100]);
+  });
+
+  it('reads router health, block times and the probe cost over the window', () => {
+    const a = new Analyzer();
+    a.ingest(attached);
+    const hc = HEALTH_COLUMNS.length;
+    for (let p = 1; p <= 10; p++) {
+      const health = new Array(L * hc).fill(0);
+      health[0] = 16 * p; // logit_tokens
+      health[1] = 16 * p * Math.log(E) * 0.5; // entropy_sum: normalized 0.5
+      health[hc + 3] = p === 10 ? 2 : 0; // NaN logits in layer 1 at the end
+      a.ingest(update(p, perPass, { health, timeS: [0.002 * p, 0.006 * p], probeS: 0.0008 * p, prefill: p, decode: 0 }));
+    }
+    const r = a.analyze(7, { windowMode: 'all' })!;
+    expect(r.rows[0]!.routerEntropy).toBeCloseTo(0.5);
+    expect(r.rows[1]!.nan).toBe(2);
+    expect(r.findings.some((f) => f.kind === 'nan_logits' && f.layer === 1)).toBe(true);
+    expect(r.rows[0]!.msPerPass).toBeCloseTo(2);
+    expect(r.profile.probeShare).toBeCloseTo(0.1);
+    expect(r.timeline.length).toBeGreaterThan(0);
+    expect(metricsCsv(r).split('\n')[0]).toMatch(/^layer,experts,top_k,tokens,max_vio/);
+    expect(JSON.parse(metricsJson(r)).layers[1].counts).toEqual([160, 100, 60, 0]);
+  });
+
+  it('merges token parts of one pass and computes co-activation for the chosen layer', () => {
+    const a = new Analyzer();
+    a.ingest(attached);
+    a.ingest(update(1, perPass));
+    a.ingest({ type: 'tokens', pid: 7, model: 0, pass: 2, phase: 'decode', tokenIds: [5, 6], texts: ['<b>', 'x'], layers: [{ layer: 0, n: 2, k: 2, ids: [0, 1, 0, 2], weights: [0.6, 0.4, 0.7, 0.3] }] });
+    a.ingest({ type: 'tokens', pid: 7, model: 0, pass: 2, phase: 'decode', tokenIds: [5, 6], texts: ['<b>', 'x'], layers: [{ layer: 1, n: 2, k: 2, ids: [1, 2, 1, 2], weights: null }] });
+    a.ingest(update(2, perPass));
+    const r = a.analyze(7, { windowMode: 'all', layer: 0 })!;
+    expect(r.tokens).toHaveLength(1);
+    expect(r.tokens[0]!.layers.map((l) => l.layer)).toEqual([0, 1]);
+    expect(r.tokens[0]!.texts).toEqual(['<b>', 'x']);
+    const m = r.coactivation!.matrix;
+    expect(r.coactivation!.tokens).toBe(2);
+    expect(m[0 * E + 1]).toBeCloseTo(0.5); // P(1 | 0)
+    expect(m[1 * E + 0]).toBeCloseTo(1); // P(0 | 1)
+  });
+
+  it('keeps bounded memory and starts over when the counters go backwards', () => {
+    const a = new Analyzer();
+    a.ingest(attached);
+    for (let p = 1; p <= 5000; p++) a.ingest(update(p, perPass));
+    const r = a.analyze(7, { windowMode: 'all' })!;
+    expect(r.window.passes).toBeLessThan(5000); // the oldest snapshots were dropped
+    expect(r.timeline.length).toBeLessThanOrEqual(3600);
+    a.ingest(update(3, perPass));
+    expect(a.analyze(7, { windowMode: 'all' })!.window.passes).toBe(3);
+    a.clear(7);
+    a.ingest(update(4, perPass));
+    expect(a.analyze(7, { windowMode: 'all' })!.window.passes).toBe(1);
+  });
+});

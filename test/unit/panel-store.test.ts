@@ -1,0 +1,79 @@
+import { describe, expect, it } from 'vitest';
+import type { HostMessage, JobUpdate, PanelRequest } from '../../src/protocol/panel';
+import { Analyzer } from '../../panels/engine/analyzer';
+import { parseRecording, serializeRecording } from '../../panels/engine/recording';
+import { Store } from '../../panels/store';
+
+const models = [{ id: 0, class: 'M', model_type: 'm', device: 'cpu', dtype: 'f32', layers: [{ index: 0, name: 'l0', arch: 'x', experts: 2, top_k: 1 }] }];
+const attached = (pid: number): HostMessage => ({ type: 'attached', pid, method: 'socket', ms: 1, python: '3', framework: 'torch', frameworkVersion: '2', argv: [], models });
+const update = (pid: number, passes: number): JobUpdate => ({ type: 'update', pid, model: 0, passes, layers: 1, experts: 2, counts: [3 * passes, passes], ts: 100 + passes, dropped: 0 });
+
+function setup() {
+  const sent: PanelRequest[] = [];
+  const store = new Store();
+  store.connect((r) => sent.push(r));
+  store.useAnalyzer(new Analyzer());
+  return { store, sent };
+}
+
+describe('panel store', () => {
+  it('keeps per-job state for several jobs and analyses the selected one', async () => {
+    const { store } = setup();
+    store.attach(11);
+    store.receive(attached(11));
+    store.attach(22);
+    store.receive(attached(22));
+    store.receive(update(11, 4));
+    store.receive(update(22, 9));
+    store.setSettings({ windowMode: 'all' });
+    await store.tick();
+    expect(store.state.analyses.get(22)!.window.passes).toBe(9);
+    store.selectJob(11);
+    await store.tick();
+    expect(store.state.analyses.get(11)!.window.counts[0]).toBe(12);
+    expect(store.state.jobs.size).toBe(2);
+  });
+
+  it('pauses, records a job, and opens the recording as a job of its own', async () => {
+    const { store } = setup();
+    store.attach(5);
+    store.receive(attached(5));
+    store.startRecording();
+    for (let p = 1; p <= 3; p++) store.receive(update(5, p));
+    store.receive(update(6, 1)); // another job: not recorded
+    store.stopRecording();
+    const saved = store.state.saved!;
+    expect(saved.messages).toBe(4); // attached + 3 updates
+    const rec = parseRecording(saved.text);
+    expect(rec.header.pid).toBe(5);
+
+    store.togglePause();
+    store.receive(update(5, 4));
+    await store.tick();
+    expect(store.state.analyses.get(5)).toBeUndefined();
+    store.togglePause();
+
+    expect(await store.openRecording('a.moerec', saved.text)).toBe(true);
+    const pid = store.state.selectedPid!;
+    expect(pid).toBeLessThan(0);
+    expect(store.state.jobs.get(pid)!.status).toBe('recording');
+    store.setSettings({ windowMode: 'all' });
+    await store.tick();
+    expect(Array.from(store.state.analyses.get(pid)!.window.counts)).toEqual([9, 3]);
+  });
+
+  it('rejects a corrupt or foreign file with a notice and loses nothing', async () => {
+    const { store } = setup();
+    store.attach(5);
+    store.receive(attached(5));
+    const before = store.state.jobs;
+    const good = serializeRecording(5, 0, [attached(5), update(5, 1)]);
+    for (const text of ['', 'PK\u0003\u0004 zip', '{"format":"other"}', good.replace('"counts":[3,1]', '"counts":[3]'), good + '{not json\n', good.replace(/"version":1/, '"version":9')]) {
+      expect(await store.openRecording('bad.moerec', text)).toBe(false);
+    }
+    expect(store.state.jobs).toBe(before);
+    expect(store.state.notices.length).toBeGreaterThan(0);
+    expect(store.state.notices.every((n) => n.code === 'bad_recording')).toBe(true);
+    expect(store.state.notices.at(-1)!.message).toMatch(/version 9/);
+  });
+});
