@@ -151,6 +151,13 @@ describe('MoE panel findings on jobs with planted faults', () => {
     await showView(panel, 'overview');
     await panel.waitForSelector(`[data-testid="job"][data-pid="${faulty.pid}"] [data-testid="finding"][data-kind="collapse"]`, { timeout: 5000 });
     await screenshots(devtools, panel, 'faulty');
+    // Tokens: click a sampled token to see its path; in layer 2 it went to experts 0 and 1, as every token did.
+    await showView(panel, 'tokens');
+    await panel.waitForSelector('[data-testid="token"]', { timeout: 10000 });
+    await panel.click('[data-testid="token"]');
+    await panel.waitForSelector('[data-testid="token-path"] tr[data-layer="2"]', { timeout: 5000 });
+    const path2 = await panel.$eval('[data-testid="token-path"] tr[data-layer="2"] [data-testid="token-experts"]', (el: Element) => el.textContent);
+    expect(path2).toMatch(/^[01] \(.*\)[01] \(/);
   });
 
   it('opens that recording with no job running and shows the same numbers; rejects a corrupt file', async () => {
