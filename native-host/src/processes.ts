@@ -1,11 +1,18 @@
 /**
  * Finding the user's Python processes that have torch loaded (Linux: /proc;
- * macOS: `ps` and `vmmap`-style image lists, parsed by the same helpers).
+ * macOS: `ps` and `lsof` output, see macos.ts; both judged by the same helpers).
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { ProcessInfo } from '../../src/protocol/panel';
+import { type CommandRunner, listMacProcessFacts, readMacProcessFacts } from './macos';
 import { probeSocketPath } from './paths';
+
+/** Which platform's discovery to use, and (macOS) how to run ps and lsof; for tests. */
+export interface PlatformOptions {
+  platform?: NodeJS.Platform;
+  run?: CommandRunner;
+}
 
 export interface ProcessFacts {
   pid: number;
@@ -46,7 +53,8 @@ export function imagesFromMaps(maps: string): string[] {
   return [...seen];
 }
 
-export function readProcessFacts(pid: number, proc = '/proc'): ProcessFacts | null {
+export function readProcessFacts(pid: number, proc = '/proc', opts: PlatformOptions = {}): ProcessFacts | null {
+  if ((opts.platform ?? process.platform) === 'darwin') return readMacProcessFacts(pid, opts.run);
   const dir = path.join(proc, String(pid));
   try {
     const uid = fs.statSync(dir).uid;
@@ -111,18 +119,25 @@ export function removeStaleSockets(dir: string): void {
   }
 }
 
-/** The current user's Python processes with torch loaded, or with a probe listening. */
-export function listTorchProcesses(attachedPids: Set<number>, proc = '/proc'): ProcessInfo[] {
-  const uid = process.getuid?.() ?? 0;
-  removeStaleSockets(path.dirname(probeSocketPath(0)));
-  const out: ProcessInfo[] = [];
+function* procFacts(proc: string): Generator<ProcessFacts> {
   for (const name of fs.readdirSync(proc)) {
     if (!/^\d+$/.test(name)) continue;
     const pid = Number(name);
     if (pid === process.pid) continue;
-    const facts = readProcessFacts(pid, proc);
-    if (!facts || facts.uid !== uid || !isPython(facts.exe, facts.images)) continue;
-    const info = describeProcess(facts, attachedPids.has(pid));
+    const facts = readProcessFacts(pid, proc, { platform: 'linux' });
+    if (facts) yield facts;
+  }
+}
+
+/** The current user's Python processes with torch loaded, or with a probe listening. */
+export function listTorchProcesses(attachedPids: Set<number>, proc = '/proc', opts: PlatformOptions = {}): ProcessInfo[] {
+  const uid = process.getuid?.() ?? 0;
+  removeStaleSockets(path.dirname(probeSocketPath(0)));
+  const all = (opts.platform ?? process.platform) === 'darwin' ? listMacProcessFacts(uid, opts.run) : procFacts(proc);
+  const out: ProcessInfo[] = [];
+  for (const facts of all) {
+    if (facts.pid === process.pid || facts.uid !== uid || !isPython(facts.exe, facts.images)) continue;
+    const info = describeProcess(facts, attachedPids.has(facts.pid));
     if (info.torch || info.probe) out.push(info);
   }
   return out.sort((a, b) => a.pid - b.pid);
