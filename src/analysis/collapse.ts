@@ -17,27 +17,38 @@ export interface CollapseOptions {
   collapseEntropy?: number;
   /** Default DEFAULT_THRESHOLDS.collapseTopShare (0.9). */
   collapseTopShare?: number;
+  /** Default DEFAULT_THRESHOLDS.collapseExpertTokenShare (0.9). */
+  collapseExpertTokenShare?: number;
 }
+
+/** Above this top_k / E even routing puts each expert in so many tokens that one-expert dominance cannot be told apart. */
+export const ONE_EXPERT_MAX_K_OVER_E = 0.45;
 
 export interface CollapseVerdict {
   /** False when the layer could not be judged (see routerCollapse); collapsed is then false. */
   judged: boolean;
   collapsed: boolean;
   /** Which test fired; null when none did. */
-  reason: 'entropy' | 'top_share' | 'both' | null;
+  reason: 'entropy' | 'top_share' | 'both' | 'one_expert' | null;
   /** H / ln E of the loads (NaN when there are none). */
   normalizedEntropy: number;
   /** Share of assignments held by the k busiest experts (NaN when there are none). */
   topShare: number;
-  /** The k busiest experts, busiest first. */
+  /** The k busiest experts, busiest first (just the one expert when reason is 'one_expert'). */
   experts: number[];
+  /** Share of tokens whose top-k includes the busiest expert: its count / tokens (NaN when there are none). */
+  expertTokenShare: number;
 }
 
 /**
  * A layer has collapsed when, over a window of at least minTokens tokens,
  *   normalized load entropy H / ln E < collapseEntropy          (default 0.5), or
  *   (sum of the k largest counts) / (sum of counts) >= collapseTopShare (default 0.9),
- * where k is the router's top_k. Even routing gives entropy 1 and top share k/E;
+ * where k is the router's top_k, or, when 1 < k and k / E <= 0.45 (for k = 1 the top share says it),
+ *   (count of the busiest expert) / tokens >= collapseExpertTokenShare (default 0.9):
+ *   one expert in the top-k of nearly every token while the other slots still vary
+ *   (the entropy and top-k share tests miss this for k > 1).
+ * Even routing gives entropy 1, top share k/E and expert token share k/E;
  * all tokens going to the same k experts gives top share 1 and entropy ln k / ln E.
  *
  * Not judged (judged: false, collapsed: false) when the window has fewer than
@@ -62,12 +73,15 @@ export function routerCollapse(counts: Counts, options: CollapseOptions = {}): C
     normalizedEntropy: normalizedLoadEntropy(counts),
     topShare: total > 0 ? top / total : NaN,
     experts,
+    expertTokenShare: total > 0 && tokens > 0 ? counts[experts[0]!]! / tokens : NaN,
   };
   if (total <= 0 || topK >= e || !(tokens >= minTokens)) return verdict;
   verdict.judged = true;
   const byEntropy = verdict.normalizedEntropy < entropyBelow;
   const byShare = verdict.topShare >= shareAtLeast;
-  verdict.collapsed = byEntropy || byShare;
-  verdict.reason = byEntropy && byShare ? 'both' : byEntropy ? 'entropy' : byShare ? 'top_share' : null;
+  const byOneExpert = topK > 1 && topK / e <= ONE_EXPERT_MAX_K_OVER_E && verdict.expertTokenShare >= (options.collapseExpertTokenShare ?? DEFAULT_THRESHOLDS.collapseExpertTokenShare);
+  verdict.collapsed = byEntropy || byShare || byOneExpert;
+  verdict.reason = byEntropy && byShare ? 'both' : byEntropy ? 'entropy' : byShare ? 'top_share' : byOneExpert ? 'one_expert' : null;
+  if (verdict.reason === 'one_expert') verdict.experts = experts.slice(0, 1);
   return verdict;
 }

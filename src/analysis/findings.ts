@@ -111,6 +111,7 @@ function judgeLayer(w: LayerWindow, position: number, th: Thresholds, out: Findi
       minTokens: th.minTokens,
       collapseEntropy: th.collapseEntropy,
       collapseTopShare: th.collapseTopShare,
+      collapseExpertTokenShare: th.collapseExpertTokenShare,
     });
     if (verdict.collapsed) {
       collapsed = true;
@@ -118,16 +119,26 @@ function judgeLayer(w: LayerWindow, position: number, th: Thresholds, out: Findi
       const byEntropy = verdict.reason === 'entropy' || verdict.reason === 'both';
       const unit = k === 1 ? 'tokens' : 'assignments';
       const normH = verdict.normalizedEntropy;
-      out.push({
-        kind: 'collapse',
-        layer,
-        experts: top,
-        value: byEntropy ? normH : verdict.topShare,
-        threshold: byEntropy ? th.collapseEntropy : th.collapseTopShare,
-        message:
-          `${L}: routing has collapsed onto ${expertsPhrase(top, e)} (${fmtPct(verdict.topShare)} of ${unit}; ` +
-          `normalized load entropy ${normH.toFixed(2)}, effective experts ${Math.exp(normH * Math.log(e)).toFixed(1)} of ${e})`,
-      });
+      const effective = `normalized load entropy ${normH.toFixed(2)}, effective experts ${Math.exp(normH * Math.log(e)).toFixed(1)} of ${e}`;
+      if (verdict.reason === 'one_expert') {
+        out.push({
+          kind: 'collapse',
+          layer,
+          experts: top,
+          value: verdict.expertTokenShare,
+          threshold: th.collapseExpertTokenShare,
+          message: `${L}: routing has collapsed onto ${expertsPhrase(top, e)}, chosen by ${fmtPct(verdict.expertTokenShare)} of tokens (${effective})`,
+        });
+      } else {
+        out.push({
+          kind: 'collapse',
+          layer,
+          experts: top,
+          value: byEntropy ? normH : verdict.topShare,
+          threshold: byEntropy ? th.collapseEntropy : th.collapseTopShare,
+          message: `${L}: routing has collapsed onto ${expertsPhrase(top, e)} (${fmtPct(verdict.topShare)} of ${unit}; ${effective})`,
+        });
+      }
     }
 
     // Dead experts and imbalance need per-expert evidence.

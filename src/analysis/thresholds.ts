@@ -24,6 +24,11 @@ export interface Thresholds {
   collapseEntropy: number;
   /** Collapse when the top-k experts' share of assignments reaches this (k = the router's top_k). Default 0.9. */
   collapseTopShare: number;
+  /**
+   * Collapse when one expert is in the top-k of at least this share of tokens. Judged only when
+   * top_k / E <= 0.45, so that even routing (each expert in k/E of tokens) stays far below. Default 0.9.
+   */
+  collapseExpertTokenShare: number;
   /** Abnormal when the mean normalized per-token router entropy is below this (saturated, near one-hot router). Default 0.05. */
   routerEntropyLow: number;
   /** Abnormal when the mean normalized per-token router entropy is above this (router near uniform, not choosing). Default 0.99. */
@@ -40,6 +45,7 @@ export const DEFAULT_THRESHOLDS: Readonly<Thresholds> = Object.freeze({
   imbalanceMaxVio: 1.0,
   collapseEntropy: 0.5,
   collapseTopShare: 0.9,
+  collapseExpertTokenShare: 0.9,
   routerEntropyLow: 0.05,
   routerEntropyHigh: 0.99,
   nonFiniteLogits: 0,

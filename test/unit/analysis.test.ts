@@ -332,6 +332,23 @@ describe('router collapse', () => {
     expect(v.reason).toBeNull();
   });
 
+  it('one expert in the top-k of nearly every token is collapse, even while the other slot varies', () => {
+    // E = 8, k = 2, 1000 tokens: expert 2 in all of them; the second slot spread over the other
+    // seven: 143 x 6 + 142 = 1000. Total 2000 assignments.
+    // Top-2 share (1000 + 143) / 2000 = 0.5715 < 0.9; H = 0.5 ln 2 + 7 x (1/14) ln 14 = 1.666 nats,
+    // / ln 8 (2.079) = 0.80 > 0.5: neither older test fires. Expert token share 1000 / 1000 = 1.0 >= 0.9.
+    const counts = [143, 143, 1000, 143, 143, 143, 143, 142];
+    const v = routerCollapse(counts, { topK: 2 });
+    expect(v.collapsed).toBe(true);
+    expect(v.reason).toBe('one_expert');
+    expect(v.experts).toEqual([2]);
+    expect(v.expertTokenShare).toBe(1);
+    // Even top-2 routing of 8 experts puts each expert in 2/8 = 25% of tokens: no collapse.
+    expect(routerCollapse([250, 250, 250, 250, 250, 250, 250, 250], { topK: 2 }).collapsed).toBe(false);
+    // k / E = 3 / 6 = 0.5 > 0.45: even routing already puts each expert in half the tokens; not judged this way.
+    expect(routerCollapse([1000, 400, 400, 400, 400, 400], { topK: 3 }).reason).toBeNull();
+  });
+
   it('even routing is not collapse', () => {
     const v = routerCollapse([250, 250, 250, 250]);
     expect(v.judged).toBe(true);
