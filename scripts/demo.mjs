@@ -28,17 +28,25 @@ if (!process.env.MOE_PYTHON && !fs.existsSync(VENV_PYTHON)) {
 }
 
 const jobs = [];
+/** Start a demo job; resolves once it has built its model and is generating. */
 function startJob(args, label) {
   const child = spawn(projectPython(), [path.join(ROOT, 'scripts/demo_job.py'), ...args], { stdio: ['ignore', 'pipe', 'inherit'] });
-  child.stdout.on('data', (d) => {
-    if (!headless) process.stdout.write(`[${label}] ${d}`);
-  });
   jobs.push(child);
-  return child;
+  let out = '';
+  return new Promise((resolve, reject) => {
+    child.on('exit', (code) => reject(new Error(`${label} exited with code ${code} before it was ready`)));
+    child.stdout.on('data', (d) => {
+      out += d;
+      if (!headless || /FAULT/.test(String(d))) process.stdout.write(`[${label}] ${d}`);
+      if (out.includes('demo_job: generating')) resolve(child);
+    });
+  });
 }
 
-const healthy = startJob(['--quiet'], 'demo job');
-const faulty = startJob(['--quiet', '--faults', '--seed', '1'], 'faulty job');
+const [healthy, faulty] = await Promise.all([
+  startJob(['--quiet'], 'demo job'),
+  startJob(['--quiet', '--faults', '--seed', '1'], 'faulty job'),
+]).catch((err) => die(err.message));
 console.log(`demo: demo job pid ${healthy.pid}, faulty job (dead expert, collapsed layer) pid ${faulty.pid}`);
 
 const profile = makeProfile('moe-devtools-demo-');

@@ -276,6 +276,7 @@ def main(argv=None):
     if log:
         print(f"logging per-pass routing counts to {a.log}", flush=True)
 
+    print("demo_job: generating", flush=True)  # scripts/demo.mjs attaches after this line
     t_end = time.time() + a.seconds if a.seconds > 0 else None
     n = 0
     try:

@@ -260,11 +260,11 @@ class Session:
             "warnings": visibility_warnings([root for root, _ in roots]),
         }
         if not roots:
-            hello["error"] = {
-                "code": "no_moe",
-                "message": "No MoE layer the probe understands was found among the %d live torch modules."
-                % _count_modules(),
-            }
+            modules = _count_modules()
+            message = ("No torch module is alive in this process yet: attach again once the job has built its model."
+                       if modules == 0 else
+                       "No MoE layer the probe understands was found among the %d live torch modules." % modules)
+            hello["error"] = {"code": "no_moe", "message": message}
             self.send(hello)
             self._wait_for_close(1.0)
             return
