@@ -354,16 +354,16 @@ def main():
         "snapshot_latency_ms": ({"p50": statistics.median(latencies), "max": max(latencies), "n": len(latencies)}
                                 if latencies else None),
         "metrics": [
-            {"metric": "tokens/s without probe", "value": without["median"], "unit": "tok/s",
+            {"metric": "tokens/s without probe", "value": without["median"], "unit": "tok/s", "digits": 0,
              "note": "median of %d rounds (min %.0f, max %.0f)" % (args.rounds, without["min"], without["max"])},
-            {"metric": "tokens/s with probe attached", "value": with_["median"], "unit": "tok/s",
+            {"metric": "tokens/s with probe attached", "value": with_["median"], "unit": "tok/s", "digits": 0,
              "note": "median of %d rounds (min %.0f, max %.0f)" % (args.rounds, with_["min"], with_["max"])},
-            {"metric": "throughput ratio with/without", "value": ratio["median"], "unit": "",
+            {"metric": "throughput ratio with/without", "value": ratio["median"], "unit": "", "digits": 4,
              "target": ">= 0.95 (slowdown < 5 %)", "pass": ratio["median"] >= TARGET_RATIO,
              "note": "median of per-round ratios (min %.4f, max %.4f); slowdown %.2f %%"
                      % (ratio["min"], ratio["max"], slowdown)},
             {"metric": "probe's own time in hooks", "value": 100 * statistics.median(probe_share) if probe_share else None,
-             "unit": "%", "note": "self-reported by the probe (probe_s), share of the with-probe time"},
+             "unit": "%", "digits": 2, "note": "self-reported by the probe (probe_s), share of the with-probe time"},
             {"metric": "logits bitwise identical with probe", "value": "yes" if bitwise else "no", "unit": "",
              "target": "yes", "pass": bitwise, "note": "torch.equal vs. a pass without probe, %d passes" % n_with},
             {"metric": "routing counted exactly", "value": "yes" if exact_counts else "no", "unit": "",
