@@ -162,6 +162,11 @@ export class Store {
     this.send({ type: 'list' });
   }
 
+  /** Attach to a probe listening on TCP on this machine (the local end of an SSH tunnel to a remote job). */
+  connectRemote(address: string, token: string) {
+    this.send({ type: 'connect', address: address.trim(), token: token.trim() });
+  }
+
   attach(pid: number) {
     const jobs = new Map(this.state.jobs);
     jobs.set(pid, { pid, status: 'attaching', models: [], latest: new Map(), updates: 0 });
@@ -348,6 +353,9 @@ export class Store {
           status: 'attached', method: message.method, attachMs: message.ms, python: message.python,
           argv: message.argv, models: message.models, attachedMessage: message,
         });
+        if (message.method === 'tcp') this.set({ selectedPid: message.pid });
+        // What the probe can see only partly (CUDA graph replays, torch.compile) is said at once.
+        for (const w of message.warnings ?? []) this.notice({ pid: message.pid, code: 'partial_visibility', message: w.message });
         this.refresh();
         return;
       case 'update': {

@@ -1,4 +1,5 @@
 /** The jobs sidebar: the user's torch processes, with Attach / Detach. */
+import { useState } from 'preact/hooks';
 import type { Store } from '../store';
 
 export function ProcessList({ store }: { store: Store }) {
@@ -39,6 +40,40 @@ export function ProcessList({ store }: { store: Store }) {
           );
         })}
       </ul>
+      <RemoteJobs store={store} />
     </aside>
+  );
+}
+
+/** Jobs on another machine, reached through an SSH tunnel to a probe started with attach(model, tcp_port=...). */
+function RemoteJobs({ store }: { store: Store }) {
+  const { jobs, selectedPid, connection } = store.state;
+  const [address, setAddress] = useState('127.0.0.1:');
+  const [token, setToken] = useState('');
+  const remote = [...jobs.values()].filter((j) => j.method === 'tcp');
+  return (
+    <div class="remote">
+      <div class="sidebar-head"><span>Remote jobs (TCP, via SSH tunnel)</span></div>
+      <ul class="process-list">
+        {remote.map((j) => (
+          <li key={j.pid} class={j.pid === selectedPid ? 'selected' : ''} data-pid={j.pid} onClick={() => store.selectJob(j.pid)}>
+            <div class="process-row">
+              <span class="pid">{j.pid}</span>
+              <span class="tags"><span class="tag">remote</span></span>
+              {j.status === 'attached' && (
+                <button data-testid={`detach-${j.pid}`} onClick={(e) => { e.stopPropagation(); store.detach(j.pid); }}>Detach</button>
+              )}
+            </div>
+          </li>
+        ))}
+      </ul>
+      <form class="connect-form" onSubmit={(e) => { e.preventDefault(); store.connectRemote(address, token); }}>
+        <input aria-label="Address" data-testid="connect-address" value={address} placeholder="127.0.0.1:PORT"
+          onInput={(e) => setAddress((e.target as HTMLInputElement).value)} />
+        <input aria-label="Token" data-testid="connect-token" value={token} placeholder="token"
+          onInput={(e) => setToken((e.target as HTMLInputElement).value)} />
+        <button type="submit" data-testid="connect" disabled={connection !== 'connected'}>Connect</button>
+      </form>
+    </div>
   );
 }

@@ -31,6 +31,7 @@ export type ErrorCode =
   | 'no_torch'
   | 'no_moe'
   | 'gdb_missing'
+  | 'lldb_missing'
   | 'ptrace_denied'
   | 'inject_failed'
   | 'attach_timeout'
@@ -40,6 +41,7 @@ export type ErrorCode =
   | 'already_attached'
   | 'unsupported_platform'
   | 'host_unavailable'
+  | 'partial_visibility'
   | 'internal';
 
 export type PanelRequest =

@@ -45,13 +45,18 @@ function readLog(log: string): { ready?: Record<string, unknown>; passes: PassRe
   return out;
 }
 
-/** Start test/jobs/tiny_moe_job.py (a real transformers model; it never imports the probe). */
-export async function startTinyJob(args: string[] = [], minPasses = 8): Promise<Job> {
+/**
+ * Start test/jobs/tiny_moe_job.py (a real transformers model; it never imports the probe).
+ * `prelude`: Python run first in the same process (e.g. to start a library-mode probe).
+ */
+export async function startTinyJob(args: string[] = [], minPasses = 8, opts: { prelude?: string; env?: NodeJS.ProcessEnv } = {}): Promise<Job> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'moe-job-'));
   const log = path.join(dir, 'job.jsonl');
-  const child = spawn(pythonPath(), [path.join(ROOT, 'test/jobs/tiny_moe_job.py'), '--log', log, ...args], {
-    stdio: ['ignore', 'ignore', 'pipe'],
-  });
+  const script = path.join(ROOT, 'test/jobs/tiny_moe_job.py');
+  const argv = opts.prelude
+    ? ['-c', `${opts.prelude}\nimport runpy, sys\nsys.argv = ${JSON.stringify([script, '--log', log, ...args])}\nrunpy.run_path(sys.argv[0], run_name='__main__')`]
+    : [script, '--log', log, ...args];
+  const child = spawn(pythonPath(), argv, { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, ...opts.env } });
   let stderr = '';
   child.stderr!.on('data', (d) => (stderr += d));
   const job: Job = {
