@@ -18,6 +18,14 @@ export const HINTS = {
     'or start the job under the probe (`python -m moe_probe run script.py`, or `moe_probe.attach(model)` in it) so no ptrace is needed. ' +
     'In a container, run it with `--cap-add=SYS_PTRACE`.',
   gdb: 'Install gdb (Debian/Ubuntu: `sudo apt-get install gdb`), or start the job with `python -m moe_probe run script.py` so no injection is needed.',
+  lldb: "lldb comes with Apple's Command Line Tools: install them with `xcode-select --install`, " +
+    'or start the job with `python -m moe_probe run script.py` so no injection is needed.',
+  macos_attach:
+    'macOS lets a debugger attach only to a process that may be debugged. A Python signed with the hardened runtime ' +
+    "(for example the python.org installer's, or Apple's /usr/bin/python3) refuses while System Integrity Protection is on; " +
+    'a conda, Homebrew or pyenv Python does not. If macOS asks to allow debugging and nobody can answer, allow it for your user once ' +
+    'with `sudo DevToolsSecurity -enable`. Or start the job with `python -m moe_probe run script.py` ' +
+    '(or call `moe_probe.attach(model)` in it), which needs no debugger.',
   blocked:
     "The job's main thread has not run any Python since the probe was queued: it may be blocked in a long C call, " +
     'waiting on input, or paused. It will attach as soon as the main thread runs Python again.',

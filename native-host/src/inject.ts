@@ -5,6 +5,7 @@
  * - Older Pythons on Linux: gdb queues the bootstrap with Py_AddPendingCall, so it runs on the
  *   job's main thread at its next safe point instead of in whatever thread gdb stopped
  *   (running Python there can crash a process stopped mid-allocation or mid-GC).
+ * - Older Pythons on macOS: lldb queues it the same way (see lldbExpression).
  *
  * The bootstrap only starts the probe's background thread; success is seen when
  * the probe's socket appears, failure in the status file it leaves instead.
@@ -16,7 +17,7 @@ import { AttachError, HINTS } from './attach-errors';
 import { probeSocketPath, probeStatusPath } from './paths';
 import { type ProcessFacts, hasTorch, isPython, processExists, pythonVersionFrom, readProcessFacts } from './processes';
 
-export type InjectMethod = 'remote_exec' | 'gdb';
+export type InjectMethod = 'remote_exec' | 'gdb' | 'lldb';
 
 /** Everything we can check before touching the process. */
 export function preflight(pid: number): ProcessFacts {
@@ -41,14 +42,15 @@ export function preflight(pid: number): ProcessFacts {
   return facts;
 }
 
-export function chooseMethod(facts: ProcessFacts): InjectMethod {
+export function chooseMethod(facts: ProcessFacts, platform: NodeJS.Platform = process.platform): InjectMethod {
   const version = pythonVersionFrom(facts.exe, facts.images);
   if (version) {
     const [major, minor] = version.split('.').map(Number);
     if (major > 3 || (major === 3 && minor >= 14)) return 'remote_exec';
   }
-  if (process.platform !== 'linux') {
-    throw new AttachError('unsupported_platform', `Injecting into Python ${version ?? '?'} is only supported on Linux so far.`,
+  if (platform === 'darwin') return 'lldb';
+  if (platform !== 'linux') {
+    throw new AttachError('unsupported_platform', `Injecting into Python ${version ?? '?'} is only supported on Linux and macOS so far.`,
       'Start the job with `python -m moe_probe run script.py` instead.');
   }
   return 'gdb';
@@ -84,18 +86,22 @@ export function cStringLiteral(text: string): string {
   return `${out}"`;
 }
 
-interface RunResult {
+export interface RunResult {
   /** The program is not installed. */
   missing: boolean;
   ok: boolean;
   out: string;
 }
 
-function run(file: string, args: string[], timeoutMs: number): Promise<RunResult> {
+/** Runs a debugger or interpreter to completion; tests replace it (InjectOptions.run) with captured output. */
+export type Runner = (file: string, args: string[], timeoutMs: number) => Promise<RunResult>;
+
+function run(file: string, args: string[], timeoutMs: number, closeStdin = false): Promise<RunResult> {
   return new Promise((resolve) => {
-    execFile(file, args, { timeout: timeoutMs, killSignal: 'SIGKILL', maxBuffer: 4 * 1024 * 1024 }, (error, stdout, stderr) => {
+    const child = execFile(file, args, { timeout: timeoutMs, killSignal: 'SIGKILL', maxBuffer: 4 * 1024 * 1024 }, (error, stdout, stderr) => {
       resolve({ missing: error?.code === 'ENOENT', ok: !error, out: `${stdout}\n${stderr}` });
     });
+    if (closeStdin) child.stdin?.end();
   });
 }
 
@@ -111,7 +117,12 @@ export interface InjectOptions {
   probeRoot: string;
   socketDir: string;
   gdbPath?: string;
+  lldbPath?: string;
   timeoutMs?: number;
+  /** Platform whose constants the lldb expression uses (default: this one); for tests. */
+  platform?: NodeJS.Platform;
+  /** Runs lldb (default: execFile); for tests. */
+  run?: Runner;
 }
 
 export async function inject(facts: ProcessFacts, method: InjectMethod, opts: InjectOptions): Promise<void> {
@@ -119,6 +130,7 @@ export async function inject(facts: ProcessFacts, method: InjectMethod, opts: In
   fs.rmSync(probeStatusPath(facts.pid, opts.socketDir), { force: true });
   const source = bootstrapSource(opts.probeRoot, opts.socketDir);
   if (method === 'remote_exec') await injectRemoteExec(facts, source, opts);
+  else if (method === 'lldb') await injectLldb(facts, source, opts);
   else await injectGdb(facts, source, opts);
 }
 
@@ -147,6 +159,110 @@ async function injectGdb(facts: ProcessFacts, source: string, opts: InjectOption
       'Start the job with `python -m moe_probe run script.py` instead.');
   }
   if (m[1] !== '0') throw new AttachError('inject_failed', `Python refused the probe's pending call (Py_AddPendingCall returned ${m[1]}).`, 'Try again in a moment.');
+}
+
+/** A C string literal for lldb: cStringLiteral, with backticks escaped too (lldb evaluates `...` in a command, even in a raw `expr`). */
+export function lldbStringLiteral(text: string): string {
+  return cStringLiteral(text).replace(/`/g, '\\140');
+}
+
+/** RTLD_DEFAULT and MAP_PRIVATE|MAP_ANON, which differ between the two. */
+const LLDB_CONSTANTS: Partial<Record<NodeJS.Platform, { rtldDefault: string; mapPrivateAnon: string }>> = {
+  darwin: { rtldDefault: '(void*)-2L', mapPrivateAnon: '0x1002' },
+  linux: { rtldDefault: '(void*)0', mapPrivateAnon: '0x22' },
+};
+
+/** What lldbExpression returns besides Py_AddPendingCall's own 0 / -1. */
+export const LLDB_NO_SYMBOLS = -9;
+export const LLDB_NO_MEMORY = -8;
+
+/**
+ * One C expression for `expr -l c --` that queues the bootstrap with Py_AddPendingCall.
+ *
+ * - The functions are found with dlsym(RTLD_DEFAULT): the interpreter that is running, whichever
+ *   image holds it, and no debug info needed. Passing a function's address straight from a symbol
+ *   as an argument fails in lldb ("Couldn't rewrite one of the arguments of a function call").
+ * - The source is copied into a page of its own (mmap + memcpy) that is never freed: the pending
+ *   call runs after lldb has detached, when lldb's own expression memory may be gone, and mmap and
+ *   memcpy take no lock (strdup would take malloc's, which the stopped thread may hold).
+ */
+export function lldbExpression(source: string, platform: NodeJS.Platform = process.platform): string {
+  const c = LLDB_CONSTANTS[platform] ?? LLDB_CONSTANTS.darwin!;
+  const size = `${Buffer.byteLength(source, 'utf8') + 1}UL`;
+  const dlsym = `((void*(*)(void*, const char*))dlsym)`;
+  // lldb brings the stopped frame's locals into scope: prefixed names cannot clash with them
+  // (a plain `r` did, in CPython's time.sleep).
+  return [
+    `void *moe_add = ${dlsym}(${c.rtldDefault}, "Py_AddPendingCall");`,
+    `void *moe_run = ${dlsym}(${c.rtldDefault}, "PyRun_SimpleString");`,
+    `int moe_r = ${LLDB_NO_SYMBOLS};`,
+    `if (moe_add && moe_run) {`,
+    `void *moe_code = ((void*(*)(void*, unsigned long, int, int, int, long long))mmap)((void*)0, ${size}, 3, ${c.mapPrivateAnon}, -1, 0LL);`,
+    `moe_r = moe_code == (void*)-1L ? ${LLDB_NO_MEMORY} : ((int(*)(void*, void*))moe_add)(moe_run, ((void*(*)(void*, const void*, unsigned long))memcpy)(moe_code, ${lldbStringLiteral(source)}, ${size}));`,
+    `}`,
+    `moe_r`,
+  ].join(' ');
+}
+
+/** lldb's command line: attach, queue the bootstrap, detach. Batch mode stops at the first failing command. */
+export function lldbArgs(pid: number, source: string, platform: NodeJS.Platform = process.platform): string[] {
+  return [
+    '--batch', '--no-lldbinit', '--no-use-colors',
+    // Symbols are read when a lookup needs them, not for every image (torch's are large) at attach.
+    '-O', 'settings set target.preload-symbols false',
+    '-p', String(pid),
+    '-o', `expr -l c -- ${lldbExpression(source, platform)}`,
+    '-o', 'process detach',
+  ];
+}
+
+const LLDB_NOT_INSTALLED = /xcrun: error|xcode-select: (?:note|error)|no developer tools were found|invalid active developer path/i;
+const LLDB_ATTACH_FAILED = /^error: (?:attach failed|attach by pid \S+ failed|process exited with status -?\d+ \((?:attach failed|lost connection|Not allowed))[^\n]*/im;
+
+/** Reads lldb's output: returns when the pending call was queued, throws an AttachError saying why not otherwise. */
+export function checkLldbResult(result: RunResult, pid: number, alive: (pid: number) => boolean = processExists): void {
+  const out = result.out;
+  if (result.missing || LLDB_NOT_INSTALLED.test(out)) {
+    throw new AttachError('lldb_missing', 'lldb is not installed, and this Python is older than 3.14 (no sys.remote_exec).', HINTS.lldb);
+  }
+  const attach = LLDB_ATTACH_FAILED.exec(out);
+  if (attach) {
+    if (!alive(pid)) throw new AttachError('process_exited', `Process ${pid} exited while attaching.`);
+    const why = attach[0].replace(/^error: /i, '');
+    throw new AttachError('ptrace_denied', `macOS did not let lldb attach to process ${pid}: ${why.length > 200 ? `${why.slice(0, 197)}...` : why}`,
+      HINTS.macos_attach);
+  }
+  const m = /^\(int\) \$\d+ = (-?\d+)\s*$/m.exec(out);
+  if (!m) {
+    if (!alive(pid)) throw new AttachError('process_exited', `Process ${pid} exited while attaching.`);
+    const lines = out.split('\n').map((line) => line.trim()).filter(Boolean);
+    const why = lines.find((line) => /^error:/i.test(line) && !/expression failed to parse/i.test(line)) ?? lines.at(-1) ?? 'no output';
+    throw new AttachError('inject_failed', `lldb could not queue the probe in process ${pid}: ${why}`,
+      'Start the job with `python -m moe_probe run script.py` instead.');
+  }
+  const code = Number(m[1]);
+  if (code === 0) return;
+  if (code === LLDB_NO_SYMBOLS) {
+    throw new AttachError('inject_failed', `Process ${pid} does not export Python's C API (Py_AddPendingCall, PyRun_SimpleString), so lldb cannot queue the probe.`,
+      'Start the job with `python -m moe_probe run script.py` instead.');
+  }
+  if (code === LLDB_NO_MEMORY) throw new AttachError('inject_failed', `Process ${pid} could not map a page for the probe's bootstrap.`, 'Try again in a moment.');
+  throw new AttachError('inject_failed', `Python refused the probe's pending call (Py_AddPendingCall returned ${code}).`, 'Try again in a moment.');
+}
+
+async function injectLldb(facts: ProcessFacts, source: string, opts: InjectOptions): Promise<void> {
+  const exec = opts.run ?? ((file, args, timeoutMs) => run(file, args, timeoutMs, true));
+  const result = await exec(opts.lldbPath ?? 'lldb', lldbArgs(facts.pid, source, opts.platform ?? process.platform), opts.timeoutMs ?? 30000);
+  if (!result.missing) {
+    // lldb can leave a process it detached from stopped (memray's attach works around the same);
+    // SIGCONT does nothing to a running process.
+    try {
+      process.kill(facts.pid, 'SIGCONT');
+    } catch {
+      // gone, or not ours
+    }
+  }
+  checkLldbResult(result, facts.pid);
 }
 
 async function injectRemoteExec(facts: ProcessFacts, source: string, opts: InjectOptions): Promise<void> {

@@ -1,10 +1,24 @@
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { bootstrapSource, cStringLiteral } from '../../native-host/src/inject';
+import { AttachError, HINTS } from '../../native-host/src/attach-errors';
+import {
+  bootstrapSource,
+  checkLldbResult,
+  chooseMethod,
+  cStringLiteral,
+  inject,
+  LLDB_NO_MEMORY,
+  LLDB_NO_SYMBOLS,
+  lldbArgs,
+  lldbExpression,
+  lldbStringLiteral,
+  type RunResult,
+} from '../../native-host/src/inject';
+import type { ProcessFacts } from '../../native-host/src/processes';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const venvPython = path.join(root, '.venv/bin/python');
@@ -159,4 +173,270 @@ describe('bootstrapSource', () => {
       expect(JSON.parse(out)).toMatchObject({ names: ['__name__'], path_restored: true, calls: [] });
     }
   });
+});
+
+// ---------------------------------------------------------------------------------------------
+// macOS: lldb. The command line and the parsing of lldb's output are checked on captured
+// transcripts with the runner faked; where lldb is installed (Linux), the same expression is
+// also run against a real Python.
+
+const facts = (exe: string, images: string[], pid = 4242): ProcessFacts => ({ pid, uid: 501, cmdline: [exe], exe, images });
+const CONDA_311 = facts('/Users/ana/miniconda3/envs/moe/bin/python3.11', ['/Users/ana/miniconda3/envs/moe/bin/python3.11', '/x/torch/lib/libtorch_cpu.dylib']);
+const BREW_312 = facts('/opt/homebrew/Cellar/python@3.12/3.12.4/Frameworks/Python.framework/Versions/3.12/Resources/Python.app/Contents/MacOS/Python',
+  ['/opt/homebrew/Cellar/python@3.12/3.12.4/Frameworks/Python.framework/Versions/3.12/Python', '/x/torch/lib/libtorch_cpu.dylib']);
+const PY_314 = facts('/Library/Frameworks/Python.framework/Versions/3.14/Resources/Python.app/Contents/MacOS/Python',
+  ['/Library/Frameworks/Python.framework/Versions/3.14/Python']);
+
+describe('chooseMethod', () => {
+  it('uses lldb on macOS below Python 3.14, gdb on Linux, sys.remote_exec from 3.14 on', () => {
+    expect(chooseMethod(CONDA_311, 'darwin')).toBe('lldb');
+    expect(chooseMethod(BREW_312, 'darwin')).toBe('lldb');
+    expect(chooseMethod(facts('/usr/local/bin/python', []), 'darwin')).toBe('lldb'); // version unknown
+    expect(chooseMethod(PY_314, 'darwin')).toBe('remote_exec');
+    expect(chooseMethod(CONDA_311, 'linux')).toBe('gdb');
+    expect(chooseMethod(PY_314, 'linux')).toBe('remote_exec');
+  });
+
+  it('refuses other platforms below 3.14', () => {
+    expect(() => chooseMethod(CONDA_311, 'win32')).toThrowError(expect.objectContaining({ code: 'unsupported_platform' }));
+  });
+});
+
+/** The string literal handed to memcpy in an lldb expression. */
+function literalIn(expression: string): string {
+  const m = /memcpy\)\(moe_code, ("(?:[^"\\]|\\.)*"), (\d+)UL\)\);/.exec(expression);
+  expect(m).not.toBeNull();
+  return m![1];
+}
+
+describe('lldbStringLiteral', () => {
+  it('escapes backticks, which lldb would otherwise evaluate as expressions', () => {
+    expect(lldbStringLiteral('a`1+1`b')).toBe('"a\\1401+1\\140b"');
+    expect(lldbStringLiteral('`')).toBe('"\\140"');
+  });
+
+  it.each([...samples, 'tick ` tock ``', 'after \\` a backslash'])('round-trips %j byte for byte, with no backtick left', (text) => {
+    const literal = lldbStringLiteral(text);
+    expect(literal).toMatch(/^"[\x20-\x5f\x61-\x7e]*"$/);
+    expect(decodeCLiteral(literal).equals(Buffer.from(text, 'utf8'))).toBe(true);
+  });
+});
+
+describe('lldbArgs', () => {
+  const source = bootstrapSource('/Users/ana/Library/Application Support/MoE DevTools/host', '/var/folders/xy/T/moe-devtools-501');
+
+  it('attaches in batch mode, queues the bootstrap, and detaches', () => {
+    const args = lldbArgs(4242, source, 'darwin');
+    expect(args).toEqual([
+      '--batch', '--no-lldbinit', '--no-use-colors',
+      '-O', 'settings set target.preload-symbols false',
+      '-p', '4242',
+      '-o', `expr -l c -- ${lldbExpression(source, 'darwin')}`,
+      '-o', 'process detach',
+    ]);
+    for (const arg of args) expect(arg).not.toMatch(/[\n\r`]/); // one lldb command per -o
+  });
+
+  it('uses macOS constants on darwin and Linux ones on linux', () => {
+    const mac = lldbExpression('x', 'darwin');
+    expect(mac).toContain('dlsym)((void*)-2L, "Py_AddPendingCall")');
+    expect(mac).toContain('dlsym)((void*)-2L, "PyRun_SimpleString")');
+    expect(mac).toContain(', 3, 0x1002, -1, 0LL)'); // PROT_READ|PROT_WRITE, MAP_PRIVATE|MAP_ANON
+    const linux = lldbExpression('x', 'linux');
+    expect(linux).toContain('dlsym)((void*)0, "Py_AddPendingCall")');
+    expect(linux).toContain(', 3, 0x22, -1, 0LL)');
+  });
+
+  it('copies the bootstrap byte for byte, with its NUL, and reports the failure codes', () => {
+    const expression = lldbExpression(source, 'darwin');
+    const m = /memcpy\)\(moe_code, "(?:[^"\\]|\\.)*", (\d+)UL\)\);/.exec(expression)!;
+    expect(Number(m[1])).toBe(Buffer.byteLength(source) + 1);
+    expect(decodeCLiteral(literalIn(expression)).toString('utf8')).toBe(source);
+    expect(expression).toContain(`int moe_r = ${LLDB_NO_SYMBOLS};`);
+    expect(expression).toContain(`? ${LLDB_NO_MEMORY} :`);
+    expect(expression.endsWith(' } moe_r')).toBe(true); // the value lldb prints as (int) $N
+  });
+});
+
+// Captured lldb transcripts (stdout then stderr, as the runner joins them).
+const LLDB_SUCCESS = `(lldb) settings set target.preload-symbols false
+(lldb) process attach --pid 4242
+Process 4242 stopped
+* thread #1, queue = 'com.apple.main-thread', stop reason = signal SIGSTOP
+    frame #0: 0x000000018c5a1ab4 libsystem_kernel.dylib\`__psynch_cvwait + 8
+libsystem_kernel.dylib\`__psynch_cvwait:
+->  0x18c5a1ab4 <+8>:  b.lo   0x18c5a1ad4               ; <+40>
+    0x18c5a1ab8 <+12>: pacibsp
+    0x18c5a1abc <+16>: stp    x29, x30, [sp, #-0x10]!
+    0x18c5a1ac0 <+20>: mov    x29, sp
+  thread #2, stop reason = signal SIGSTOP
+    frame #0: 0x000000018c59f9ec libsystem_kernel.dylib\`__workq_kernreturn + 8
+Target 0: (Python) stopped.
+Executable module set to "/opt/homebrew/Cellar/python@3.12/3.12.4/Frameworks/Python.framework/Versions/3.12/Resources/Python.app/Contents/MacOS/Python".
+Architecture set to: arm64-apple-macosx-.
+(lldb) expr -l c -- void *moe_add = ((void*(*)(void*, const char*))dlsym)((void*)-2L, "Py_AddPendingCall"); ...
+(int) $0 = 0
+(lldb) process detach
+Process 4242 detached
+`;
+const NOT_ALLOWED_NEW = `(lldb) settings set target.preload-symbols false
+(lldb) process attach --pid 4242
+
+error: attach by pid '4242' failed -- attach failed (Not allowed to attach to process.  Look in the console messages (Console.app), near the debugserver entries, when the attach failed.  The subsystem that denied the attach permission will likely have logged an informative message about why it was denied.)
+`;
+const NOT_ALLOWED_OLD = `(lldb) process attach --pid 4242
+
+error: attach failed: attach failed (Not allowed to attach to process.  Look in the console messages (Console.app), near the debugserver entries when the attached failed.  The subsystem that denied the attach permission will likely have logged an informative message about why it was denied.)
+`;
+const ERROR_1 = `(lldb) process attach --pid 4242
+
+error: attach failed: Error 1
+`;
+const XCRUN_MISSING = `
+xcrun: error: invalid active developer path (/Library/Developer/CommandLineTools), missing xcrun at: /Library/Developer/CommandLineTools/usr/bin/xcrun
+`;
+const UNDECLARED = `(lldb) process attach --pid 4242
+Process 4242 stopped
+(lldb) expr -l c -- void *add = ...
+
+error: expression failed to parse:
+error: <user expression 0>:1:21: use of undeclared identifier 'dlsym'
+void *moe_add = ((void*(*)(void*, const char*))dlsym)((void*)-2L, "Py_AddPendingCall");
+                                           ^
+`;
+const INTERRUPTED = `(lldb) process attach --pid 4242
+Process 4242 stopped
+(lldb) expr -l c -- void *add = ...
+
+error: Execution was interrupted, reason: EXC_BAD_ACCESS (code=1, address=0x0).
+The process has been returned to the state before expression evaluation.
+`;
+const returned = (n: number) => LLDB_SUCCESS.replace('(int) $0 = 0', `(int) $3 = ${n}`);
+
+const result = (out: string, extra: Partial<RunResult> = {}): RunResult => ({ missing: false, ok: true, out, ...extra });
+const alive = () => true;
+const dead = () => false;
+
+function attachError(fn: () => void): AttachError {
+  try {
+    fn();
+  } catch (err) {
+    expect(err).toBeInstanceOf(AttachError);
+    return err as AttachError;
+  }
+  throw new Error('expected an AttachError');
+}
+
+describe('checkLldbResult on captured lldb output', () => {
+  it('accepts Py_AddPendingCall returning 0, whatever the $N', () => {
+    expect(() => checkLldbResult(result(LLDB_SUCCESS), 4242, alive)).not.toThrow();
+    expect(() => checkLldbResult(result(returned(0)), 4242, alive)).not.toThrow();
+  });
+
+  it.each([NOT_ALLOWED_NEW, NOT_ALLOWED_OLD, ERROR_1])('reports a refused attach with the macOS hint (%#)', (out) => {
+    const e = attachError(() => checkLldbResult(result(out, { ok: false }), 4242, alive));
+    expect(e.code).toBe('ptrace_denied');
+    expect(e.message).toMatch(/^macOS did not let lldb attach to process 4242: attach/);
+    expect(e.message.length).toBeLessThan(300);
+    expect(e.hint).toBe(HINTS.macos_attach);
+    expect(e.hint).toMatch(/hardened runtime/);
+    expect(e.hint).toMatch(/python -m moe_probe run/);
+  });
+
+  it('says the process exited when the attach failed because it is gone', () => {
+    const gone = `(lldb) process attach --pid 4242\nerror: attach failed: no such process.\n`;
+    expect(attachError(() => checkLldbResult(result(gone, { ok: false }), 4242, dead)).code).toBe('process_exited');
+    expect(attachError(() => checkLldbResult(result('', { ok: false }), 4242, dead)).code).toBe('process_exited');
+  });
+
+  it('says lldb is missing when it is not installed, or is only the xcrun stub', () => {
+    const missing = attachError(() => checkLldbResult(result('', { missing: true, ok: false }), 4242, alive));
+    expect(missing.code).toBe('lldb_missing');
+    expect(missing.hint).toBe(HINTS.lldb);
+    expect(missing.hint).toMatch(/xcode-select --install/);
+    expect(attachError(() => checkLldbResult(result(XCRUN_MISSING, { ok: false }), 4242, alive)).code).toBe('lldb_missing');
+  });
+
+  it('passes on the expression error lldb gave', () => {
+    const e = attachError(() => checkLldbResult(result(UNDECLARED, { ok: false }), 4242, alive));
+    expect(e.code).toBe('inject_failed');
+    expect(e.message).toBe("lldb could not queue the probe in process 4242: error: <user expression 0>:1:21: use of undeclared identifier 'dlsym'");
+    const i = attachError(() => checkLldbResult(result(INTERRUPTED, { ok: false }), 4242, alive));
+    expect(i.message).toMatch(/Execution was interrupted, reason: EXC_BAD_ACCESS/);
+  });
+
+  it('explains the expression\'s own failure codes and a refused pending call', () => {
+    expect(attachError(() => checkLldbResult(result(returned(LLDB_NO_SYMBOLS)), 4242, alive)).message).toMatch(/does not export Python's C API/);
+    expect(attachError(() => checkLldbResult(result(returned(LLDB_NO_MEMORY)), 4242, alive)).message).toMatch(/could not map a page/);
+    const refused = attachError(() => checkLldbResult(result(returned(-1)), 4242, alive));
+    expect(refused.code).toBe('inject_failed');
+    expect(refused.message).toMatch(/Py_AddPendingCall returned -1/);
+  });
+});
+
+describe('inject with method lldb (runner faked)', () => {
+  let tmp: string;
+  beforeAll(() => {
+    tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'moe-lldb-'));
+  });
+  afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
+
+  // A pid no process has (above Linux's pid_max), so the SIGCONT after lldb reaches nobody.
+  const job = { ...BREW_312, pid: 4194305 };
+
+  it('runs lldb with lldbArgs for the bootstrap and accepts its success output', async () => {
+    const calls: Array<{ file: string; args: string[]; timeoutMs: number }> = [];
+    const run = async (file: string, args: string[], timeoutMs: number) => {
+      calls.push({ file, args, timeoutMs });
+      return result(LLDB_SUCCESS.replaceAll('4242', String(job.pid)));
+    };
+    const socketDir = path.join(tmp, 'sockets');
+    await inject(job, 'lldb', { probeRoot: '/opt/moe host', socketDir, lldbPath: '/usr/bin/lldb', platform: 'darwin', run });
+    expect(calls).toEqual([{ file: '/usr/bin/lldb', args: lldbArgs(job.pid, bootstrapSource('/opt/moe host', socketDir), 'darwin'), timeoutMs: 30000 }]);
+    expect(fs.statSync(socketDir).isDirectory()).toBe(true);
+  });
+
+  it('rejects with lldb_missing when lldb is not there', async () => {
+    const run = async () => ({ missing: true, ok: false, out: '\n' });
+    await expect(inject(job, 'lldb', { probeRoot: '/opt/moe', socketDir: tmp, platform: 'darwin', run })).rejects.toMatchObject({ code: 'lldb_missing' });
+  });
+
+  it('rejects with ptrace_denied-or-exited on a refused attach (here the pid is gone: process_exited)', async () => {
+    const run = async () => result(NOT_ALLOWED_NEW, { ok: false });
+    await expect(inject(job, 'lldb', { probeRoot: '/opt/moe', socketDir: tmp, platform: 'darwin', run })).rejects.toMatchObject({ code: 'process_exited' });
+  });
+});
+
+function ptraceAllowed(): boolean {
+  if (process.getuid?.() === 0) return true;
+  try {
+    return Number(fs.readFileSync('/proc/sys/kernel/yama/ptrace_scope', 'utf8').trim()) === 0;
+  } catch {
+    return true;
+  }
+}
+
+// lldb's expression parser is the same on Linux; where lldb is installed, run the real thing.
+describe.runIf(process.platform === 'linux' && has('lldb') && ptraceAllowed())('lldbArgs against a real Python (lldb on Linux)', () => {
+  it('queues code that then runs on the main thread, byte for byte', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'moe-lldb-live-'));
+    const marker = path.join(dir, 'ran "it" `here` é');
+    const job = spawn(python, ['-u', '-c', 'import time\nprint("ready", flush=True)\nwhile True:\n    time.sleep(0.01)\n'], { stdio: ['ignore', 'pipe', 'inherit'] });
+    try {
+      await new Promise<void>((resolve, reject) => {
+        job.stdout!.once('data', () => resolve());
+        job.once('exit', () => reject(new Error('job exited')));
+      });
+      const source = `open(${JSON.stringify(marker)}, "w", encoding="utf-8").write(__import__("threading").current_thread().name + " \`x\` é \\\\ \\"q\\"")\n`;
+      const out = spawnSync('lldb', lldbArgs(job.pid!, source, 'linux'), { encoding: 'utf8', timeout: 60000, stdio: ['ignore', 'pipe', 'pipe'] });
+      expect(() => checkLldbResult(result(`${out.stdout}\n${out.stderr}`, { ok: out.status === 0 }), job.pid!)).not.toThrow();
+      const deadline = Date.now() + 10000;
+      while (!fs.existsSync(marker) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+      expect(fs.readFileSync(marker, 'utf8')).toBe('MainThread `x` é \\ "q"');
+      expect(job.exitCode).toBeNull(); // still running after lldb detached
+    } finally {
+      job.kill('SIGKILL');
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  }, 90000);
 });
