@@ -76,7 +76,7 @@ try {
   fs.mkdirSync(shots, { recursive: true });
   for (const [label, job] of [['demo', healthy], ['faulty', faulty]]) {
     await panel.click(`li[data-pid="${job.pid}"]`).catch(() => {});
-    const tabs = await panel.$$eval('[role="tab"]', (els) => els.map((el) => el.textContent?.trim() ?? ''));
+    const tabs = await panel.$$eval('[role="tab"]', (els) => els.map((el) => (el.getAttribute('data-testid') ?? '').replace(/^tab-/, '')));
     for (let i = 0; i < Math.max(1, tabs.length); i++) {
       if (tabs.length) await panel.$$eval('[role="tab"]', (els, n) => els[n].click(), i);
       await new Promise((r) => setTimeout(r, 1200));

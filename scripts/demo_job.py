@@ -41,6 +41,21 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = REPO / "demo" / "model"
 
+class ByteTokenizer:
+    """The demo model's tokenizer: token id i is the byte i."""
+
+    def convert_ids_to_tokens(self, ids):
+        return [_byte_text(i) for i in ids]
+
+
+def _byte_text(i):
+    if i == 10:
+        return "\u23ce"  # a visible newline
+    if 32 <= i < 127:
+        return chr(i)
+    return "<0x%02X>" % i
+
+
 PROMPTS = [
     "def __init__(self, ",
     "import os\nimport sys\n\n",
@@ -271,6 +286,10 @@ def main(argv=None):
                   f"[calibrated on {info['calib_tokens']} tokens, min cos {info['min_cos']:.3f}, scale {info['scale']:.3g}"
                   + (f", logit lead {info['gap_min']:.1f}..{info['gap_max']:.1f}" if 'gap_min' in info else "") + "]",
                   flush=True)
+
+    # The model reads raw UTF-8 bytes. Keeping a tokenizer object alive lets the probe label
+    # each recorded token with its text (it looks for any live *Tokenizer* with convert_ids_to_tokens).
+    tokenizer = ByteTokenizer()  # noqa: F841 (found by the probe through the garbage collector)
 
     log = RouteLog(model, a.log) if a.log else None
     if log:

@@ -30,7 +30,9 @@ function thresholdText(f: Finding, a: Analysis): string {
     case 'imbalance':
       return `MaxVio ${fmt(f.value)} > ${fmt(f.threshold)}`;
     case 'collapse':
-      return f.threshold === th.collapseEntropy ? `load entropy ${fmt(f.value)} < ${fmt(f.threshold)}` : `top-k share ${pct(f.value)} ≥ ${pct(f.threshold, 0)}`;
+      if (f.metric === 'load_entropy') return `load entropy ${fmt(f.value)} < ${fmt(f.threshold)}`;
+      if (f.metric === 'expert_token_share') return `tokens choosing expert ${f.experts?.[0]}: ${pct(f.value)} ≥ ${pct(f.threshold, 0)}`;
+      return `top-k share ${pct(f.value)} ≥ ${pct(f.threshold, 0)}`;
     case 'abnormal_entropy':
       return `router entropy ${fmt(f.value, 3)} vs limit ${fmt(f.threshold, 3)} (healthy ${fmt(th.routerEntropyLow)}–${fmt(th.routerEntropyHigh)})`;
     case 'nan_logits':

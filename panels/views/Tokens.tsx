@@ -12,24 +12,57 @@ function tokenText(row: TokenRow, i: number): string {
   return id !== undefined ? `#${id}` : `·${i}`;
 }
 
+/** One line of the stream: a prefill pass (the prompt) and the decode passes that follow it. */
+interface StreamLine {
+  key: number;
+  items: Array<{ row: TokenRow; i: number } | { gap: number }>;
+}
+
+/**
+ * Consecutive decode passes carry one token each: joined after their prompt they read as the
+ * text being generated. Passes the probe did not sample show as a gap marker.
+ */
+function streamLines(rows: TokenRow[]): StreamLine[] {
+  const lines: StreamLine[] = [];
+  let current: StreamLine | null = null;
+  let lastPass = -1;
+  for (const row of rows) {
+    if (row.phase === 'prefill' || !current) {
+      current = { key: row.pass, items: [] };
+      lines.push(current);
+    } else if (row.pass > lastPass + 1) {
+      current.items.push({ gap: row.pass - lastPass - 1 });
+    }
+    for (let i = 0; i < row.n; i++) current.items.push({ row, i });
+    lastPass = row.pass;
+  }
+  return lines;
+}
+
 export function Tokens({ store, a }: { store: Store; a: Analysis }) {
   const rows = a.tokens;
   const sel = store.state.token;
   if (!rows.length) return <p class="empty" data-testid="tokens-empty">No token records yet: the probe samples a few passes per second.</p>;
   const row = (sel && rows.find((r) => r.pass === sel.pass)) ?? null;
+  const colourLayer = store.state.selectedLayer;
   return (
     <div class="tokens">
-      <p class="muted">Last {rows.length} sampled passes ({a.tokenPassesKept} kept). Click a token to see its path through the layers.</p>
-      {rows.map((r) => (
-        <div class="token-pass" key={r.pass} data-testid="token-pass" data-pass={r.pass}>
-          <div class="muted">pass {r.pass} · {r.phase} · {r.n} tokens</div>
+      <p class="muted">
+        Last {rows.length} sampled passes ({a.tokenPassesKept} kept); each prompt starts a line and decoded tokens follow it.
+        Underline: top expert in layer {colourLayer} (choose the layer in Load). Click a token to see its path through the layers.
+      </p>
+      {streamLines(rows).map((line) => (
+        <div class="token-pass" key={line.key} data-testid="token-pass" data-pass={line.key}>
           <div class="token-stream">
-            {Array.from({ length: r.n }, (_, i) => {
-              const first = r.layers[0];
-              const top = first ? first.ids[i * first.k] : undefined;
+            {line.items.map((item, n) => {
+              if ('gap' in item) return <span key={`g${n}`} class="tok-gap" title={`${item.gap} passes not sampled`}>…</span>;
+              const { row: r, i } = item;
+              const layer = r.layers.find((l) => l.layer === colourLayer) ?? r.layers[0];
+              const top = layer ? layer.ids[i * layer.k] : undefined;
               return (
-                <span key={i} class={`tok ${sel && sel.pass === r.pass && sel.index === i ? 'selected' : ''}`} data-testid="token" data-index={i}
-                  title={`token ${i}${r.tokenIds ? ` (id ${r.tokenIds[i]})` : ''}; layer ${first?.layer ?? '?'} top expert ${top ?? '?'}`}
+                <span key={`${r.pass}:${i}`} class={`tok ${sel && sel.pass === r.pass && sel.index === i ? 'selected' : ''}`} data-testid="token"
+                  data-pass={r.pass} data-index={i}
+                  title={`pass ${r.pass} (${r.phase}), token ${i}${r.tokenIds ? ` (id ${r.tokenIds[i]})` : ''}; layer ${layer?.layer ?? '?'} top expert ${top ?? '?'}`}
                   style={top !== undefined ? { borderBottomColor: `hsl(${(top * 47) % 360} 70% 50%)` } : undefined}
                   onClick={() => store.selectToken({ pass: r.pass, index: i })}>
                   {tokenText(r, i)}

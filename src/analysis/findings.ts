@@ -37,6 +37,8 @@ export interface Finding {
   /** The measured quantity that crossed `threshold` (see findings()). */
   value: number;
   threshold: number;
+  /** What `value` measures, when a kind has several tests (collapse: load entropy, top-k share, one expert's token share). */
+  metric?: 'load_entropy' | 'top_share' | 'expert_token_share';
   message: string;
 }
 
@@ -127,6 +129,7 @@ function judgeLayer(w: LayerWindow, position: number, th: Thresholds, out: Findi
           experts: top,
           value: verdict.expertTokenShare,
           threshold: th.collapseExpertTokenShare,
+          metric: 'expert_token_share',
           message: `${L}: routing has collapsed onto ${expertsPhrase(top, e)}, chosen by ${fmtPct(verdict.expertTokenShare)} of tokens (${effective})`,
         });
       } else {
@@ -136,6 +139,7 @@ function judgeLayer(w: LayerWindow, position: number, th: Thresholds, out: Findi
           experts: top,
           value: byEntropy ? normH : verdict.topShare,
           threshold: byEntropy ? th.collapseEntropy : th.collapseTopShare,
+          metric: byEntropy ? 'load_entropy' : 'top_share',
           message: `${L}: routing has collapsed onto ${expertsPhrase(top, e)} (${fmtPct(verdict.topShare)} of ${unit}; ${effective})`,
         });
       }
