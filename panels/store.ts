@@ -10,7 +10,7 @@
  */
 import type { ErrorCode, HostMessage, JobUpdate, PanelRequest, ProcessInfo } from '../src/protocol/panel';
 import type { ModelInfo } from '../src/protocol/probe';
-import type { Analysis, AnalysisSettings, WindowMode } from './engine/analyzer';
+import type { Analysis, AnalysisSettings, TokenRow, WindowMode } from './engine/analyzer';
 import { parseRecording, RecordingError, serializeRecording, withPid } from './engine/recording';
 
 export type ConnectionState = 'connecting' | 'connected' | 'disconnected';
@@ -88,7 +88,8 @@ export interface StoreState {
   /** The last finished recording, ready to save. */
   saved: { name: string; text: string; messages: number } | null;
   /** Token selected in the Tokens view: pass and position. */
-  token: { pass: number; index: number } | null;
+  /** The token whose path is shown; `row` is kept so the path stays while its pass scrolls out of the stream. */
+  token: { pass: number; index: number; row?: TokenRow } | null;
 }
 
 export type Send = (request: PanelRequest) => void;
@@ -195,7 +196,7 @@ export class Store {
     this.set({ view });
   }
 
-  selectToken(token: { pass: number; index: number } | null) {
+  selectToken(token: { pass: number; index: number; row?: TokenRow } | null) {
     this.set({ token });
   }
 

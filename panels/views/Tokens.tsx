@@ -43,7 +43,7 @@ export function Tokens({ store, a }: { store: Store; a: Analysis }) {
   const rows = a.tokens;
   const sel = store.state.token;
   if (!rows.length) return <p class="empty" data-testid="tokens-empty">No token records yet: the probe samples a few passes per second.</p>;
-  const row = (sel && rows.find((r) => r.pass === sel.pass)) ?? null;
+  const row = (sel && (rows.find((r) => r.pass === sel.pass) ?? sel.row)) ?? null;
   const colourLayer = store.state.selectedLayer;
   return (
     <div class="tokens">
@@ -64,7 +64,7 @@ export function Tokens({ store, a }: { store: Store; a: Analysis }) {
                   data-pass={r.pass} data-index={i}
                   title={`pass ${r.pass} (${r.phase}), token ${i}${r.tokenIds ? ` (id ${r.tokenIds[i]})` : ''}; layer ${layer?.layer ?? '?'} top expert ${top ?? '?'}`}
                   style={top !== undefined ? { borderBottomColor: `hsl(${(top * 47) % 360} 70% 50%)` } : undefined}
-                  onClick={() => store.selectToken({ pass: r.pass, index: i })}>
+                  onClick={() => store.selectToken({ pass: r.pass, index: i, row: r })}>
                   {tokenText(r, i)}
                 </span>
               );
