@@ -8,6 +8,7 @@
 //   { "benchmark": id, "title": "...", "metrics": [
 //       { "metric": "what", "value": number | string | null, "unit": "ms",
 //         "target": "< 50 ms" (optional), "pass": true | false (optional, omitted = figure only),
+//         "inconclusive": true (optional, with pass omitted: the run could not decide, e.g. too noisy),
 //         "note": "..." (optional), "digits": 2 (optional, decimals to show) }, ... ], ...anything else }
 // A listed script that does not exist gets a "not present" row; one that fails gets an "error" row.
 // Results: bench-results/latest.json, bench-results/latest.md, and each benchmark's own JSON
@@ -163,7 +164,7 @@ function rowsFor(bench, run) {
     metric: m.metric,
     value: formatValue(m),
     target: m.target ?? '',
-    result: m.pass === true ? 'pass' : m.pass === false ? 'FAIL' : '',
+    result: m.pass === true ? 'pass' : m.pass === false ? 'FAIL' : m.inconclusive ? 'inconclusive' : '',
     note: m.note ?? '',
   }));
 }
