@@ -1,0 +1,526 @@
+// Panel frame-time benchmark: the MoE panel in real DevTools, fed by a real job with
+// 64 MoE layers x 512 experts whose snapshots reach the panel 30 times a second.
+//
+// The job (scripts/bench_panel_job.py) is a user-written torch model the probe
+// recognises (router nn.Linear(16, 512) + stacked `experts` per block, top-8),
+// paced at --rate passes/s and attachable with a 10 ms probe flush interval, so the
+// host (which relays at most 30 updates/s) has a fresh snapshot at every tick.
+// Chromium (headless by default) is launched with the unpacked extension by
+// scripts/lib/devtools-harness.mjs, DevTools is opened on a tab, the MoE panel is
+// shown and attached through its own Attach button. Then, for each view (Overview,
+// Load, Heatmap, Tokens, Timeline, Co-activation, Profiler), the benchmark clicks the
+// view's tab, lets it settle for a second and records a performance trace of
+// --seconds (puppeteer's tracing on the DevTools page: Chrome traces every process).
+//
+// What a "frame" is here: Chrome's own animation frame, the unit of the Long Animation
+// Frames API and of the Performance panel, read from the trace's `AnimationFrame`
+// events (devtools.timeline) on the panel renderer's main thread (the renderer is found
+// by the panel's URL in TracingStartedInBrowser; the panel is an out-of-process frame of
+// the DevTools page, in the Extension Renderer). A frame begins with the first
+// main-thread task after the previous rendering update (in practice: the task that
+// receives an update message from the service worker, runs the store and the Preact
+// render in its microtasks, or the worker's analysis reply) and ends when the rendering
+// update that follows (style, layout, paint, commit) is done. For every frame the
+// benchmark reports:
+//   - frame work: the main thread's CPU time in the frame's tasks (trace `tdur`,
+//     thread time), i.e. the time the frame costs the main thread. This is the figure
+//     held to the 16 ms target: on this shared 2-core machine the browser, the job,
+//     the host and other people's processes compete for the CPU, and wall-clock task
+//     durations there are mostly time spent descheduled (a task of 2 ms CPU can take
+//     20 ms of wall time), which says nothing about the panel;
+//   - frame busy time: the wall-clock time of the same tasks (what the machine gave);
+//   - frame duration: Chrome's own duration (first task start to rendering end, idle
+//     gaps included, as the Long Animation Frames API measures it).
+// Target: p95 of frame work <= 16 ms in every view (one 60 Hz frame). p95 rather than
+// max or p99: on a shared machine a single garbage collection or an unlucky time slice
+// can push one frame in a hundred over, which shows as one dropped frame, not as jank;
+// p99, max and the share of frames over 16 ms are reported beside it.
+// Also reported: update messages per second received by the panel (its own counter,
+// shown in the status bar) and the job's passes/s, to show that the panel really was
+// fed 30 updates/s of 64 x 512 counts; frames presented per second and paint counts
+// (proof that rendering happened: the DevTools document is brought to the front, and
+// the benchmark checks that the panel document is visible); the analysis worker's CPU
+// time (the DedicatedWorker thread of the panel's renderer) per update and its share
+// of a core; where the main thread's time went (self time by trace event), and with
+// --profile the JavaScript functions that took it (V8 sampling profiler in the trace).
+//
+//   node scripts/bench_panel.mjs [--quick] [--seconds S] [--layers L] [--experts E] [--top-k K]
+//       [--tokens N] [--rate PASSES_PER_S] [--views overview,load,...] [--profile] [--headful]
+//       [--trace-dir DIR] [--json OUT]
+//
+// --quick: 2 s per view instead of 5 (same 64 x 512 model, so the figures still speak to
+// the target; use --layers/--experts for a smaller one). Needs `npm run build` first.
+import { spawn } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { attachThroughPanel, launchBrowser, makeProfile, openMoEPanel } from './lib/devtools-harness.mjs';
+import { ROOT, requireProjectPython } from './python-env.mjs';
+
+const FRAME_BUDGET_MS = 16;
+const TARGET_UPDATE_HZ = 30;
+const ALL_VIEWS = ['overview', 'load', 'heatmap', 'tokens', 'timeline', 'coactivation', 'profiler'];
+const VIEW_LABEL = { overview: 'Overview', load: 'Load', heatmap: 'Heatmap', tokens: 'Tokens', timeline: 'Timeline', coactivation: 'Co-activation', profiler: 'Profiler' };
+
+const TRACE_CATEGORIES = [
+  'devtools.timeline',
+  'disabled-by-default-devtools.timeline',
+  'disabled-by-default-devtools.timeline.frame',
+  'v8.execute',
+  'blink.user_timing',
+  '__metadata',
+];
+
+function parseArgs(argv) {
+  const opts = {
+    quick: false, seconds: null, layers: 64, experts: 512, topK: 8, tokens: 32, rate: 45, views: ALL_VIEWS,
+    profile: false, headless: true, traceDir: null, json: null, settle: 1,
+  };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    const next = () => {
+      if (i + 1 >= argv.length) throw new Error(`${a} needs a value`);
+      return argv[++i];
+    };
+    if (a === '--quick') opts.quick = true;
+    else if (a === '--seconds') opts.seconds = Number(next());
+    else if (a === '--layers') opts.layers = Number(next());
+    else if (a === '--experts') opts.experts = Number(next());
+    else if (a === '--top-k') opts.topK = Number(next());
+    else if (a === '--tokens') opts.tokens = Number(next());
+    else if (a === '--rate') opts.rate = Number(next());
+    else if (a === '--views') opts.views = next().split(',').filter(Boolean);
+    else if (a === '--profile') opts.profile = true;
+    else if (a === '--headful') opts.headless = false;
+    else if (a === '--trace-dir') opts.traceDir = next();
+    else if (a === '--settle') opts.settle = Number(next());
+    else if (a === '--json') opts.json = next();
+    else if (a === '--help' || a === '-h') {
+      console.log('usage: node scripts/bench_panel.mjs [--quick] [--seconds S] [--layers L] [--experts E] [--top-k K] [--tokens N]\n' +
+        '  [--rate PASSES_PER_S] [--views overview,load,heatmap,tokens,timeline,coactivation,profiler] [--profile] [--headful]\n' +
+        '  [--trace-dir DIR] [--settle S] [--json OUT]');
+      process.exit(0);
+    } else throw new Error(`unknown argument ${a}`);
+  }
+  for (const v of opts.views) if (!ALL_VIEWS.includes(v)) throw new Error(`unknown view ${v} (views: ${ALL_VIEWS.join(', ')})`);
+  if (opts.seconds === null) opts.seconds = opts.quick ? 2 : 5;
+  return opts;
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+function quantile(sorted, q) {
+  if (!sorted.length) return null;
+  const pos = (sorted.length - 1) * q;
+  const lo = Math.floor(pos);
+  const hi = Math.ceil(pos);
+  return sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo);
+}
+
+function stats(values) {
+  const s = [...values].sort((a, b) => a - b);
+  if (!s.length) return { n: 0, p50: null, p95: null, p99: null, max: null, mean: null, over16: null };
+  return {
+    n: s.length,
+    p50: quantile(s, 0.5),
+    p95: quantile(s, 0.95),
+    p99: quantile(s, 0.99),
+    max: s[s.length - 1],
+    mean: s.reduce((a, b) => a + b, 0) / s.length,
+    over16: s.filter((v) => v > FRAME_BUDGET_MS).length / s.length,
+  };
+}
+
+// ---------------------------------------------------------------------------------
+// The job
+
+async function startJob(opts) {
+  const python = requireProjectPython();
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'moe-bench-panel-'));
+  const status = path.join(dir, 'status.json');
+  const args = [path.join(ROOT, 'scripts/bench_panel_job.py'), '--layers', String(opts.layers), '--experts', String(opts.experts),
+    '--top-k', String(opts.topK), '--tokens', String(opts.tokens), '--rate', String(opts.rate), '--status', status];
+  const child = spawn(python, args, { cwd: ROOT, stdio: ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  child.stderr.on('data', (d) => (stderr += d));
+  const job = {
+    pid: child.pid,
+    child,
+    status: () => {
+      try {
+        return JSON.parse(fs.readFileSync(status, 'utf8'));
+      } catch {
+        return null;
+      }
+    },
+    stop: () => new Promise((resolve) => {
+      if (child.exitCode !== null || child.signalCode !== null) return resolve();
+      child.once('exit', () => resolve());
+      child.kill('SIGKILL');
+    }),
+    cleanup: () => fs.rmSync(dir, { recursive: true, force: true }),
+  };
+  const deadline = Date.now() + 120_000;
+  while (!job.status()) {
+    if (child.exitCode !== null) throw new Error(`the job exited early (${child.exitCode}): ${stderr}`);
+    if (Date.now() > deadline) {
+      await job.stop();
+      throw new Error(`the job did not start within 120 s: ${stderr}`);
+    }
+    await sleep(200);
+  }
+  return job;
+}
+
+// ---------------------------------------------------------------------------------
+// Reading the panel
+
+/** The panel's own counters, from its status bar: updates received (store) and passes. */
+async function panelCounters(panel) {
+  return panel.evaluate(() => {
+    const bar = document.querySelector('[data-testid="statusbar"]');
+    const text = bar ? bar.textContent : '';
+    const updates = /(\d+) updates/.exec(text);
+    const passes = document.querySelector('[data-testid="passes"]');
+    return {
+      t: Date.now(),
+      updates: updates ? Number(updates[1]) : null,
+      passes: passes ? Number(/\d+/.exec(passes.textContent)?.[0]) : null,
+      visibility: document.visibilityState,
+    };
+  });
+}
+
+/** Click a view's tab and wait until it shows (generous: a heavy view can keep the main thread busy). */
+async function showView(panel, view) {
+  for (let attempt = 0; ; attempt++) {
+    await panel.click(`[data-testid="tab-${view}"]`);
+    try {
+      await panel.waitForFunction((v) => document.querySelector(`[data-testid="view-${v}"]`), { polling: 100, timeout: 30_000 }, view);
+      return;
+    } catch (err) {
+      if (attempt >= 2) throw new Error(`the ${view} view did not show after 3 clicks: ${err.message}`);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------
+// Trace analysis
+
+/** The panel renderer's pid and its main and worker threads. */
+function findPanelThreads(events) {
+  let pid = null;
+  for (const e of events) {
+    const frames = e.name === 'TracingStartedInBrowser' ? e.args?.data?.frames : null;
+    const found = frames?.find((f) => typeof f.url === 'string' && f.url.endsWith('/panel.html'));
+    if (found) pid = found.processId;
+  }
+  if (pid === null) {
+    for (const e of events) {
+      const d = e.args?.data;
+      if ((e.name === 'FrameCommittedInBrowser' || e.name === 'CommitLoad') && typeof d?.url === 'string' && d.url.endsWith('/panel.html') && d.processId) pid = d.processId;
+    }
+  }
+  if (pid === null) throw new Error('the trace does not show the panel frame (no /panel.html in TracingStartedInBrowser)');
+  let main = null;
+  const workers = [];
+  for (const e of events) {
+    if (e.ph !== 'M' || e.name !== 'thread_name' || e.pid !== pid) continue;
+    if (e.args.name === 'CrRendererMain') main = e.tid;
+    else if (e.args.name === 'DedicatedWorker thread') workers.push(e.tid);
+  }
+  if (main === null) throw new Error(`no CrRendererMain thread in the panel's renderer (pid ${pid})`);
+  return { pid, main, workers };
+}
+
+const cpuOf = (e) => (e.tdur ?? e.dur ?? 0) / 1000;
+
+/** Exclusive (self) time per event name over one thread's complete (X) events. */
+function selfTimes(xs) {
+  const sorted = [...xs].sort((a, b) => a.ts - b.ts || b.dur - a.dur);
+  const self = new Map();
+  const stack = [];
+  const add = (name, cpu, wall) => {
+    const v = self.get(name) ?? { cpu: 0, wall: 0, n: 0 };
+    v.cpu += cpu;
+    v.wall += wall;
+    self.set(name, v);
+  };
+  const close = (top) => add(top.e.name, Math.max(0, cpuOf(top.e) - top.childCpu), Math.max(0, top.e.dur / 1000 - top.childWall));
+  for (const e of sorted) {
+    while (stack.length && stack[stack.length - 1].end <= e.ts) close(stack.pop());
+    if (stack.length) {
+      stack[stack.length - 1].childCpu += cpuOf(e);
+      stack[stack.length - 1].childWall += e.dur / 1000;
+    }
+    stack.push({ e, end: e.ts + e.dur, childCpu: 0, childWall: 0 });
+    self.get(e.name) ?? self.set(e.name, { cpu: 0, wall: 0, n: 0 });
+    self.get(e.name).n++;
+  }
+  while (stack.length) close(stack.pop());
+  return self;
+}
+
+/** Self time per JavaScript function from the V8 sampling profiler's ProfileChunk events, per thread. */
+function profileSelfTimes(events, pid, tid) {
+  const byId = new Map();
+  for (const e of events) {
+    if (e.pid !== pid || (e.name !== 'Profile' && e.name !== 'ProfileChunk')) continue;
+    const id = e.id ?? e.id2?.local;
+    let p = byId.get(id);
+    if (!p) byId.set(id, (p = { tid: e.tid, nodes: new Map(), samples: [], deltas: [] }));
+    if (e.name === 'Profile') p.tid = e.tid;
+    const d = e.args?.data;
+    for (const n of d?.cpuProfile?.nodes ?? []) p.nodes.set(n.id, n);
+    if (d?.cpuProfile?.samples) p.samples.push(...d.cpuProfile.samples);
+    if (d?.timeDeltas) p.deltas.push(...d.timeDeltas);
+  }
+  const self = new Map();
+  for (const p of byId.values()) {
+    if (p.tid !== tid) continue;
+    for (let i = 0; i < p.samples.length; i++) {
+      const node = p.nodes.get(p.samples[i]);
+      const dt = (p.deltas[i + 1] ?? 0) / 1000;
+      if (!node || !(dt > 0)) continue;
+      const cf = node.callFrame ?? {};
+      const file = (cf.url ?? '').split('/').pop();
+      const name = `${cf.functionName || '(anonymous)'}${file ? ` ${file}:${(cf.lineNumber ?? -1) + 1}` : ''}`;
+      self.set(name, (self.get(name) ?? 0) + dt);
+    }
+  }
+  return [...self.entries()].sort((a, b) => b[1] - a[1]);
+}
+
+function analyzeTrace(events, profile) {
+  const { pid, main, workers } = findPanelThreads(events);
+  const mainEvents = events.filter((e) => e.pid === pid && e.tid === main);
+  const tasks = mainEvents.filter((e) => e.ph === 'X' && e.name === 'RunTask').sort((a, b) => a.ts - b.ts);
+  if (!tasks.length) throw new Error('no main-thread tasks of the panel in the trace');
+  const t0 = Math.min(...events.filter((e) => e.pid === pid && e.ts > 0 && e.ph !== 'M').map((e) => e.ts));
+  const t1 = Math.max(...events.filter((e) => e.pid === pid && e.ph !== 'M').map((e) => e.ts + (e.dur ?? 0)));
+  const spanS = (t1 - t0) / 1e6;
+
+  // Animation frames: begin/end pairs, in order (children Render / StyleAndLayout use the same id).
+  const frames = [];
+  let open = null;
+  for (const e of mainEvents.filter((x) => x.name.startsWith('AnimationFrame')).sort((a, b) => a.ts - b.ts)) {
+    if (e.name === 'AnimationFrame' && e.ph === 'b') open = { begin: e.ts, info: e.args?.animation_frame_timing_info ?? null, render: false };
+    else if (e.name === 'AnimationFrame::Render' && e.ph === 'b' && open) open.render = true;
+    else if (e.name === 'AnimationFrame' && e.ph === 'e' && open) {
+      open.end = e.ts;
+      frames.push(open);
+      open = null;
+    }
+  }
+  // Each frame's tasks: the top-level tasks that overlap it (a task is counted in the frame it ends in).
+  let ti = 0;
+  for (const f of frames) {
+    f.cpu = 0;
+    f.busy = 0;
+    f.longestTask = 0;
+    while (ti < tasks.length && tasks[ti].ts + tasks[ti].dur <= f.begin) ti++;
+    for (let j = ti; j < tasks.length && tasks[j].ts < f.end; j++) {
+      const task = tasks[j];
+      const inside = Math.min(task.ts + task.dur, f.end) - Math.max(task.ts, f.begin);
+      if (inside <= 0) continue;
+      const share = task.dur > 0 ? inside / task.dur : 1;
+      f.cpu += cpuOf(task) * share;
+      f.busy += (inside / 1000);
+      f.longestTask = Math.max(f.longestTask, task.dur / 1000);
+    }
+    f.wall = (f.end - f.begin) / 1000;
+  }
+  const rendered = frames.filter((f) => f.render);
+
+  const xs = mainEvents.filter((e) => e.ph === 'X' && typeof e.dur === 'number');
+  const self = selfTimes(xs);
+  const mainCpu = tasks.reduce((s, t) => s + cpuOf(t), 0);
+  const paints = xs.filter((e) => e.name === 'Paint').length;
+  const presented = mainEvents.filter((e) => e.name === 'AnimationFrame::Presentation').length;
+
+  const workerTasks = events.filter((e) => e.pid === pid && workers.includes(e.tid) && e.ph === 'X' && e.name === 'RunTask');
+  const workerCpu = workerTasks.reduce((s, t) => s + cpuOf(t), 0);
+
+  const result = {
+    pid, mainTid: main, workerTids: workers, spanS,
+    frames: rendered.length,
+    framesWithoutRender: frames.length - rendered.length,
+    frameWork: stats(rendered.map((f) => f.cpu)),
+    frameBusy: stats(rendered.map((f) => f.busy)),
+    frameDuration: stats(rendered.map((f) => f.info?.duration_ms ?? f.wall)),
+    tasks: tasks.length,
+    taskCpu: stats(tasks.map(cpuOf)),
+    taskWall: stats(tasks.map((t) => t.dur / 1000)),
+    longTasksWall50: tasks.filter((t) => t.dur > 50_000).length,
+    mainCpuShare: mainCpu / 1000 / spanS,
+    paints,
+    presented,
+    worker: { tasks: workerTasks.length, cpuMs: workerCpu, cpuShare: workerCpu / 1000 / spanS, taskCpu: stats(workerTasks.map(cpuOf)) },
+    mainSelf: [...self.entries()].filter(([name]) => name !== 'RunTask').sort((a, b) => b[1].cpu - a[1].cpu).slice(0, 10)
+      .map(([name, v]) => ({ name, cpuMs: v.cpu, wallMs: v.wall, n: v.n })),
+    rawFrames: rendered.map((f) => ({ cpu: f.cpu, busy: f.busy, duration: f.info?.duration_ms ?? f.wall, longestTask: f.longestTask })),
+  };
+  if (profile) {
+    result.mainFunctions = profileSelfTimes(events, pid, main).slice(0, 15).map(([name, ms]) => ({ name, ms }));
+    result.workerFunctions = workers.flatMap((w) => profileSelfTimes(events, pid, w)).sort((a, b) => b[1] - a[1]).slice(0, 10)
+      .map(([name, ms]) => ({ name, ms }));
+  }
+  return result;
+}
+
+// ---------------------------------------------------------------------------------
+
+const f1 = (v) => (v === null || v === undefined || !Number.isFinite(v) ? '-' : v.toFixed(1));
+const pct = (v) => (v === null || v === undefined || !Number.isFinite(v) ? '-' : `${(100 * v).toFixed(0)}%`);
+
+function printView(v) {
+  const r = v.trace;
+  console.log(`\n-- ${VIEW_LABEL[v.view]}: ${v.updatesPerS.toFixed(1)} updates/s received, job ${f1(v.jobPassesPerS)} passes/s, ` +
+    `${r.frames} frames (${(r.frames / r.spanS).toFixed(1)}/s), ${r.paints} paints, ${r.presented} presented, document ${v.visibility}`);
+  const row = (label, s) => console.log(`   ${label.padEnd(34)} p50 ${f1(s.p50).padStart(6)}  p95 ${f1(s.p95).padStart(6)}  p99 ${f1(s.p99).padStart(6)}  max ${f1(s.max).padStart(6)} ms   >16 ms ${pct(s.over16).padStart(4)}`);
+  row('frame work (main-thread CPU)', r.frameWork);
+  row('frame busy time (wall, tasks)', r.frameBusy);
+  row('frame duration (Chrome, wall)', r.frameDuration);
+  row('main-thread task CPU', r.taskCpu);
+  console.log(`   main thread ${pct(r.mainCpuShare)} of a core; worker ${pct(r.worker.cpuShare)} of a core, ${f1(v.workerMsPerUpdate)} ms CPU per update; ` +
+    `${r.longTasksWall50} tasks over 50 ms wall`);
+  console.log(`   main-thread self time: ${r.mainSelf.slice(0, 6).map((s) => `${s.name} ${s.cpuMs.toFixed(0)} ms`).join(', ')}`);
+  if (r.mainFunctions) console.log(`   main-thread JS (sampled): ${r.mainFunctions.slice(0, 8).map((s) => `${s.name} ${s.ms.toFixed(0)} ms`).join('; ')}`);
+  if (r.workerFunctions) console.log(`   worker JS (sampled): ${r.workerFunctions.slice(0, 6).map((s) => `${s.name} ${s.ms.toFixed(0)} ms`).join('; ')}`);
+}
+
+async function main() {
+  const opts = parseArgs(process.argv.slice(2));
+  if (!fs.existsSync(path.join(ROOT, 'dist/extension/panel.js'))) throw new Error('dist/ is missing: run `npm run build` first.');
+  const loadStart = os.loadavg()[0];
+  console.log(`panel benchmark: ${opts.layers} layers x ${opts.experts} experts, top-${opts.topK}, ${opts.tokens} tokens/pass, ` +
+    `job paced at ${opts.rate} passes/s; ${opts.seconds} s traced per view (${opts.views.join(', ')})`);
+  const job = await startJob(opts);
+  const profileDir = makeProfile('moe-bench-panel-profile-');
+  let browser;
+  const views = [];
+  let setup = {};
+  try {
+    browser = await launchBrowser({ userDataDir: profileDir, headless: opts.headless });
+    const { devtools, panel } = await openMoEPanel(browser);
+    await devtools.bringToFront();
+    await attachThroughPanel(panel, job.pid, 60_000);
+    await panel.waitForSelector('[data-testid="view-overview"]', { timeout: 60_000 });
+    // Warm up: let the rates settle (job, host, panel) before measuring.
+    const warm0 = await panelCounters(panel);
+    await sleep(3000);
+    const warm1 = await panelCounters(panel);
+    setup = {
+      jobPid: job.pid, warmupUpdatesPerS: (warm1.updates - warm0.updates) / ((warm1.t - warm0.t) / 1000), visibility: warm1.visibility,
+      analyzer: await panel.evaluate(() => document.documentElement.dataset.analyzer ?? null),
+    };
+    console.log(`attached to pid ${job.pid}; warm-up ${setup.warmupUpdatesPerS.toFixed(1)} updates/s; panel document ${warm1.visibility}; analyzer in ${setup.analyzer}`);
+    if (opts.traceDir) fs.mkdirSync(opts.traceDir, { recursive: true });
+
+    for (const view of opts.views) {
+      await showView(panel, view);
+      await devtools.bringToFront();
+      await sleep(opts.settle * 1000);
+      const categories = opts.profile ? [...TRACE_CATEGORIES, 'disabled-by-default-v8.cpu_profiler'] : TRACE_CATEGORIES;
+      await devtools.tracing.start({ categories });
+      const c0 = await panelCounters(panel);
+      const s0 = job.status();
+      await sleep(opts.seconds * 1000);
+      const c1 = await panelCounters(panel);
+      const s1 = job.status();
+      const buffer = await devtools.tracing.stop();
+      if (opts.traceDir) fs.writeFileSync(path.join(opts.traceDir, `panel-${view}.json`), buffer);
+      const parsed = JSON.parse(Buffer.from(buffer).toString('utf8'));
+      const events = Array.isArray(parsed) ? parsed : parsed.traceEvents;
+      const trace = analyzeTrace(events, opts.profile);
+      const dt = (c1.t - c0.t) / 1000;
+      const updates = c1.updates - c0.updates;
+      const jobPassesPerS = s0 && s1 && s1.time > s0.time ? (s1.passes - s0.passes) / (s1.time - s0.time) : s1?.passes_per_s ?? null;
+      const v = {
+        view, seconds: dt, updates, updatesPerS: updates / dt, passesShown: c1.passes - c0.passes,
+        jobPassesPerS, jobMsPerPass: s1?.ms_per_pass ?? null, visibility: c1.visibility,
+        workerMsPerUpdate: updates > 0 ? trace.worker.cpuMs / (updates * (trace.spanS / dt)) : null,
+        trace,
+      };
+      views.push(v);
+      printView(v);
+    }
+  } finally {
+    await browser?.close().catch(() => {});
+    await job.stop();
+    job.cleanup();
+    fs.rmSync(profileDir, { recursive: true, force: true });
+  }
+
+  // -- summary --
+  const all = (key) => stats(views.flatMap((v) => v.trace.rawFrames.map((f) => f[key])));
+  const work = all('cpu');
+  const busy = all('busy');
+  const duration = all('duration');
+  const worst = views.reduce((w, v) => (!w || (v.trace.frameWork.p95 ?? 0) > (w.trace.frameWork.p95 ?? 0) ? v : w), null);
+  const totalUpdates = views.reduce((s, v) => s + v.updates, 0);
+  const totalSeconds = views.reduce((s, v) => s + v.seconds, 0);
+  const updateRate = totalUpdates / totalSeconds;
+  const minRate = Math.min(...views.map((v) => v.updatesPerS));
+  const workerPerUpdate = views.map((v) => v.workerMsPerUpdate).filter((x) => x !== null);
+  const workerShare = views.reduce((s, v) => s + v.trace.worker.cpuShare, 0) / views.length;
+  const rendering = views.every((v) => v.trace.paints > 0 && v.visibility === 'visible');
+  const loadEnd = os.loadavg()[0];
+  const rateOk = minRate >= TARGET_UPDATE_HZ * 0.95;
+  const workOk = views.every((v) => v.trace.frameWork.p95 !== null && v.trace.frameWork.p95 <= FRAME_BUDGET_MS);
+  const size = `${opts.layers} layers x ${opts.experts} experts`;
+
+  const metrics = [
+    { metric: `updates received by the panel (${size})`, value: updateRate, unit: '/s', digits: 1, target: `>= ${TARGET_UPDATE_HZ * 0.95} /s in every view`,
+      pass: rateOk, note: `lowest view ${minRate.toFixed(1)}/s; ${totalUpdates} updates in ${totalSeconds.toFixed(0)} s; job ${f1(views[0]?.jobPassesPerS)} passes/s` },
+    { metric: 'frame work p95, worst view (main-thread CPU)', value: worst?.trace.frameWork.p95 ?? null, unit: 'ms', digits: 1,
+      target: `<= ${FRAME_BUDGET_MS} ms in every view`, pass: workOk, note: `${VIEW_LABEL[worst?.view] ?? '-'}; per view: ${views.map((v) => `${VIEW_LABEL[v.view]} ${f1(v.trace.frameWork.p95)}`).join(', ')}` },
+    { metric: 'frame work p50 / p99 / max, all views', value: `${f1(work.p50)} / ${f1(work.p99)} / ${f1(work.max)} ms`, unit: '',
+      note: `${work.n} frames; ${pct(work.over16)} over 16 ms` },
+    { metric: 'frame busy time (wall) p50 / p95 / p99 / max', value: `${f1(busy.p50)} / ${f1(busy.p95)} / ${f1(busy.p99)} / ${f1(busy.max)} ms`, unit: '',
+      note: `wall-clock time of the frames' main-thread tasks; ${pct(busy.over16)} over 16 ms; load average ${loadStart.toFixed(1)} -> ${loadEnd.toFixed(1)} on ${os.cpus().length} cores` },
+    { metric: 'frame duration (Chrome) p50 / p95 / max', value: `${f1(duration.p50)} / ${f1(duration.p95)} / ${f1(duration.max)} ms`, unit: '',
+      note: 'first task to end of rendering, idle gaps included (Long Animation Frames definition)' },
+    { metric: 'frames rendered', value: work.n / totalSeconds, unit: '/s', digits: 1, target: 'paints in every view', pass: rendering,
+      note: `${views.reduce((s, v) => s + v.trace.paints, 0)} paints, ${views.reduce((s, v) => s + v.trace.presented, 0)} presented; panel document ${views.every((v) => v.visibility === 'visible') ? 'visible' : 'hidden in some view'}` },
+    { metric: 'analysis worker CPU per update', value: workerPerUpdate.length ? workerPerUpdate.reduce((a, b) => a + b, 0) / workerPerUpdate.length : null, unit: 'ms', digits: 2,
+      note: `ingest of every update + analysis at up to 5 Hz, off the main thread; worker at ${pct(workerShare)} of a core` },
+  ];
+
+  console.log('\nSummary (frame = Chrome animation frame of the panel renderer; work = its main-thread CPU time):');
+  console.log(`  view           frames/s  work p50   p95    p99    max   >16ms   busy p95   max    updates/s`);
+  for (const v of views) {
+    const w = v.trace.frameWork;
+    const b = v.trace.frameBusy;
+    console.log(`  ${VIEW_LABEL[v.view].padEnd(14)} ${(v.trace.frames / v.trace.spanS).toFixed(1).padStart(7)}  ${f1(w.p50).padStart(7)} ${f1(w.p95).padStart(6)} ${f1(w.p99).padStart(6)} ${f1(w.max).padStart(6)}  ${pct(w.over16).padStart(5)}  ${f1(b.p95).padStart(8)} ${f1(b.max).padStart(6)}  ${v.updatesPerS.toFixed(1).padStart(8)}`);
+  }
+  for (const m of metrics) {
+    const value = typeof m.value === 'number' ? `${m.value.toFixed(m.digits ?? 1)} ${m.unit}` : m.value ?? '-';
+    console.log(`  ${m.metric}: ${value}${m.target ? `  (target ${m.target}: ${m.pass ? 'pass' : 'FAIL'})` : ''}${m.note ? ` -- ${m.note}` : ''}`);
+  }
+
+  const result = {
+    benchmark: 'panel',
+    title: 'Panel frame time (DevTools, 30 Hz updates)',
+    quick: opts.quick,
+    config: {
+      layers: opts.layers, experts: opts.experts, topK: opts.topK, tokensPerPass: opts.tokens, jobRate: opts.rate,
+      secondsPerView: opts.seconds, views: opts.views, headless: opts.headless, profile: opts.profile, traceCategories: TRACE_CATEGORIES,
+      frameBudgetMs: FRAME_BUDGET_MS, loadAvgStart: loadStart, loadAvgEnd: loadEnd, cores: os.cpus().length, ...setup,
+    },
+    frameDefinition: 'Chrome AnimationFrame (Long Animation Frames) of the panel renderer main thread: from the first task after ' +
+      'the previous rendering update to the end of the next rendering update; work = main-thread CPU time (tdur) of the tasks in it.',
+    views: views.map(({ trace, ...v }) => ({ ...v, trace: { ...trace, rawFrames: undefined } })),
+    allViews: { frameWork: work, frameBusy: busy, frameDuration: duration },
+    metrics,
+  };
+  if (opts.json) {
+    fs.mkdirSync(path.dirname(path.resolve(opts.json)), { recursive: true });
+    fs.writeFileSync(opts.json, JSON.stringify(result, null, 2) + '\n');
+  }
+}
+
+main().then(() => process.exit(0), (err) => {
+  console.error(`bench_panel: ${err.stack ?? err}`);
+  process.exit(1);
+});
