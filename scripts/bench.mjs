@@ -209,6 +209,8 @@ function markdown(report) {
     '|---|---|---|---|---|---|',
     ...report.rows.map((r) => `| ${[r.benchmark, r.metric, r.value, r.target, r.result, r.note].map(esc).join(' | ')} |`),
     '',
+    ...report.benchmarks.filter((b) => b.result?.description).flatMap((b) => [`- **${b.result.title ?? b.title}**: ${b.result.description}`]),
+    '',
     'Each benchmark\'s own JSON (configuration, per-round figures) is in `bench-results/<id>.json`; ' +
       'how each is measured is described at the top of its script: ' +
       report.benchmarks.map((b) => `\`${b.script}\``).join(', ') + '.',

@@ -330,6 +330,10 @@ async function main() {
     const result = {
       benchmark: 'host_relay',
       title: 'Host relay (probe -> host -> native messaging)',
+      description: `A job routing ${(opts.rate / 1e6).toFixed(2)} M token-expert assignments/s (${ready.model} model, ` +
+        `${ready.layers} MoE layers, ${ready.tokens} tokens/pass) attached through dist/host/moe-devtools-host, ` +
+        `whose native-messaging output this script reads in the browser's place for ${opts.duration} s; ` +
+        'latency is from the probe\'s snapshot time (end of a pass) to reading the update.',
       quick: opts.quick,
       config: {
         duration_s: opts.duration, settle_s: opts.settle, target_rate: opts.rate, model: ready.model, layers: ready.layers,

@@ -346,6 +346,13 @@ def main():
     result = {
         "benchmark": "probe_overhead",
         "title": "Probe overhead (CPU forward throughput)",
+        "description": ("Forward passes of a random-weight MixtralForCausalLM (hidden %d, %d layers, %d experts "
+                        "top-%d, batch %d x %d, %d torch threads) in one process, alternating rounds of %d "
+                        "pass(es) without and with the probe attached (moe_probe.attach(model), a reader in a "
+                        "separate process connected, default probe settings); tokens/s medians over %d rounds, "
+                        "logits compared bit for bit." % (args.hidden, args.layers, args.experts, args.top_k,
+                                                          args.batch, args.seq, args.threads, args.passes,
+                                                          args.rounds)),
         "quick": args.quick,
         "config": {
             "model": "MixtralForCausalLM (random weights, fp32, eval, no_grad)",

@@ -29,6 +29,7 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MAX_DEBT_S = 0.1
 
 
 def parse_args():
@@ -134,6 +135,7 @@ def main():
           "torch": torch.__version__})
 
     start = time.time()
+    deadline = start
     next_report = start
     passes = 0
     busy = 0.0
@@ -148,10 +150,14 @@ def main():
             emit({"t": now, "passes": passes, "assignments": passes * per_pass, "hooks": hook_count(model)})
             next_report = now + args.report_interval
         if args.rate > 0:
-            # pace to the target rate: pass i should end no earlier than start + i * per_pass / rate
-            ahead = start + passes * per_pass / args.rate - time.time()
-            if ahead > 0:
-                time.sleep(ahead)
+            # pace to the target rate: each pass earns per_pass / rate seconds; a job that fell
+            # behind (attach, a busy machine) catches up on at most MAX_DEBT_S, never in a burst
+            deadline += per_pass / args.rate
+            now = time.time()
+            if deadline > now:
+                time.sleep(deadline - now)
+            elif now - deadline > MAX_DEBT_S:
+                deadline = now - MAX_DEBT_S
     elapsed = time.time() - start
     emit({"t": time.time(), "passes": passes, "assignments": passes * per_pass, "hooks": hook_count(model)})
     emit({"done": True, "passes": passes, "assignments": passes * per_pass, "seconds": elapsed,
