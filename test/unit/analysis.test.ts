@@ -4,6 +4,7 @@
  * code under test another way.
  */
 import { describe, expect, it } from 'vitest';
+import { prng as rng } from './prng';
 import {
   DEFAULT_THRESHOLDS,
   balancedness,
@@ -548,17 +549,6 @@ describe('vocabulary specialization', () => {
   });
 });
 
-/** Deterministic pseudo-random numbers in [0, 1) (mulberry32). */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** Counts from `tokens` tokens each routed to k distinct experts chosen uniformly at random. */
 function uniformCounts(experts: number, k: number, tokens: number, seed: number): Float64Array {

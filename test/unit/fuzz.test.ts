@@ -15,6 +15,7 @@ import { ProtocolError, parseProbeFrame } from '../../src/protocol/probe';
 import { parsePanelRequest } from '../../src/protocol/panel';
 import { ProbeFrameReader, decodeProbeFrameBody, encodeFrameHeader } from '../../native-host/src/probe-frames';
 import { NativeMessageReader } from '../../native-host/src/native-messaging';
+import { prng } from './prng';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const vectors: { name: string; msgpack_hex: string; invalid?: boolean }[] = JSON.parse(
@@ -26,17 +27,6 @@ const validSeeds = vectors.filter((v) => !v.invalid).map((v) => Buffer.from(v.ms
 const ITERATIONS = 12_000;
 const TIME_LIMIT_MS = 15_000;
 
-/** mulberry32: small, fast, and the same sequence on every run. */
-function prng(seed: number) {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function collectGarbage(): () => void {
   const exposed = (globalThis as { gc?: () => void }).gc;

@@ -2,6 +2,7 @@ import { Packr } from 'msgpackr';
 import { describe, expect, it } from 'vitest';
 import { MAX_PROBE_FRAME_BYTES, ProtocolError, type ProbeFrame } from '../../src/protocol/probe';
 import { ProbeFrameReader, decodeProbeFrameBody, encodeFrameHeader } from '../../native-host/src/probe-frames';
+import { prng } from './prng';
 
 const packr = new Packr({ useRecords: false, variableMapSize: true });
 
@@ -35,17 +36,6 @@ function expectFrames(frames: ProbeFrame[]) {
   expect(frames.map(plain)).toEqual(values.map(plain));
 }
 
-/** A small deterministic PRNG (mulberry32). */
-function prng(seed: number) {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function thrown(fn: () => unknown): unknown {
   try {
