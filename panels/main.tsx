@@ -8,8 +8,12 @@ import { App } from './views/App';
 import 'uplot/dist/uPlot.min.css';
 import './panel.css';
 
-const theme = globalThis.chrome?.devtools?.panels?.themeName === 'dark' ? 'dark' : 'light';
-document.documentElement.dataset.theme = theme;
+// Follow DevTools' theme, now and when the user switches it (Settings > Preferences > Theme).
+const applyTheme = (name: string | undefined) => {
+  document.documentElement.dataset.theme = name === 'dark' ? 'dark' : 'light';
+};
+applyTheme(globalThis.chrome?.devtools?.panels?.themeName);
+globalThis.chrome?.devtools?.panels?.setThemeChangeHandler?.(applyTheme);
 
 const SETTINGS_KEY = 'moe-devtools.settings';
 function loadSettings(): Partial<UserSettings> {

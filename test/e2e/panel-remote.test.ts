@@ -37,7 +37,7 @@ describe('MoE panel connected to a probe over TCP', () => {
 
   it('connects with the address and token, and shows what the model routed', async () => {
     const info = JSON.parse(fs.readFileSync(path.join(socketDir, `probe-${job.pid}.tcp.json`), 'utf8'));
-    const { panel } = await openMoEPanel(browser);
+    const { devtools, panel } = await openMoEPanel(browser);
     await panel.waitForSelector('[data-testid="connect"]:not([disabled])', { timeout: 30000 });
     await panel.click('[data-testid="connect-address"]', { count: 3 });
     await panel.type('[data-testid="connect-address"]', info.address);
@@ -55,5 +55,13 @@ describe('MoE panel connected to a probe over TCP', () => {
     expect(findWindow(job.passes(), 1, shown.passes, shown.counts)).toBeGreaterThanOrEqual(0);
     const remoteRow = await panel.$eval(`.remote li[data-pid="${job.pid}"]`, (li: Element) => li.textContent);
     expect(remoteRow).toContain('remote');
+
+    // The panel follows DevTools' theme when the user switches it.
+    expect(await panel.evaluate(() => document.documentElement.dataset.theme)).toBe('light');
+    await devtools.evaluate(`(async () => {
+      const Common = await import(new URL('./core/common/common.js', location.href).href);
+      Common.Settings.Settings.instance().moduleSetting('ui-theme').set('dark');
+    })()`);
+    await panel.waitForFunction(() => document.documentElement.dataset.theme === 'dark', { polling: 100, timeout: 5000 });
   });
 });
