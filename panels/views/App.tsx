@@ -188,6 +188,21 @@ function JobView({ store, job, analysis: a }: { store: Store; job: JobState; ana
   const layer = Math.min(store.state.selectedLayer, Math.max(0, (model?.layers.length ?? a?.layers ?? 1) - 1));
   const info = model?.layers[layer];
   const view = store.state.view;
+  const token = store.state.token;
+  // The views change only with the analysis (at most 5 Hz), the layer or the selected token,
+  // not with each update message (30 Hz) that re-renders the status bar: the same element
+  // lets Preact skip the view's subtree (strict-equality bailout).
+  const content = useMemo(() => (a ? (
+    <div class="view" data-testid={`view-${view}`}>
+      {view === 'overview' && <Overview store={store} a={a} />}
+      {view === 'load' && <Load store={store} a={a} layer={layer} />}
+      {view === 'heatmap' && <Heatmap a={a} />}
+      {view === 'tokens' && <Tokens store={store} a={a} />}
+      {view === 'timeline' && <Timeline a={a} />}
+      {view === 'coactivation' && <Coactivation a={a} layer={layer} />}
+      {view === 'profiler' && <Profiler a={a} />}
+    </div>
+  ) : null), [store, a, view, layer, token]);
 
   if (job.status === 'attaching') return <div class="welcome">Attaching to process {job.pid}{job.method ? ` via ${job.method}` : ''}…</div>;
   const title = job.replay ? `Recording of pid ${job.replay.pid}` : `pid ${job.pid}`;
@@ -219,19 +234,7 @@ function JobView({ store, job, analysis: a }: { store: Store; job: JobState; ana
           {info && <span class="muted">{info.experts} experts · top-{info.top_k} · {info.arch}</span>}
         </div>
       )}
-      {!a ? (
-        <p class="empty">Waiting for the job's next forward pass…</p>
-      ) : (
-        <div class="view" data-testid={`view-${view}`}>
-          {view === 'overview' && <Overview store={store} a={a} />}
-          {view === 'load' && <Load store={store} a={a} layer={layer} />}
-          {view === 'heatmap' && <Heatmap a={a} />}
-          {view === 'tokens' && <Tokens store={store} a={a} />}
-          {view === 'timeline' && <Timeline a={a} />}
-          {view === 'coactivation' && <Coactivation a={a} layer={layer} />}
-          {view === 'profiler' && <Profiler a={a} />}
-        </div>
-      )}
+      {content ?? <p class="empty">Waiting for the job's next forward pass…</p>}
     </div>
   );
 }

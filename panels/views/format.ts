@@ -1,4 +1,7 @@
 /** Number formatting shared by the views. */
 export const fmt = (x: number, digits = 2) => (Number.isFinite(x) ? x.toFixed(digits) : '–');
 export const pct = (x: number, digits = 1) => (Number.isFinite(x) ? `${(100 * x).toFixed(digits)}%` : '–');
-export const int = (x: number) => (Number.isFinite(x) ? Math.round(x).toLocaleString('en-US') : '–');
+// One formatter for every call: Number#toLocaleString with a locale builds a new one each
+// time (~50 µs), and the Overview formats hundreds of numbers per render.
+const INT = new Intl.NumberFormat('en-US', { maximumFractionDigits: 0 });
+export const int = (x: number) => (Number.isFinite(x) ? INT.format(Math.round(x)) : '–');
