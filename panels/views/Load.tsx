@@ -1,24 +1,54 @@
 /** Load: per-expert token share for the chosen layer, all layers as small multiples, imbalance over time. */
-import { useMemo } from 'preact/hooks';
+import { useEffect, useMemo, useRef } from 'preact/hooks';
 import type { Analysis } from '../engine/analyzer';
 import type { Store } from '../store';
 import { fmt } from './format';
 import { LinePlot } from './LinePlot';
 import { LoadChart } from './LoadChart';
 
+/**
+ * One layer's loads as bars on a small canvas, drawn as pixels: each pixel column shows the
+ * busiest expert among those it covers (512 experts share 120 columns). As SVG this was one
+ * <rect> per expert, 32k elements for 64 x 512, diffed on every render; as a canvas path of
+ * rectangles it was 32k rectangles rasterized on the main thread at every analysis.
+ */
 function Spark({ counts }: { counts: Float64Array }) {
-  let max = 0;
-  for (const c of counts) if (c > max) max = c;
+  const ref = useRef<HTMLCanvasElement>(null);
   const w = 120;
   const h = 32;
-  const bw = w / Math.max(1, counts.length);
-  return (
-    <svg width={w} height={h} class="spark" aria-hidden="true">
-      {Array.from(counts, (c, i) => (
-        <rect key={i} x={i * bw} width={Math.max(0.5, bw - (bw > 2 ? 0.5 : 0))} y={max ? h - (h * c) / max : h} height={max ? (h * c) / max : 0} />
-      ))}
-    </svg>
-  );
+  useEffect(() => {
+    const canvas = ref.current;
+    const ctx = canvas?.getContext('2d');
+    if (!canvas || !ctx) return;
+    const img = ctx.createImageData(w, h);
+    const E = counts.length;
+    let max = 0;
+    for (const c of counts) if (c > max) max = c;
+    if (max > 0) {
+      // The accent colour as the canvas normalizes it ('#rrggbb').
+      ctx.fillStyle = getComputedStyle(canvas).getPropertyValue('--accent').trim() || '#1a73e8';
+      const hex = /^#([0-9a-f]{6})$/i.exec(String(ctx.fillStyle))?.[1] ?? '1a73e8';
+      const rgb = [0, 2, 4].map((i) => parseInt(hex.slice(i, i + 2), 16));
+      const gaps = E * 3 <= w; // few experts: a blank column between bars
+      for (let x = 0; x < w; x++) {
+        const lo = Math.floor((x * E) / w);
+        const hi = Math.max(lo + 1, Math.floor(((x + 1) * E) / w));
+        if (gaps && Math.floor(((x + 1) * E) / w) > lo && x > 0) continue;
+        let v = 0;
+        for (let e = lo; e < hi && e < E; e++) if (counts[e]! > v) v = counts[e]!;
+        const bar = v > 0 ? Math.max(1, Math.round((h * v) / max)) : 0;
+        for (let y = h - bar; y < h; y++) {
+          const p = (y * w + x) * 4;
+          img.data[p] = rgb[0]!;
+          img.data[p + 1] = rgb[1]!;
+          img.data[p + 2] = rgb[2]!;
+          img.data[p + 3] = 255;
+        }
+      }
+    }
+    ctx.putImageData(img, 0, 0);
+  }, [counts]);
+  return <canvas ref={ref} width={w} height={h} class="spark" aria-hidden="true" />;
 }
 
 export function Load({ store, a, layer }: { store: Store; a: Analysis; layer: number }) {

@@ -14,6 +14,7 @@ function chartData(counts: number[]): uPlot.AlignedData {
 export function LoadChart({ counts, title }: Props) {
   const host = useRef<HTMLDivElement>(null);
   const plot = useRef<uPlot | null>(null);
+  const titleEl = useRef<HTMLElement | null>(null);
   const experts = counts.length;
 
   useEffect(() => {
@@ -36,6 +37,7 @@ export function LoadChart({ counts, title }: Props) {
       series: [{}, { label: 'tokens', fill: bar, stroke: bar, paths: uPlot.paths.bars!({ size: [0.7, 64] }), points: { show: false } }],
     };
     plot.current = new uPlot(opts, chartData(counts), el);
+    titleEl.current = plot.current.root.querySelector('.u-title');
     const resize = new ResizeObserver(() => plot.current?.setSize({ width: Math.max(200, el.clientWidth), height: 240 }));
     resize.observe(el);
     return () => {
@@ -43,12 +45,17 @@ export function LoadChart({ counts, title }: Props) {
       plot.current?.destroy();
       plot.current = null;
     };
-    // Rebuilt only when the number of experts or the title changes; data flows through setData.
-  }, [experts, title]);
+    // Rebuilt only when the number of experts changes; data flows through setData and the title
+    // (which names the window's passes, so it changes with every analysis) through its element.
+  }, [experts]);
 
   useEffect(() => {
     plot.current?.setData(chartData(counts), true);
   }, [counts]);
+
+  useEffect(() => {
+    if (titleEl.current) titleEl.current.textContent = title;
+  }, [title]);
 
   return <div class="chart" ref={host} data-testid="load-chart" />;
 }
