@@ -6,7 +6,7 @@
  */
 import type { HostMessage, JobUpdate, TokenUpdate } from '../../src/protocol/panel';
 import { HEALTH_COLUMNS, type ModelInfo } from '../../src/protocol/probe';
-import { coactivation, findings, loadStats, resolveThresholds, smallestJudgeableWindow, type Finding, type LayerWindow, type Thresholds } from '../../src/analysis';
+import { coactivation, findings, loadStats, maxVio, resolveThresholds, smallestJudgeableWindow, type Finding, type LayerWindow, type Thresholds } from '../../src/analysis';
 import { Ring } from './ring';
 
 const HC = HEALTH_COLUMNS.length;
@@ -93,9 +93,12 @@ export interface TokenRow {
   n: number;
   tokenIds: number[] | null;
   texts: string[] | null;
-  /** Per layer index: k, ids [n*k], weights [n*k] or null. */
-  layers: Array<{ layer: number; k: number; ids: number[]; weights: number[] | null }>;
+  /** Per layer index: k, ids [n*k], weights [n*k] or null (typed arrays: cheap to post from the worker). */
+  layers: Array<{ layer: number; k: number; ids: Int32Array; weights: Float32Array | null }>;
 }
+
+/** A timeline point as an analysis carries it; its per-layer MaxVio is in Analysis.timelineMaxVio. */
+export type TimelineSample = Omit<TimelinePoint, 'maxVioByLayer'>;
 
 export interface Analysis {
   pid: number;
@@ -112,7 +115,13 @@ export interface Analysis {
   rows: LayerRow[];
   findings: Finding[];
   thresholds: Thresholds;
-  timeline: TimelinePoint[];
+  timeline: TimelineSample[];
+  /**
+   * MaxVio per timeline point and layer, row-major [timeline.length x layers]. One buffer rather
+   * than a Float32Array per point: the analysis is posted from the worker up to 5 times a second
+   * with up to 3600 points, and deserializing 3600 small typed arrays cost the main thread ms.
+   */
+  timelineMaxVio: Float32Array;
   /** Profiler: per layer ms per pass (rows), probe's own time as a share of block time, rates. */
   profile: { probeShare: number; blockMsPerPass: number; probeMsPerPass: number; passesPerS: number; tokensPerS: number };
   dropped: number;
@@ -245,7 +254,10 @@ export class Analyzer {
     for (const l of t.layers) {
       if (l.k < 1 || l.ids.length < l.n * l.k) continue;
       row.layers = row.layers.filter((x) => x.layer !== l.layer);
-      row.layers.push({ layer: l.layer, k: l.k, ids: l.ids.slice(0, l.n * l.k), weights: l.weights ? l.weights.slice(0, l.n * l.k) : null });
+      row.layers.push({
+        layer: l.layer, k: l.k, ids: Int32Array.from(l.ids.slice(0, l.n * l.k)),
+        weights: l.weights ? Float32Array.from(l.weights.slice(0, l.n * l.k)) : null,
+      });
       row.n = Math.max(row.n, l.n);
       if (l.layer < job.topK.length) job.topK[l.layer] = l.k;
     }
@@ -276,10 +288,10 @@ export class Analyzer {
     const scratch = new Float64Array(e);
     for (let l = 0; l < job.layers; l++) {
       for (let i = 0; i < e; i++) scratch[i] = snap.counts[l * e + i]! - base.counts[l * e + i]!;
-      const st = loadStats(scratch);
-      byLayer[l] = st.maxVio;
-      if (Number.isFinite(st.maxVio)) {
-        vioSum += st.maxVio;
+      const vio = maxVio(scratch); // only MaxVio here: loadStats' Gini sorts, 64 times per update
+      byLayer[l] = vio;
+      if (Number.isFinite(vio)) {
+        vioSum += vio;
         vioN++;
       }
       const re = routerEntropyDelta(snap, base, l, e);
@@ -382,11 +394,19 @@ export class Analyzer {
       if (n > 0 && k > 0 && E > 0) co = { layer, tokens: n, matrix: Float32Array.from(coactivation(ids, n, k, E)) };
     }
 
+    const points = job.timeline.toArray();
+    const timelineMaxVio = new Float32Array(points.length * L);
+    const timeline = points.map((p, i): TimelineSample => {
+      timelineMaxVio.set(p.maxVioByLayer.subarray(0, L), i * L);
+      return { t: p.t, passesPerS: p.passesPerS, tokensPerS: p.tokensPerS, maxVio: p.maxVio, routerEntropy: p.routerEntropy, decodeShare: p.decodeShare };
+    });
+
     return {
       pid, model: job.model, layers: L, experts: E, topK: job.topK.slice(), passes: latest.passes,
       window: { passes: dPasses, seconds: dt, tokens: tokens0, fromPass: base.passes, toPass: latest.passes, counts },
       judgeable, rows, findings: found, thresholds: th,
-      timeline: job.timeline.toArray(),
+      timeline,
+      timelineMaxVio,
       profile: {
         probeShare: blockTotal[0]! > 0 ? probeS / blockTotal[0]! : NaN,
         blockMsPerPass: dPasses > 0 && latest.timeS ? (1000 * blockTotal[0]!) / dPasses : NaN,

@@ -57,7 +57,8 @@ export function Load({ store, a, layer }: { store: Store; a: Analysis; layer: nu
   const total = counts.reduce((x, y) => x + y, 0);
   const vio = useMemo(() => {
     const t = a.timeline.map((p) => p.t);
-    return [t, a.timeline.map((p) => p.maxVioByLayer[layer] ?? NaN), a.timeline.map((p) => p.maxVio)] as [number[], number[], number[]];
+    const byLayer = a.timeline.map((_, i) => a.timelineMaxVio[i * a.layers + layer] ?? NaN);
+    return [t, byLayer, a.timeline.map((p) => p.maxVio)] as [number[], number[], number[]];
   }, [a.timeline, layer]);
   const row = a.rows[layer];
   return (
