@@ -74,7 +74,7 @@ const TRACE_CATEGORIES = [
 function parseArgs(argv) {
   const opts = {
     quick: false, seconds: null, layers: 64, experts: 512, topK: 8, tokens: 32, rate: 45, views: ALL_VIEWS,
-    profile: false, headless: true, traceDir: null, json: null, settle: 1,
+    profile: false, headless: true, traceDir: null, json: null, settle: 1, warmup: null,
   };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
@@ -94,16 +94,20 @@ function parseArgs(argv) {
     else if (a === '--headful') opts.headless = false;
     else if (a === '--trace-dir') opts.traceDir = next();
     else if (a === '--settle') opts.settle = Number(next());
+    else if (a === '--warmup') opts.warmup = Number(next());
     else if (a === '--json') opts.json = next();
     else if (a === '--help' || a === '-h') {
       console.log('usage: node scripts/bench_panel.mjs [--quick] [--seconds S] [--layers L] [--experts E] [--top-k K] [--tokens N]\n' +
         '  [--rate PASSES_PER_S] [--views overview,load,heatmap,tokens,timeline,coactivation,profiler] [--profile] [--headful]\n' +
-        '  [--trace-dir DIR] [--settle S] [--json OUT]');
+        '  [--trace-dir DIR] [--settle S] [--warmup S] [--json OUT]');
       process.exit(0);
     } else throw new Error(`unknown argument ${a}`);
   }
   for (const v of opts.views) if (!ALL_VIEWS.includes(v)) throw new Error(`unknown view ${v} (views: ${ALL_VIEWS.join(', ')})`);
   if (opts.seconds === null) opts.seconds = opts.quick ? 2 : 5;
+  // The panel's timeline keeps 3600 points (2 minutes at 30 Hz) and every analysis carries it:
+  // the full run warms up until it is full, so that the figures are those of a long session.
+  if (opts.warmup === null) opts.warmup = opts.quick ? 3 : 125;
   return opts;
 }
 
@@ -181,10 +185,12 @@ async function panelCounters(panel) {
     const bar = document.querySelector('[data-testid="statusbar"]');
     const text = bar ? bar.textContent : '';
     const updates = /(\d+) updates/.exec(text);
+    const dropped = /(\d+) dropped/.exec(text);
     const passes = document.querySelector('[data-testid="passes"]');
     return {
       t: Date.now(),
       updates: updates ? Number(updates[1]) : null,
+      dropped: dropped ? Number(dropped[1]) : null,
       passes: passes ? Number(/\d+/.exec(passes.textContent)?.[0]) : null,
       visibility: document.visibilityState,
     };
@@ -375,7 +381,7 @@ const pct = (v) => (v === null || v === undefined || !Number.isFinite(v) ? '-' :
 
 function printView(v) {
   const r = v.trace;
-  console.log(`\n-- ${VIEW_LABEL[v.view]}: ${v.updatesPerS.toFixed(1)} updates/s received, job ${f1(v.jobPassesPerS)} passes/s, ` +
+  console.log(`\n-- ${VIEW_LABEL[v.view]}: ${v.updatesPerS.toFixed(1)} updates/s received (${v.snapshotsCoalesced} snapshots coalesced on the way), job ${f1(v.jobPassesPerS)} passes/s, ` +
     `${r.frames} frames (${(r.frames / r.spanS).toFixed(1)}/s), ${r.paints} paints, ${r.presented} presented, document ${v.visibility}`);
   const row = (label, s) => console.log(`   ${label.padEnd(34)} p50 ${f1(s.p50).padStart(6)}  p95 ${f1(s.p95).padStart(6)}  p99 ${f1(s.p99).padStart(6)}  max ${f1(s.max).padStart(6)} ms   >16 ms ${pct(s.over16).padStart(4)}`);
   row('frame work (main-thread CPU)', r.frameWork);
@@ -408,13 +414,14 @@ async function main() {
     await panel.waitForSelector('[data-testid="view-overview"]', { timeout: 60_000 });
     // Warm up: let the rates settle (job, host, panel) before measuring.
     const warm0 = await panelCounters(panel);
-    await sleep(3000);
+    console.log(`attached to pid ${job.pid}; warming up for ${opts.warmup} s`);
+    await sleep(opts.warmup * 1000);
     const warm1 = await panelCounters(panel);
     setup = {
       jobPid: job.pid, warmupUpdatesPerS: (warm1.updates - warm0.updates) / ((warm1.t - warm0.t) / 1000), visibility: warm1.visibility,
       analyzer: await panel.evaluate(() => document.documentElement.dataset.analyzer ?? null),
     };
-    console.log(`attached to pid ${job.pid}; warm-up ${setup.warmupUpdatesPerS.toFixed(1)} updates/s; panel document ${warm1.visibility}; analyzer in ${setup.analyzer}`);
+    console.log(`warm-up: ${setup.warmupUpdatesPerS.toFixed(1)} updates/s; panel document ${warm1.visibility}; analyzer in ${setup.analyzer}`);
     if (opts.traceDir) fs.mkdirSync(opts.traceDir, { recursive: true });
 
     for (const view of opts.views) {
@@ -438,6 +445,7 @@ async function main() {
       const jobPassesPerS = s0 && s1 && s1.time > s0.time ? (s1.passes - s0.passes) / (s1.time - s0.time) : s1?.passes_per_s ?? null;
       const v = {
         view, seconds: dt, updates, updatesPerS: updates / dt, passesShown: c1.passes - c0.passes,
+        snapshotsCoalesced: c1.dropped - c0.dropped,
         jobPassesPerS, jobMsPerPass: s1?.ms_per_pass ?? null, visibility: c1.visibility,
         workerMsPerUpdate: updates > 0 ? trace.worker.cpuMs / (updates * (trace.spanS / dt)) : null,
         trace,
