@@ -39,15 +39,26 @@ describe('MoE panel connected to a probe over TCP', () => {
     const info = JSON.parse(fs.readFileSync(path.join(socketDir, `probe-${job.pid}.tcp.json`), 'utf8'));
     const { devtools, panel } = await openMoEPanel(browser);
     await panel.waitForSelector('[data-testid="connect"]:not([disabled])', { timeout: 30000 });
-    await panel.click('[data-testid="connect-address"]', { count: 3 });
-    await panel.type('[data-testid="connect-address"]', info.address);
-    await panel.type('[data-testid="connect-token"]', info.token);
+    // Fill the form as typing would (an input event per field); a triple-click to replace the
+    // address field's default text proved unreliable on a loaded machine.
+    const fill = (selector: string, value: string) =>
+      panel.$eval(selector, (el: Element, v: string) => {
+        (el as HTMLInputElement).value = v;
+        el.dispatchEvent(new Event('input', { bubbles: true }));
+      }, value);
+    await fill('[data-testid="connect-address"]', info.address);
+    await fill('[data-testid="connect-token"]', info.token);
     await panel.click('[data-testid="connect"]');
-    await panel.waitForFunction(
-      (pid: number) => document.querySelector(`[data-testid="job"][data-pid="${pid}"][data-status="attached"]`),
-      { polling: 100, timeout: 30000 },
-      job.pid,
-    );
+    await panel
+      .waitForFunction(
+        (pid: number) => document.querySelector(`[data-testid="job"][data-pid="${pid}"][data-status="attached"]`),
+        { polling: 100, timeout: 30000 },
+        job.pid,
+      )
+      .catch(async (err: Error) => {
+        const notices = await panel.$$eval('[data-testid="notice"]', (els: Element[]) => els.map((el) => el.textContent));
+        throw new Error(`${err.message}; notices: ${JSON.stringify(notices)}`);
+      });
     await showView(panel, 'load');
     await selectLayer(panel, 1);
     await panel.waitForFunction(() => Number(document.querySelector('[data-testid="expert-table"]')?.getAttribute('data-passes')) >= 5, { polling: 100, timeout: 30000 });
