@@ -38,7 +38,7 @@ HEALTH_COLUMNS = ("logit_tokens", "entropy_sum", "zloss_sum", "nan", "inf", "dro
 class Settings:
     """Probe settings; the defaults are what the overhead benchmark measures."""
 
-    def __init__(self, flush_interval_s=0.05, token_sample=128, token_passes_per_s=50.0,
+    def __init__(self, flush_interval_s=0.03, token_sample=128, token_passes_per_s=50.0,
                  token_bytes_per_s=2_000_000, health_passes_per_s=50.0):
         self.flush_interval_s = flush_interval_s
         self.token_sample = token_sample  # tokens per sampled pass (the first ones of the batch)
