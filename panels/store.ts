@@ -313,7 +313,8 @@ export class Store {
         windowValue: s.windowValue,
         thresholds: { minTokens: s.minTokens, minExpectedPerExpert: s.minExpectedPerExpert },
         layer: this.state.selectedLayer,
-        tokenPasses: 4,
+        tokenPasses: 300,
+        tokenBudget: 400,
       });
       if (result && this.state.jobs.has(pid)) {
         const analyses = new Map(this.state.analyses);

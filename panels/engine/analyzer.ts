@@ -40,8 +40,13 @@ export interface AnalysisSettings {
   thresholds: Partial<Thresholds>;
   /** Layer for the per-layer views (co-activation, imbalance over time). */
   layer: number;
-  /** Sampled passes of tokens to return for the Tokens view. */
+  /** Most sampled passes to return for the Tokens view. */
   tokenPasses: number;
+  /**
+   * Most tokens those passes may hold: a decode loop's passes carry one token each, so the
+   * view gets a readable stretch of text, and a large prefill pass stays a single pass.
+   */
+  tokenBudget?: number;
 }
 
 export const DEFAULT_SETTINGS: AnalysisSettings = {
@@ -50,7 +55,21 @@ export const DEFAULT_SETTINGS: AnalysisSettings = {
   thresholds: {},
   layer: 0,
   tokenPasses: 4,
+  tokenBudget: Infinity,
 };
+
+/** The most recent rows, at most `maxRows` of them and (past the first) at most `budget` tokens in all. */
+export function recentTokenRows<T extends { n: number }>(rows: T[], maxRows: number, budget = Infinity): T[] {
+  let tokens = 0;
+  let start = rows.length;
+  while (start > 0 && rows.length - start < Math.max(1, maxRows)) {
+    const n = rows[start - 1].n;
+    if (start < rows.length && tokens + n > budget) break;
+    tokens += n;
+    start -= 1;
+  }
+  return rows.slice(start);
+}
 
 export interface LayerRow {
   layer: number;
@@ -416,7 +435,7 @@ export class Analyzer {
       },
       dropped: latest.dropped,
       droppedTokenRecords: latest.droppedTokens,
-      tokens: job.tokens.toArray().slice(-Math.max(1, s.tokenPasses)),
+      tokens: recentTokenRows(job.tokens.toArray(), s.tokenPasses, s.tokenBudget),
       coactivation: co,
       tokenPassesKept: job.tokens.size,
     };

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import type { HostMessage, JobUpdate } from '../../src/protocol/panel';
 import { HEALTH_COLUMNS } from '../../src/protocol/probe';
-import { Analyzer } from '../../panels/engine/analyzer';
+import { Analyzer, recentTokenRows } from '../../panels/engine/analyzer';
 import { Ring } from '../../panels/engine/ring';
 import { metricsCsv, metricsJson } from '../../panels/engine/export';
 
@@ -106,5 +106,18 @@ describe('Analyzer', () => {
     a.clear(7);
     a.ingest(update(4, perPass));
     expect(a.analyze(7, { windowMode: 'all' })!.window.passes).toBe(1);
+  });
+});
+
+describe('recentTokenRows', () => {
+  const rows = (...ns: number[]) => ns.map((n, i) => ({ pass: i + 1, n }));
+  it('keeps the newest passes within the row and token limits', () => {
+    // Newest first: 1 + 1 + 1 = 3 tokens fit a budget of 3; the 32-token prefill before them does not.
+    expect(recentTokenRows(rows(32, 1, 1, 1), 10, 3).map((r) => r.pass)).toEqual([2, 3, 4]);
+    // The row limit binds first.
+    expect(recentTokenRows(rows(1, 1, 1, 1), 2, 100).map((r) => r.pass)).toEqual([3, 4]);
+    // A single pass over the budget is still shown.
+    expect(recentTokenRows(rows(1, 500), 10, 400).map((r) => r.pass)).toEqual([2]);
+    expect(recentTokenRows([], 10, 400)).toEqual([]);
   });
 });
