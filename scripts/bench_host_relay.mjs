@@ -23,6 +23,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { ROOT, requireProjectPython } from './python-env.mjs';
+import { quantile } from './lib/stats.mjs';
 
 const TARGET_P99_MS = 50;
 const TARGET_RATE = 1e6;
@@ -53,14 +54,6 @@ function parseArgs(argv) {
 
 const nowMs = () => performance.timeOrigin + performance.now(); // epoch ms, sub-millisecond
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-function quantile(sorted, q) {
-  if (!sorted.length) return null;
-  const pos = (sorted.length - 1) * q;
-  const lo = Math.floor(pos);
-  const hi = Math.ceil(pos);
-  return sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo);
-}
 
 function readProc(pid) {
   try {

@@ -65,6 +65,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { attachThroughPanel, launchBrowser, makeProfile, openMoEPanel, undockDevTools } from './lib/devtools-harness.mjs';
 import { ROOT, requireProjectPython } from './python-env.mjs';
+import { quantile } from './lib/stats.mjs';
 
 const FRAME_BUDGET_MS = 16;
 const TARGET_UPDATE_HZ = 30;
@@ -126,14 +127,6 @@ function parseArgs(argv) {
 }
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-function quantile(sorted, q) {
-  if (!sorted.length) return null;
-  const pos = (sorted.length - 1) * q;
-  const lo = Math.floor(pos);
-  const hi = Math.ceil(pos);
-  return sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo);
-}
 
 function stats(values) {
   const s = [...values].sort((a, b) => a - b);

@@ -53,16 +53,9 @@ export function loadCV(counts: Counts): number {
  * NaN when E = 0 or T = 0.
  */
 export function maxVio(counts: Counts): number {
-  const e = counts.length;
-  let t = 0;
-  let max = -Infinity;
-  for (let i = 0; i < e; i++) {
-    const c = counts[i]!;
-    t += c;
-    if (c > max) max = c;
-  }
-  if (e === 0 || t <= 0) return NaN;
-  const mean = t / e;
+  const { total, max } = totalAndMax(counts);
+  if (counts.length === 0 || total <= 0) return NaN;
+  const mean = total / counts.length;
   return (max - mean) / mean;
 }
 
@@ -72,16 +65,21 @@ export function maxVio(counts: Counts): number {
  * takes everything. Equals 1 / (1 + MaxVio). NaN when E = 0 or T = 0.
  */
 export function balancedness(counts: Counts): number {
-  const e = counts.length;
-  let t = 0;
+  const { total, max } = totalAndMax(counts);
+  if (counts.length === 0 || total <= 0) return NaN;
+  return total / counts.length / max;
+}
+
+/** Sum and largest value of the loads, in one pass. */
+function totalAndMax(counts: Counts): { total: number; max: number } {
+  let total = 0;
   let max = -Infinity;
-  for (let i = 0; i < e; i++) {
+  for (let i = 0; i < counts.length; i++) {
     const c = counts[i]!;
-    t += c;
+    total += c;
     if (c > max) max = c;
   }
-  if (e === 0 || t <= 0) return NaN;
-  return t / e / max;
+  return { total, max };
 }
 
 const giniScratch = makeScratchF64();
