@@ -6,7 +6,7 @@
  */
 import type { HostMessage, JobUpdate, TokenUpdate } from '../../src/protocol/panel';
 import { HEALTH_COLUMNS, type ModelInfo } from '../../src/protocol/probe';
-import { coactivation, findings, loadStats, maxVio, resolveThresholds, smallestJudgeableWindow, type Finding, type LayerWindow, type Thresholds } from '../../src/analysis';
+import { coactivation, findings, loadStats, maxVio, resolveThresholds, smallestJudgeableWindow, vocabularySpecialization, type Finding, type LayerWindow, type Thresholds } from '../../src/analysis';
 import { Ring } from './ring';
 
 const HC = HEALTH_COLUMNS.length;
@@ -48,6 +48,9 @@ export interface AnalysisSettings {
    */
   tokenBudget?: number;
 }
+
+/** Token ids seen fewer times than this in the window are left out of vocabulary specialization. */
+const VOCABULARY_MIN_OCCURRENCES = 10;
 
 export const DEFAULT_SETTINGS: AnalysisSettings = {
   windowMode: 'seconds',
@@ -148,6 +151,12 @@ export interface Analysis {
   tokens: TokenRow[];
   /** Co-activation P(j|i) for settings.layer from the sampled tokens in the window; null without token records. */
   coactivation: { layer: number; tokens: number; matrix: Float32Array } | null;
+  /**
+   * For the chosen layer, over the window's sampled tokens: the occurrence-weighted share of each
+   * token id's occurrences that go (first choice) to its most frequent expert, over ids seen at
+   * least `minOccurrences` times (src/analysis/vocabulary.ts). Null without token ids.
+   */
+  vocabulary: { layer: number; share: number; ids: number; tokens: number; minOccurrences: number } | null;
   /** Totals of token records kept. */
   tokenPassesKept: number;
 }
@@ -412,6 +421,23 @@ export class Analyzer {
       }
       if (n > 0 && k > 0 && E > 0) co = { layer, tokens: n, matrix: Float32Array.from(coactivation(ids, n, k, E)) };
     }
+    let vocabulary: Analysis['vocabulary'] = null;
+    {
+      const tokenIds: number[] = [];
+      const top1: number[] = [];
+      for (const r of inWindow) {
+        const lr = r.layers.find((x) => x.layer === layer);
+        if (!lr || !r.tokenIds) continue;
+        for (let i = 0; i < lr.ids.length / lr.k && i < r.tokenIds.length; i++) {
+          tokenIds.push(r.tokenIds[i]!);
+          top1.push(lr.ids[i * lr.k]!);
+        }
+      }
+      const spec = vocabularySpecialization(tokenIds, top1, VOCABULARY_MIN_OCCURRENCES);
+      if (spec.idsConsidered > 0) {
+        vocabulary = { layer, share: spec.weightedShare, ids: spec.idsConsidered, tokens: spec.tokensConsidered, minOccurrences: VOCABULARY_MIN_OCCURRENCES };
+      }
+    }
 
     const points = job.timeline.toArray();
     const timelineMaxVio = new Float32Array(points.length * L);
@@ -437,6 +463,7 @@ export class Analyzer {
       droppedTokenRecords: latest.droppedTokens,
       tokens: recentTokenRows(job.tokens.toArray(), s.tokenPasses, s.tokenBudget),
       coactivation: co,
+      vocabulary,
       tokenPassesKept: job.tokens.size,
     };
   }

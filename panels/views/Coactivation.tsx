@@ -11,6 +11,13 @@ export function Coactivation({ a, layer }: { a: Analysis; layer: number }) {
   return (
     <div class="coactivation" data-testid="coactivation-view" data-layer={layer} data-tokens={co.tokens}>
       <p class="muted">Layer {layer}: row i, column j = P(expert j chosen | expert i chosen), from {co.tokens} sampled tokens. Diagonal is 1 for used experts.</p>
+      {a.vocabulary && a.vocabulary.layer === layer && (
+        <p data-testid="vocabulary" data-share={a.vocabulary.share}>
+          Vocabulary specialization: {fmt(100 * a.vocabulary.share, 1)}% of occurrences go (first choice) to each token id's most
+          frequent expert, over {a.vocabulary.ids} token ids seen at least {a.vocabulary.minOccurrences} times
+          ({a.vocabulary.tokens} tokens). Routing that ignored the token would give about {fmt(100 / E, 1)}%.
+        </p>
+      )}
       <MatrixCanvas rows={E} cols={E} height={Math.min(520, Math.max(160, E * 12))} intensity={(i, j) => (i === j ? 0 : m[i * E + j]!)}
         describe={(i, j) => `P(expert ${j} | expert ${i}) = ${fmt(m[i * E + j]!, 3)}`} rowLabel="expert i" colLabel="expert j" testid="coactivation" />
     </div>

@@ -94,6 +94,22 @@ describe('Analyzer', () => {
     expect(m[1 * E + 0]).toBeCloseTo(1); // P(0 | 1)
   });
 
+  it('reports vocabulary specialization of the chosen layer from sampled token ids', () => {
+    const a = new Analyzer();
+    a.ingest(attached);
+    a.ingest(update(1, perPass));
+    // Layer 1, first choices: token id 5 -> expert 2 in 10 of 12 occurrences; id 6 -> expert 0 in 12 of 12;
+    // id 7 seen twice (under the 10-occurrence floor, left out). Share = (10 + 12) / (12 + 12) = 0.9167.
+    const tokenIds = [...Array(12).fill(5), ...Array(12).fill(6), 7, 7];
+    const firsts = [...Array(10).fill(2), 1, 3, ...Array(12).fill(0), 1, 1];
+    const ids = firsts.flatMap((e) => [e, (e + 1) % E]);
+    a.ingest({ type: 'tokens', pid: 7, model: 0, pass: 2, phase: 'prefill', tokenIds, texts: null, layers: [{ layer: 1, n: 26, k: 2, ids, weights: null }] });
+    a.ingest(update(2, perPass));
+    const r = a.analyze(7, { windowMode: 'all', layer: 1 })!;
+    expect(r.vocabulary).toEqual({ layer: 1, share: 22 / 24, ids: 2, tokens: 24, minOccurrences: 10 });
+    expect(a.analyze(7, { windowMode: 'all', layer: 0 })!.vocabulary).toBeNull();
+  });
+
   it('keeps bounded memory and starts over when the counters go backwards', () => {
     const a = new Analyzer();
     a.ingest(attached);
