@@ -6,7 +6,7 @@
 import { execFileSync, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { attachThroughPanel, findChromium, launchBrowser, makeProfile, openMoEPanel, undockDevTools } from './lib/devtools-harness.mjs';
+import { attachThroughPanel, clickInPanel, findChromium, launchBrowser, makeProfile, openMoEPanel, undockDevTools } from './lib/devtools-harness.mjs';
 import { ROOT, VENV_PYTHON, projectPython } from './python-env.mjs';
 
 const headless = process.env.CI === 'true' || !process.env.DISPLAY || process.argv.includes('--headless');
@@ -75,7 +75,7 @@ try {
   await new Promise((r) => setTimeout(r, 8000));
   fs.mkdirSync(shots, { recursive: true });
   for (const [label, job] of [['demo', healthy], ['faulty', faulty]]) {
-    await panel.click(`li[data-pid="${job.pid}"]`).catch(() => {});
+    await clickInPanel(panel, `li[data-pid="${job.pid}"]`).catch(() => {});
     const tabs = await panel.$$eval('[role="tab"]', (els) => els.map((el) => (el.getAttribute('data-testid') ?? '').replace(/^tab-/, '')));
     for (let i = 0; i < Math.max(1, tabs.length); i++) {
       if (tabs.length) await panel.$$eval('[role="tab"]', (els, n) => els[n].click(), i);

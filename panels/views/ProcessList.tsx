@@ -1,5 +1,4 @@
 /** The jobs sidebar: the user's torch processes, with Attach / Detach. */
-import { useState } from 'preact/hooks';
 import type { Store } from '../store';
 
 export function ProcessList({ store }: { store: Store }) {
@@ -48,8 +47,6 @@ export function ProcessList({ store }: { store: Store }) {
 /** Jobs on another machine, reached through an SSH tunnel to a probe started with attach(model, tcp_port=...). */
 function RemoteJobs({ store }: { store: Store }) {
   const { jobs, selectedPid, connection } = store.state;
-  const [address, setAddress] = useState('127.0.0.1:');
-  const [token, setToken] = useState('');
   const remote = [...jobs.values()].filter((j) => j.method === 'tcp');
   return (
     <div class="remote">
@@ -67,11 +64,16 @@ function RemoteJobs({ store }: { store: Store }) {
           </li>
         ))}
       </ul>
-      <form class="connect-form" onSubmit={(e) => { e.preventDefault(); store.connectRemote(address, token); }}>
-        <input aria-label="Address" data-testid="connect-address" value={address} placeholder="127.0.0.1:PORT"
-          onInput={(e) => setAddress((e.target as HTMLInputElement).value)} />
-        <input aria-label="Token" data-testid="connect-token" value={token} placeholder="token"
-          onInput={(e) => setToken((e.target as HTMLInputElement).value)} />
+      {/* Uncontrolled inputs, read when submitted: what the user typed is what is sent, whatever
+          the state of a pending re-render. */}
+      <form class="connect-form" onSubmit={(e) => {
+        e.preventDefault();
+        const form = e.currentTarget as HTMLFormElement;
+        const field = (name: string) => (form.elements.namedItem(name) as HTMLInputElement).value;
+        store.connectRemote(field('address'), field('token'));
+      }}>
+        <input name="address" aria-label="Address" data-testid="connect-address" defaultValue="127.0.0.1:" placeholder="127.0.0.1:PORT" />
+        <input name="token" aria-label="Token" data-testid="connect-token" defaultValue="" placeholder="token" />
         <button type="submit" data-testid="connect" disabled={connection !== 'connected'}>Connect</button>
       </form>
     </div>

@@ -81,11 +81,19 @@ export async function openMoEPanel(browser, { url = 'about:blank' } = {}) {
   return { page, devtools, panel };
 }
 
+/**
+ * Click an element of the panel through the DOM. Mouse clicks go to coordinates computed a moment
+ * earlier, and the sidebar's process list (refreshed every 2 s) can move its rows in between.
+ */
+export async function clickInPanel(panel, selector) {
+  await panel.$eval(selector, (el) => el.click());
+}
+
 /** Click the panel's own Attach button for a pid (waits for the process to be listed). */
 export async function attachThroughPanel(panel, pid, timeout = 30000) {
   const selector = `[data-testid="attach-${pid}"]:not([disabled])`;
   await panel.waitForSelector(selector, { timeout });
-  await panel.click(selector);
+  await clickInPanel(panel, selector);
   await panel.waitForFunction(
     (p) => document.querySelector(`[data-testid="job"][data-pid="${p}"][data-status="attached"]`) || document.querySelector('[data-testid="notice"]'),
     { polling: 100, timeout },
@@ -122,7 +130,7 @@ export async function undockDevTools(devtools, { width = 1280, height = 800 } = 
 /** Show one of the panel's views (tabs): overview, load, heatmap, tokens, timeline, coactivation, profiler. */
 export async function showView(panel, view) {
   await panel.waitForSelector(`[data-testid="tab-${view}"]`, { timeout: 30000 });
-  await panel.click(`[data-testid="tab-${view}"]`);
+  await clickInPanel(panel, `[data-testid="tab-${view}"]`);
   await panel.waitForFunction((v) => document.querySelector(`[data-testid="view-${v}"]`), { polling: 100, timeout: 30000 }, view);
 }
 

@@ -105,8 +105,9 @@ describe('native host', () => {
     const driver = host();
     driver.send({ type: 'attach', pid: a.pid });
     driver.send({ type: 'attach', pid: b.pid });
-    const ua = await driver.waitFor((m): m is JobUpdate => m.type === 'update' && m.pid === a.pid && m.passes >= 3);
-    const ub = await driver.waitFor((m): m is JobUpdate => m.type === 'update' && m.pid === b.pid && m.passes >= 3);
+    // Two gdb injections at once on a loaded 2-core machine can take a while: a generous limit.
+    const ua = await driver.waitFor((m): m is JobUpdate => m.type === 'update' && m.pid === a.pid && m.passes >= 3, 60000);
+    const ub = await driver.waitFor((m): m is JobUpdate => m.type === 'update' && m.pid === b.pid && m.passes >= 3, 60000);
     expect(ua.experts).toBe(8);
     expect(ub.experts).toBe(4);
     expect(sumCounts(ua)).toBe(ua.passes * 32 * 2 * ua.layers);

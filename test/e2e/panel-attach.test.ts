@@ -7,7 +7,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Browser } from 'puppeteer-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { attachThroughPanel, launchBrowser, makeProfile, openMoEPanel, readShownCounts, selectLayer, showView } from '../../scripts/lib/devtools-harness.mjs';
+import { attachThroughPanel, clickInPanel, launchBrowser, makeProfile, openMoEPanel, readShownCounts, selectLayer, showView } from '../../scripts/lib/devtools-harness.mjs';
 import { ROOT, findWindow, startTinyJob, type Job } from './jobs';
 
 const ARTIFACTS = path.join(ROOT, 'test-artifacts');
@@ -55,7 +55,7 @@ describe('MoE panel attached to a running Mixtral job', () => {
     }
     await devtools.screenshot({ path: path.join(ARTIFACTS, 'panel-attached.png') });
 
-    await panel.click(`[data-testid="detach-${job.pid}"]`);
+    await clickInPanel(panel, `[data-testid="detach-${job.pid}"]`);
     await panel.waitForFunction((pid: number) => document.querySelector(`[data-testid="job"][data-pid="${pid}"][data-status="detached"]`), { polling: 100, timeout: 15000 }, job.pid);
     const detachedAt = job.passes().length;
 

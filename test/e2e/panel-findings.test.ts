@@ -9,7 +9,7 @@ import * as path from 'node:path';
 import type { Browser, Frame, Page } from 'puppeteer-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
-  attachThroughPanel, hoverHeatmap, launchBrowser, makeProfile, openMoEPanel, readFindings, readShownCounts, selectLayer, setPanelSettings, showView,
+  attachThroughPanel, clickInPanel, hoverHeatmap, launchBrowser, makeProfile, openMoEPanel, readFindings, readShownCounts, selectLayer, setPanelSettings, showView,
 } from '../../scripts/lib/devtools-harness.mjs';
 import { ROOT, findWindow, startTinyJob, type Job, type PassRecord } from './jobs';
 
@@ -147,7 +147,7 @@ describe('MoE panel findings on jobs with planted faults', () => {
     await screenshots(devtools, panel, 'healthy');
 
     // Back to the faulty job: the store kept its state.
-    await panel.click(`li[data-pid="${faulty.pid}"]`);
+    await clickInPanel(panel, `li[data-pid="${faulty.pid}"]`);
     await showView(panel, 'overview');
     await panel.waitForSelector(`[data-testid="job"][data-pid="${faulty.pid}"] [data-testid="finding"][data-kind="collapse"]`, { timeout: 5000 });
     await screenshots(devtools, panel, 'faulty');

@@ -39,16 +39,15 @@ describe('MoE panel connected to a probe over TCP', () => {
     const info = JSON.parse(fs.readFileSync(path.join(socketDir, `probe-${job.pid}.tcp.json`), 'utf8'));
     const { devtools, panel } = await openMoEPanel(browser);
     await panel.waitForSelector('[data-testid="connect"]:not([disabled])', { timeout: 30000 });
-    // Fill the form as typing would (an input event per field); a triple-click to replace the
-    // address field's default text proved unreliable on a loaded machine.
+    // Set the fields and press Connect through the DOM: mouse clicks by coordinates missed the
+    // button when the process list above it changed size mid-click (jobs of earlier tests exiting).
     const fill = (selector: string, value: string) =>
       panel.$eval(selector, (el: Element, v: string) => {
         (el as HTMLInputElement).value = v;
-        el.dispatchEvent(new Event('input', { bubbles: true }));
       }, value);
     await fill('[data-testid="connect-address"]', info.address);
     await fill('[data-testid="connect-token"]', info.token);
-    await panel.click('[data-testid="connect"]');
+    await panel.$eval('[data-testid="connect"]', (el: Element) => (el as HTMLButtonElement).click());
     await panel
       .waitForFunction(
         (pid: number) => document.querySelector(`[data-testid="job"][data-pid="${pid}"][data-status="attached"]`),
@@ -57,7 +56,8 @@ describe('MoE panel connected to a probe over TCP', () => {
       )
       .catch(async (err: Error) => {
         const notices = await panel.$$eval('[data-testid="notice"]', (els: Element[]) => els.map((el) => el.textContent));
-        throw new Error(`${err.message}; notices: ${JSON.stringify(notices)}`);
+        const shown = await panel.evaluate(() => document.body.innerText.slice(0, 600));
+        throw new Error(`${err.message}; notices: ${JSON.stringify(notices)}; panel: ${JSON.stringify(shown)}`);
       });
     await showView(panel, 'load');
     await selectLayer(panel, 1);
