@@ -25,7 +25,7 @@ import torch
 
 from . import paths
 from .framing import FrameError, FrameReader, encode_frame
-from .models import describe_model, find_model_roots
+from .models import describe_model, survey
 from .recorder import Recorder, Settings
 
 PROTOCOL_VERSION = 1
@@ -244,7 +244,8 @@ class Session:
                 pass
 
     def _run(self):
-        roots = find_model_roots(self.server.explicit_models)
+        found = survey(self.server.explicit_models)
+        roots = found.roots
         settings = self.server.settings
         hello = {
             "t": "hello",
@@ -257,18 +258,18 @@ class Session:
             "argv": list(sys.argv)[:16],
             "models": [describe_model(i, root, layers) for i, (root, layers) in enumerate(roots)],
             "settings": settings.describe(),
-            "warnings": visibility_warnings([root for root, _ in roots]),
+            "warnings": visibility_warnings([root for root, _ in roots], found.cuda_graphs),
         }
         if not roots:
-            modules = _count_modules()
             message = ("No torch module is alive in this process yet: attach again once the job has built its model."
-                       if modules == 0 else
-                       "No MoE layer the probe understands was found among the %d live torch modules." % modules)
+                       if found.module_count == 0 else
+                       "No MoE layer the probe understands was found among the %d live torch modules."
+                       % found.module_count)
             hello["error"] = {"code": "no_moe", "message": message}
             self.send(hello)
             self._wait_for_close(1.0)
             return
-        self.tokenizer = find_tokenizer()
+        self.tokenizer = found.tokenizer
         for model_id, (root, layers) in enumerate(roots):
             self.recorders.append(Recorder(model_id, root, layers, self.queue, settings, self.fail))
         self.send(hello)
@@ -400,16 +401,13 @@ class Session:
             time.sleep(POLL_S)
 
 
-def visibility_warnings(roots):
+def visibility_warnings(roots, cuda_graphs=0):
     """What forward hooks cannot see in this process, said up front rather than discovered as missing data."""
-    import gc
     warnings = []
-    if torch.cuda.is_initialized():
-        graphs = sum(1 for obj in gc.get_objects() if type(obj).__name__ == "CUDAGraph")
-        if graphs:
-            warnings.append({"code": "cuda_graphs", "message": (
-                "This process holds %d captured CUDA graph%s: passes replayed from a graph run no Python hooks, "
-                "so the probe sees only eager passes (typically prefill)." % (graphs, "" if graphs == 1 else "s"))})
+    if cuda_graphs:
+        warnings.append({"code": "cuda_graphs", "message": (
+            "This process holds %d captured CUDA graph%s: passes replayed from a graph run no Python hooks, "
+            "so the probe sees only eager passes (typically prefill)." % (cuda_graphs, "" if cuda_graphs == 1 else "s"))})
     compiled = [type(root).__name__ for root in roots
                 if getattr(root, "_compiled_call_impl", None) is not None or type(root).__name__ == "OptimizedModule"]
     if compiled:
@@ -419,30 +417,12 @@ def visibility_warnings(roots):
     return warnings
 
 
-def find_tokenizer():
-    """A live tokenizer object (transformers or any with convert_ids_to_tokens), if the job has one."""
-    import gc
-    for obj in gc.get_objects():
-        cls = type(obj)
-        # Class names vary (transformers 5 calls its fast tokenizer TokenizersBackend);
-        # every transformers tokenizer derives from a *Tokenizer* base class.
-        if callable(getattr(cls, "convert_ids_to_tokens", None)) and any("Tokenizer" in c.__name__ for c in cls.__mro__):
-            return obj
-    return None
-
-
 def token_texts(tokenizer, ids):
     try:
         texts = tokenizer.convert_ids_to_tokens(ids)
         return [t if isinstance(t, str) else "" for t in texts][: len(ids)]
     except Exception:
         return None
-
-
-def _count_modules():
-    import gc
-    from torch import nn
-    return sum(1 for obj in gc.get_objects() if issubclass(type(obj), nn.Module))
 
 
 # One probe per process.
