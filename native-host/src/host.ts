@@ -23,7 +23,6 @@ export interface HostOptions {
   updateHz?: number;
   attachTimeoutMs?: number;
   gdbPath?: string;
-  log?: (line: string) => void;
   /** Byte cap of the history kept for the panel's window queries. */
   historyBytes?: number;
   /**
@@ -101,7 +100,7 @@ export class Host {
         if (!found.length) {
           this.send({ type: 'error', pid: request.pid, code: 'bad_request', message: `No token record of pass ${request.pass} is held for process ${request.pid}.` });
         }
-        for (const entry of found) for (const part of splitTokenUpdate(tokenUpdate(request.pid, entry.frame), TOKEN_MESSAGE_BUDGET)) this.send(part);
+        for (const entry of found) for (const part of splitTokenUpdate(tokenUpdate(request.pid, entry.frame), MESSAGE_BUDGET)) this.send(part);
         return;
       }
       case 'configure':
@@ -132,7 +131,7 @@ export class Host {
         update.counts = update.counts.slice(layer * update.experts, (layer + 1) * update.experts);
       }
       const bytes = JSON.stringify(update).length;
-      if (size + bytes > TOKEN_MESSAGE_BUDGET && batch.length) flush(false);
+      if (size + bytes > MESSAGE_BUDGET && batch.length) flush(false);
       batch.push(update);
       size += bytes;
     }
@@ -251,7 +250,7 @@ export class Host {
         this.droppedToPanel += 1;
         return;
       }
-      for (const part of splitTokenUpdate(tokenUpdate(job.pid, frame), TOKEN_MESSAGE_BUDGET)) this.send(part);
+      for (const part of splitTokenUpdate(tokenUpdate(job.pid, frame), MESSAGE_BUDGET)) this.send(part);
     } else if (frame.t === 'error') {
       this.send({ type: 'error', pid: job.pid, code: 'probe_failed', message: `The probe stopped itself: ${frame.message}` });
     }
@@ -319,8 +318,8 @@ export function jobUpdate(pid: number, counts: ProbeCounts, coalesced: number): 
   return update;
 }
 
-/** Room left under Chrome's 1 MiB message limit for a token update (JSON overhead aside). */
-const TOKEN_MESSAGE_BUDGET = MAX_HOST_MESSAGE_BYTES - 64 * 1024;
+/** JSON bytes one token or history message may fill, leaving room under Chrome's 1 MiB limit. */
+const MESSAGE_BUDGET = MAX_HOST_MESSAGE_BYTES - 64 * 1024;
 
 /** Mixing weights to 4 decimals: plenty for display, and a third of the JSON size. */
 const round4 = (x: number) => Math.round(x * 1e4) / 1e4;

@@ -27,7 +27,6 @@ const CONGESTED_BYTES = 8 * 1024 * 1024;
 const historyMB = Number(process.env.MOE_DEVTOOLS_HISTORY_MB);
 const host = new Host(send, {
   probeRoot,
-  log,
   congested: () => process.stdout.writableLength > CONGESTED_BYTES,
   ...(historyMB > 0 ? { historyBytes: historyMB * 1024 * 1024 } : {}),
 });
