@@ -248,8 +248,8 @@ def test_real_probe_frames_match_the_vectors(socket_dir):
         counts = [frame for frame in frames if frame["t"] == "counts"]
         assert counts, "no counts frame before bye"
         for frame in counts:
-            assert (frame["model"], frame["layers"], frame["experts"]) == (0, 2, 4)
-            assert len(frame["counts"]) == 2 * 4 * 8
+            assert (frame["model"], frame["layers"], frame["widths"]) == (0, 2, [4, 4])
+            assert len(frame["counts"]) == 2 * 4 * 8 and len(frame["tokens"]) == 2 * 8
         for frame in (f for f in frames if f["t"] == "tokens"):
             for layer in frame["layers"]:
                 ids = struct.unpack("<%di" % (layer["n"] * layer["k"]), layer["ids"])
@@ -259,6 +259,7 @@ def test_real_probe_frames_match_the_vectors(socket_dir):
         decoded = struct.unpack("<8q", last["counts"])
         assert last["passes"] == 3
         assert [list(decoded[0:4]), list(decoded[4:8])] == expected.tolist()
+        assert list(struct.unpack("<2q", last["tokens"])) == [3 * 2 * 8, 3 * 2 * 8]  # passes * batch * sequence
     finally:
         if conn is not None:
             conn.close()
