@@ -95,7 +95,7 @@ class MoELayer:
                  dispatch: Optional[nn.Module] = None, expert_modules: Optional[List[nn.Module]] = None,
                  route_fn: bool = False, logits_index: Optional[int] = None, arch: str = "moe-block",
                  kind: str = "mlp", design: str = "top-k", identity_experts: int = 0,
-                 shared_experts: int = 0, gating: str = ""):
+                 shared_experts: int = 0, gating: str = "", k_known: bool = True):
         self.name = name  # dotted path inside the root module
         self.module = module
         self.num_experts = int(num_experts)
@@ -112,6 +112,9 @@ class MoELayer:
         self.identity_experts = int(identity_experts)
         self.shared_experts = int(shared_experts)
         self.gating = gating
+        # False when no top-k setting was found: the first call's dispatch tells the design
+        # (and top_k is the most experts a token could take until then).
+        self.k_known = k_known
         self.index = -1  # position among the model's MoE layers, set by find_moe_layers
         self.model_index, self.stack = layer_position(name)
         # How counts and token ids are read: a first guess from structure, confirmed by
@@ -278,6 +281,12 @@ class MoELayer:
             routing = None if values is None else read_dispatch(self, values)
             if routing is not None:
                 self._learn("dispatched", token_source=_token_source(routing, "dispatched"))
+            elif logits is not None and not self.k_known:
+                # every expert on every token, weighted by the router: soft routing, counted by
+                # each token's largest-logit expert
+                self._learn("recomputed", design="soft", top_k=1)
+                ids = logits.argmax(dim=-1, keepdim=True)
+                routing = Routing(ids=ids)
             elif logits is not None:
                 routing = self._read_items([logits])
                 self._learn("recomputed")
@@ -286,7 +295,11 @@ class MoELayer:
                 routing = routing._replace(logits=logits)
             return routing
         self._learn("expert-inputs", token_source="none")
-        served = sum(rows) + 0
+        served = sum(rows)
+        if not self.k_known and tokens and served % tokens == 0 and 0 < served // tokens <= self.num_experts:
+            # no top-k setting, but every token reached the same number of experts
+            self.k_known = True
+            self._learn(design="top-k", top_k=served // tokens)
         dropped = None
         if tokens and self.design == "top-k" and served < tokens * self.top_k:
             dropped = tokens * self.top_k - served  # assignments no expert served (capacity)
@@ -368,7 +381,8 @@ def read_dispatch(layer: MoELayer, values) -> Optional[Routing]:
     sizes = [v for v in values if isinstance(v, (list, tuple)) and len(v) == E and all(isinstance(x, int) for x in v)]
     for item in ints:
         flat = item.detach()
-        if flat.dim() >= 2 and flat.shape[-1] == E and E > k and (n is None or _leading(flat) == n):
+        is_mask = flat.dtype == torch.bool or E > k or layer.design == "variable-k"
+        if flat.dim() >= 2 and flat.shape[-1] == E and is_mask and (n is None or _leading(flat) == n):
             # a dispatch mask [N, E]: one-hot after capacity (Switch), or multi-hot for
             # routers that pick several or a variable number of experts
             mask = flat.reshape(-1, E)
@@ -383,7 +397,10 @@ def read_dispatch(layer: MoELayer, values) -> Optional[Routing]:
                 # A router with one skip class may hand a skip choice to the experts as expert 0
                 # with weight 0 (Zaya): a zero-weight assignment is the skip class.
                 ids = torch.where(weights == 0, torch.full_like(ids, E - 1), ids)
-            if ids.shape[-1] != k:
+            if not layer.k_known:
+                layer.k_known = True
+                layer._learn(design="top-k")
+            if ids.shape[-1] != layer.top_k:
                 layer._learn(top_k=ids.shape[-1])
             return Routing(ids=ids, weights=weights)
         if hidden is not None and hidden.dim() == 3 and flat.numel() == hidden.shape[0]:
@@ -865,25 +882,29 @@ def _match_block(name, module, declared, parent, rejected) -> Optional[MoELayer]
     modules = [m for m in (module, router, experts if isinstance(experts, nn.Module) else None) if m is not None]
     top_k = _find_top_k(modules) or (_top_k_from_name(router) if router is not None else None) \
         or _top_k_from_name(module)
+    if expert_modules and len(expert_modules) != compute:
+        expert_modules = []
     design = "top-k"
+    k_known = bool(top_k)
     if router is None:
         design, top_k = "fixed", top_k or 1  # the caller picks the expert (e.g. per sample)
-    elif _is_hash(router, top_k or 0):
+    elif _is_hash(router, top_k or 0) or _is_hash(module, top_k or 0):
         design = "hash"
-    elif not top_k and _has_any(modules, VARIABLE_K_ATTRS):
+    elif not top_k and (dispatch is not None or expert_modules):
+        # No top-k setting, but what reaches the experts will tell: a threshold router's mask,
+        # an expert-choice dispatch, dense weights, or plain [N, k] ids.
         design, top_k = "variable-k", num_experts
     if not top_k or top_k > num_experts:
         rejected.append(Rejection(name, type(module).__name__,
                                   "has %d experts and a router (%s) but no top-k setting (%s) was found on the "
-                                  "block, the router or the model config" % (num_experts, router_name, ", ".join(TOP_K_ATTRS[:4]))))
+                                  "block, the router or the model config, and its experts are not handed the routing"
+                                  % (num_experts, router_name, ", ".join(TOP_K_ATTRS[:4]))))
         return None
-    if expert_modules and len(expert_modules) != compute:
-        expert_modules = []
     return MoELayer(name, module, num_experts, top_k, router=router, router_name=router_name or "",
                     dispatch=dispatch, expert_modules=expert_modules, route_fn=route_fn and dispatch is None,
                     logits_index=declared.index_for(router_name, router) if router is not None else None,
                     arch="moe-block", kind="attention" if _is_attention(name, module, parent) else "mlp",
-                    design=design, identity_experts=identity, shared_experts=shared,
+                    design=design, identity_experts=identity, shared_experts=shared, k_known=k_known,
                     gating=_gating(modules))
 
 
