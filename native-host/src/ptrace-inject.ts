@@ -87,6 +87,8 @@ export function runPtraceInjector(interpreter: string, root: string, request: Pt
     let err = '';
     child.stdout.on('data', (chunk: Buffer) => {
       out += chunk.toString('utf8');
+      // The result is one line: take it as soon as it is whole, not when the interpreter has exited.
+      if (out.includes('\n')) finish(parseInjectorOutput(out, err, interpreter));
     });
     child.stderr.on('data', (chunk: Buffer) => {
       err += chunk.toString('utf8');
