@@ -8,7 +8,9 @@ PTRACE_INTERRUPT stops it without a signal either.
 import ctypes
 import errno
 import os
+import signal
 import struct
+import time
 
 PTRACE_CONT = 7
 PTRACE_DETACH = 17
@@ -31,6 +33,11 @@ STOP_SIGNALS = (19, 20, 21, 22)  # SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU: group-sto
 # Largest register set asked for: an x86 XSAVE area is about 11 KiB with AMX; the kernel
 # returns the size it used, and exactly that size is written back.
 REGSET_BUFFER = 64 * 1024
+
+
+from .elf import find_python_api  # noqa: F401  (part of the interface the Injector uses)
+
+PTRACE_LISTEN = 0x4208
 
 
 class PtraceError(OSError):
@@ -76,6 +83,11 @@ def resume(tid, signal=0):
 
 def detach(tid, signal=0):
     ptrace(PTRACE_DETACH, tid, 0, signal)
+
+
+def listen(tid):
+    """Leave a thread in its group-stop (SIGSTOP) but let it wake on SIGCONT."""
+    ptrace(PTRACE_LISTEN, tid)
 
 
 def get_regset(tid, note):
@@ -131,7 +143,10 @@ class Memory:
     def write(self, address, data):
         done = 0
         while done < len(data):
-            done += os.pwrite(self.fd, data[done:], address + done)
+            written = os.pwrite(self.fd, data[done:], address + done)
+            if written <= 0:  # the process's memory is gone (it exited)
+                raise OSError(errno.ESRCH, "could not write the memory of the target at %#x" % (address + done))
+            done += written
 
     def close(self):
         os.close(self.fd)
@@ -172,8 +187,41 @@ def status_fields(pid, tid=None):
     return fields
 
 
-def signal_bit(signal):
-    return 1 << (signal - 1)
+def process_alive(pid):
+    try:
+        stat = _read("/proc/%d/stat" % pid)
+        return stat[stat.rindex(")") + 2] not in "ZX"
+    except OSError:
+        return False
+
+
+def wait_any(deadline):
+    """(tid, status) of the next traced thread that stopped or exited, or None at the deadline
+    (time.monotonic()). The caller blocks SIGCHLD, which every ptrace stop sends the tracer."""
+    while True:
+        try:
+            tid, status = os.waitpid(-1, WALL | os.WNOHANG)
+        except ChildProcessError:
+            tid, status = 0, 0
+        if tid:
+            return tid, status
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        signal.sigtimedwait([signal.SIGCHLD], min(left, 0.005))
+
+
+def poll_any():
+    """(tid, status) of a traced thread already stopped or exited, or None."""
+    try:
+        tid, status = os.waitpid(-1, WALL | os.WNOHANG)
+    except ChildProcessError:
+        return None
+    return (tid, status) if tid else None
+
+
+def signal_bit(number):
+    return 1 << (number - 1)
 
 
 def unpack_u64(raw, offset=0):
