@@ -8,7 +8,7 @@
  * the debugger reports success, the queued code really ran on the canary's main thread, and the
  * canary is still alive and has written nothing to stderr a moment later.
  *
- * Verdicts are kept per debugger, interpreter binary and its modification time, for the host's life.
+ * Verdicts are kept per debugger program, interpreter binary and its modification time, for the host's life.
  */
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -32,19 +32,19 @@ const SURVIVAL_MS = 300;
 /** The canary's program: sleeps in short naps, like a job between passes, until killed. */
 export const CANARY_SOURCE = 'import time\nprint("ready", flush=True)\nwhile True:\n    time.sleep(0.01)\n';
 
-export function canaryKey(debuggerName: Debugger, exe: string): string {
+export function canaryKey(debuggerName: Debugger, program: string, exe: string): string {
   let mtime = 0;
   try {
     mtime = fs.statSync(exe).mtimeMs;
   } catch {
     // gone: the key still separates it from a later binary at the same path
   }
-  return `${debuggerName}\0${exe}\0${mtime}`;
+  return `${debuggerName}\0${program}\0${exe}\0${mtime}`;
 }
 
 /** The canary verdict for this debugger and interpreter (run once, then remembered). */
 export function canaryVerdict(debuggerName: Debugger, exe: string, opts: DebuggerOptions = {}): Promise<CanaryVerdict> {
-  const key = canaryKey(debuggerName, exe);
+  const key = canaryKey(debuggerName, (debuggerName === 'gdb' ? opts.gdbPath : opts.lldbPath) ?? debuggerName, exe);
   let verdict = verdicts.get(key);
   if (!verdict) {
     verdict = runCanary(debuggerName, exe, opts);
@@ -80,18 +80,19 @@ export async function runCanary(debuggerName: Debugger, exe: string, opts: Debug
     const facts = readProcessFacts(child.pid);
     if (!facts) return { ok: false, detail: 'the canary vanished before the debugger ran' };
     const source = `open(${JSON.stringify(marker)}, "w").write(__import__("threading").current_thread().name)\n`;
+    let failure: string | null = null;
     try {
       await (debuggerName === 'gdb' ? injectGdb : injectLldb)(facts, source, opts);
     } catch (err) {
-      const e = err as AttachError;
-      return { ok: false, detail: `${debuggerName} failed on a test process of the same Python: ${e.message}` };
+      failure = (err as AttachError).message;
     }
-    const deadline = Date.now() + 5000;
-    while (!fs.existsSync(marker) && Date.now() < deadline && exited === null) await sleep(10);
+    const deadline = Date.now() + 2500; // it naps 10 ms at a time: the queued code runs within one
+    while (failure === null && !fs.existsSync(marker) && Date.now() < deadline && exited === null) await sleep(10);
     await sleep(SURVIVAL_MS);
     if (exited !== null || !processExists(child.pid)) {
       return { ok: false, detail: `${debuggerName} killed a test process of the same Python (it ${exited ?? 'exited'}${stderr ? `: ${lastLine(stderr)}` : ''})` };
     }
+    if (failure !== null) return { ok: false, detail: `${debuggerName} failed on a test process of the same Python: ${failure}` };
     if (stderr.trim()) return { ok: false, detail: `${debuggerName} disturbed a test process of the same Python: ${lastLine(stderr)}` };
     if (!fs.existsSync(marker)) return { ok: false, detail: `${debuggerName} reported success, but the queued code never ran in a test process` };
     const thread = fs.readFileSync(marker, 'utf8');

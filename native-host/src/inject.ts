@@ -108,6 +108,8 @@ export interface InjectOptions extends DebuggerOptions {
   methods?: InjectMethod[];
   /** Seconds the ptrace injector waits for a thread to complete a system call. */
   ptraceTimeoutS?: number;
+  /** Interpreters to run the ptrace injector with (default: injectorInterpreters); for tests. */
+  injectorInterpreters?: string[];
   /** Test hooks of the ptrace injector. */
   ptraceFailAt?: InjectorStep;
   ptracePauseAt?: InjectorStep;
@@ -164,7 +166,7 @@ export async function injectWith(facts: ProcessFacts, method: InjectMethod, opts
 
 async function injectPtrace(facts: ProcessFacts, source: string, opts: InjectOptions): Promise<string> {
   let result: PtraceResult | null = null;
-  for (const interpreter of injectorInterpreters(facts.pid, facts.exe)) {
+  for (const interpreter of opts.injectorInterpreters ?? injectorInterpreters(facts.pid, facts.exe)) {
     result = await runPtraceInjector(interpreter, opts.probeRoot, {
       pid: facts.pid, source, timeoutS: opts.ptraceTimeoutS ?? 1,
       failAt: opts.ptraceFailAt, pauseAt: opts.ptracePauseAt, pauseS: opts.ptracePauseS,
