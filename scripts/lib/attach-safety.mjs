@@ -24,6 +24,11 @@ export class NativeHost {
     this.send({ type: 'hello', version: 1 });
   }
 
+  /** Resolves once the host answered hello: it has started (a panel's host starts long before any attach). */
+  ready() {
+    return this.waitFor((m) => m.type === 'hello', 30000);
+  }
+
   send(message) {
     const body = Buffer.from(JSON.stringify(message));
     const head = Buffer.alloc(4);
