@@ -90,5 +90,15 @@ def _write(result):
         pass  # the host went away; the job was left as the result says, whoever reads it
 
 
+def run():
+    """main(), then an immediate exit: threads of the job that are still traced (running, so not
+    detachable without stopping them again) are released by the kernel the moment this process
+    is gone, so it does not linger in interpreter finalization."""
+    try:
+        main()
+    finally:
+        os._exit(0)
+
+
 if __name__ == "__main__":
-    main()
+    run()

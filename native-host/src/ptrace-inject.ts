@@ -54,7 +54,7 @@ export function injectorArgs(root: string, request: PtraceRequest): string[] {
   const options = ['--pid', String(request.pid), '--timeout-s', String(request.timeoutS ?? 1)];
   if (request.failAt) options.push('--fail-at', request.failAt);
   if (request.pauseAt) options.push('--pause-at', request.pauseAt, '--pause-s', String(request.pauseS ?? 0));
-  return ['-I', '-S', '-c', `import sys; sys.path.insert(0, ${JSON.stringify(root)}); from moe_inject.__main__ import main; main()`, ...options];
+  return ['-I', '-S', '-c', `import sys; sys.path.insert(0, ${JSON.stringify(root)}); from moe_inject.__main__ import run; run()`, ...options];
 }
 
 /**

@@ -22,7 +22,7 @@ from test_inject_elf import interpreters
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)  # native-host: where moe_inject lives
-LOADER = "import sys; sys.path.insert(0, %r); from moe_inject.__main__ import main; main()" % ROOT
+LOADER = "import sys; sys.path.insert(0, %r); from moe_inject.__main__ import run; run()" % ROOT
 STEPS = ("seized", "chosen", "saved", "mapped", "written", "called")
 
 
