@@ -1,0 +1,133 @@
+/**
+ * `moe-devtools record PID --seconds N -o run.moerec`: attach to a job through the host's own
+ * attach path (the same Host the panel talks to), keep what the panel would record, detach, and
+ * save a .moerec the panel and `report` can open. The job comes first: whatever happens here
+ * (Ctrl-C, an error, this process being killed), the probe takes its hooks out when the
+ * connection ends, and what was recorded until then is saved.
+ */
+import type { HostMessage, JobUpdate } from '../../src/protocol/panel';
+import { fmtInt } from '../../src/analysis';
+import { Host } from '../../native-host/src/host';
+import { serializeRecording } from '../../panels/engine/recording';
+import { CliError } from '../errors';
+import { prepareFile, writeFileAtomic } from '../files';
+
+export interface RecordOptions {
+  pid: number;
+  seconds: number;
+  out: string;
+  /** Counts snapshots per second kept in the recording (the host coalesces in between; counts are cumulative, so nothing is lost). */
+  rateHz: number;
+  force: boolean;
+  /** Folder holding the moe_probe package, for jobs the host has to inject into. */
+  probeRoot: string;
+  /** Where progress and notes go (stderr). */
+  log: NodeJS.WriteStream | { write(text: string): unknown; isTTY?: boolean };
+}
+
+export interface RecordResult {
+  messages: number;
+  updates: number;
+  passes: number;
+  seconds: number;
+  bytes: number;
+  /** Why recording ended before the time was up, if it did. */
+  endedEarly: string | null;
+}
+
+/** Ends the wait early on Ctrl-C or SIGTERM; recording then stops and saves. */
+function interruption(): { promise: Promise<string>; dispose: () => void } {
+  let dispose = () => {};
+  const promise = new Promise<string>((resolve) => {
+    const onSignal = (signal: NodeJS.Signals) => resolve(`stopped by ${signal}`);
+    process.once('SIGINT', onSignal);
+    process.once('SIGTERM', onSignal);
+    dispose = () => {
+      process.off('SIGINT', onSignal);
+      process.off('SIGTERM', onSignal);
+    };
+  });
+  return { promise, dispose };
+}
+
+export async function recordCommand(opts: RecordOptions): Promise<RecordResult> {
+  prepareFile(opts.out, opts.force); // before attaching: a bad -o must not cost the job an attach
+
+  const kept: HostMessage[] = [];
+  let latest: JobUpdate | null = null;
+  let topK0 = 1;
+  let attached = false;
+  let onEnd: (why: string) => void = () => {};
+  const ended = new Promise<string>((resolve) => (onEnd = resolve));
+  const errors: string[] = [];
+
+  const host = new Host((m) => {
+    if (!('pid' in m) || m.pid !== opts.pid) return;
+    if (m.type === 'error') {
+      errors.push(m.hint ? `${m.message} ${m.hint}` : m.message);
+      if (attached) opts.log.write(`\nmoe-devtools: note: ${m.message}\n`);
+      return;
+    }
+    if (m.type === 'attached') {
+      attached = true;
+      topK0 = Math.max(1, m.models[0]?.layers[0]?.top_k ?? 1);
+    }
+    if (!attached) return; // 'attaching' comes before the recording starts
+    kept.push(m);
+    if (m.type === 'update') latest = m;
+    if (m.type === 'detached' && m.reason !== 'requested') onEnd(m.message ?? `the probe went away (${m.reason})`);
+  }, { probeRoot: opts.probeRoot, updateHz: opts.rateHz });
+
+  const started = Date.now();
+  const stop = interruption();
+  try {
+    await host.handle({ type: 'attach', pid: opts.pid });
+    if (!attached) throw new CliError(`cannot attach to process ${opts.pid}: ${errors[0] ?? 'the host gave no reason'}`);
+
+    const progress = setInterval(() => writeProgress(), opts.log.isTTY ? 250 : 5000);
+    const writeProgress = (final = false) => {
+      const u = latest as JobUpdate | null;
+      const s = Math.min(opts.seconds, (Date.now() - started) / 1000);
+      const tokens = u ? u.counts.slice(0, u.experts).reduce((a, b) => a + b, 0) / topK0 : 0;
+      const line = `recording process ${opts.pid}: ${s.toFixed(1)} of ${opts.seconds} s, ${fmtInt(u?.passes ?? 0)} passes, ${fmtInt(tokens)} tokens`;
+      opts.log.write(opts.log.isTTY ? `\r${line}\x1b[K${final ? '\n' : ''}` : `${line}\n`);
+    };
+    writeProgress();
+    const endedEarly = await Promise.race([
+      new Promise<null>((r) => setTimeout(() => r(null), opts.seconds * 1000)),
+      ended,
+      stop.promise,
+    ]);
+    clearInterval(progress);
+    writeProgress(true);
+
+    if (!kept.some((m) => m.type === 'detached')) {
+      await host.detach(opts.pid); // the final counts arrive before the probe's goodbye
+      await waitFor(() => kept.some((m) => m.type === 'detached'), 5000);
+    }
+
+    const updates = kept.filter((m) => m.type === 'update').length;
+    if (!updates) throw new CliError(`no routing counts arrived from process ${opts.pid}${endedEarly ? ` (${endedEarly})` : ''}; nothing was saved`);
+    const text = serializeRecording(opts.pid, started, kept);
+    writeFileAtomic(opts.out, text);
+    const last = latest as JobUpdate | null;
+    return {
+      messages: kept.length, updates, passes: last?.passes ?? 0,
+      seconds: (Date.now() - started) / 1000, bytes: Buffer.byteLength(text), endedEarly,
+    };
+  } finally {
+    stop.dispose();
+    host.stop(); // closes any connection still open: the probe then removes its hooks by itself
+  }
+}
+
+async function waitFor(done: () => boolean, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!done() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+}
+
+export function describeRecord(out: string, r: RecordResult): string {
+  const size = r.bytes > 1e6 ? `${(r.bytes / 1e6).toFixed(1)} MB` : `${Math.ceil(r.bytes / 1e3)} kB`;
+  const note = r.endedEarly ? ` (ended early: ${r.endedEarly})` : '';
+  return `saved ${out}: ${r.seconds.toFixed(1)} s, ${fmtInt(r.passes)} passes, ${fmtInt(r.updates)} counts snapshots, ${size}${note}`;
+}
