@@ -8,6 +8,7 @@
  * finds what it was told to fail on (errors.ts).
  */
 import { parseArgs } from 'node:util';
+import packageJson from '../package.json';
 import { fmtInt } from '../src/analysis';
 import { buildReport, DEFAULT_REPORT_OPTIONS, type ReportOptions } from './routing-report';
 import { CliError, EXIT } from './errors';
@@ -16,9 +17,10 @@ import { PROBE_ROOT, WANDB_WRITER } from './paths';
 import { listCommand } from './commands/list';
 import { describeRecord, recordCommand } from './commands/record';
 import { failingFindings, parseFailOn, reportJson, reportText } from './commands/report';
-import { EXPORT_TARGETS, exportCommand, parseTarget } from './commands/export';
+import { exportCommand, parseTarget } from './commands/export';
 
-const VERSION = '0.1.0';
+/** One version for the command line and the probe package (a test holds moe_probe.__version__ to it). */
+const VERSION = packageJson.version;
 
 export const USAGE = `usage: moe-devtools <command> [options]
 
@@ -151,4 +153,3 @@ export async function main(argv: string[]): Promise<number> {
   }
 }
 
-export { EXPORT_TARGETS };

@@ -84,14 +84,18 @@ export async function recordCommand(opts: RecordOptions): Promise<RecordResult> 
     await host.handle({ type: 'attach', pid: opts.pid });
     if (!attached) throw new CliError(`cannot attach to process ${opts.pid}: ${errors[0] ?? 'the host gave no reason'}`);
 
-    const progress = setInterval(() => writeProgress(), opts.log.isTTY ? 250 : 5000);
+    // A terminal gets one line rewritten in place; a log (CI) a line every 5 s.
+    let printed = '';
     const writeProgress = (final = false) => {
       const u = latest as JobUpdate | null;
       const s = Math.min(opts.seconds, (Date.now() - started) / 1000);
       const tokens = u ? u.counts.slice(0, u.experts).reduce((a, b) => a + b, 0) / topK0 : 0;
       const line = `recording process ${opts.pid}: ${s.toFixed(1)} of ${opts.seconds} s, ${fmtInt(u?.passes ?? 0)} passes, ${fmtInt(tokens)} tokens`;
-      opts.log.write(opts.log.isTTY ? `\r${line}\x1b[K${final ? '\n' : ''}` : `${line}\n`);
+      if (opts.log.isTTY) opts.log.write(`\r${line}\x1b[K${final ? '\n' : ''}`);
+      else if (line !== printed) opts.log.write(`${line}\n`);
+      printed = line;
     };
+    const progress = setInterval(() => writeProgress(), opts.log.isTTY ? 250 : 5000);
     writeProgress();
     const endedEarly = await Promise.race([
       new Promise<null>((r) => setTimeout(() => r(null), opts.seconds * 1000)),
