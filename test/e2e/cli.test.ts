@@ -85,9 +85,9 @@ afterAll(async () => {
 });
 
 describe('moe-devtools command line', () => {
-  it('lists the jobs as JSON', async () => {
-    const run = await cli(['list', '--json']);
-    expect(run.code, run.stderr).toBe(0);
+  it('lists the jobs as JSON, run as `npx moe-devtools` from the checkout', async () => {
+    const run = spawnSync('npx', ['--no-install', 'moe-devtools', 'list', '--json'], { cwd: ROOT, encoding: 'utf8' });
+    expect(run.status, run.stderr).toBe(0);
     const processes = JSON.parse(run.stdout) as ProcessInfo[];
     for (const job of [faulty, healthy]) {
       expect(processes.find((p) => p.pid === job.pid)).toMatchObject({ torch: true, probe: true, attached: false, python: expect.stringMatching(/^3\.\d+$/) });
