@@ -50,11 +50,13 @@ fs.copyFileSync(path.join(root, 'src/devtools/devtools.html'), path.join(ext, 'd
 fs.copyFileSync(path.join(root, 'panels/panel.html'), path.join(ext, 'panel.html'));
 fs.writeFileSync(path.join(ext, 'icon128.png'), icon(128));
 
-// The probe travels with the host: the host injects it from here.
-fs.cpSync(path.join(root, 'native-host/moe_probe'), path.join(host, 'moe_probe'), {
-  recursive: true,
-  filter: (src) => !src.includes('__pycache__'),
-});
+// The probe and the injector travel with the host: the host injects the probe from here.
+for (const pkg of ['moe_probe', 'moe_inject']) {
+  fs.cpSync(path.join(root, 'native-host', pkg), path.join(host, pkg), {
+    recursive: true,
+    filter: (src) => !src.includes('__pycache__'),
+  });
+}
 
 console.log(`built ${path.relative(root, ext)} and ${path.relative(root, host)}`);
 if (watch) console.log('(--watch is not supported; rerun the build)');

@@ -25,7 +25,14 @@ export interface ProcessInfo {
   attached: boolean;
 }
 
-export type AttachMethod = 'socket' | 'remote_exec' | 'gdb' | 'lldb' | 'tcp';
+export type AttachMethod = 'socket' | 'remote_exec' | 'ptrace' | 'gdb' | 'lldb' | 'tcp';
+
+/** What one attach method did: the panel lists these when all fail, and shows how the one that worked went. */
+export interface AttachAttempt {
+  method: AttachMethod;
+  ok: boolean;
+  message: string;
+}
 
 /** Error codes the panel knows how to explain; `message` and `hint` carry the words. */
 export type ErrorCode =
@@ -123,6 +130,8 @@ export type HostMessage =
       models: ModelInfo[];
       /** What the probe can see only partly (CUDA graph replays, compiled modules). */
       warnings?: Array<{ code: string; message: string }>;
+      /** How the probe got in: each method tried, the one that worked last. */
+      attempts?: AttachAttempt[];
     }
   | JobUpdate
   | TokenUpdate
@@ -139,7 +148,7 @@ export type HostMessage =
       droppedToPanel: number;
     }
   | { type: 'detached'; pid: number; reason: 'requested' | 'process_exited' | 'probe_closed' | 'error'; message?: string }
-  | { type: 'error'; pid?: number; code: ErrorCode; message: string; hint?: string };
+  | { type: 'error'; pid?: number; code: ErrorCode; message: string; hint?: string; attempts?: AttachAttempt[] };
 
 /** Validate a message from the panel; returns an error string or the request. */
 export function parsePanelRequest(value: unknown): PanelRequest | { error: string } {
