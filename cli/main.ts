@@ -26,7 +26,8 @@ export const USAGE = `usage: moe-devtools <command> [options]
 
   list [--json]                       Python processes with torch loaded that can be attached to
   record PID --seconds N -o FILE      attach, record N seconds of routing into FILE (.moerec), detach
-         [--rate HZ] [--force]          counts snapshots kept per second (default 10); replace FILE
+         [--rate HZ] [--wait S]         counts snapshots kept per second (default 10); retry up to S s
+         [--force]                      while the job is still loading torch or its model; replace FILE
   report FILE [--json]                findings and per-layer metrics of a recording
          [--fail-on KINDS]              exit 1 when any of these kinds is found, e.g. dead_expert,collapse,nan_logits
   export FILE --to TARGET DEST        tensorboard DIR | perfetto FILE | wandb DIR | csv DIR
@@ -91,7 +92,7 @@ async function run(argv: string[]): Promise<number> {
     }
     case 'record': {
       const { values, positionals: args } = parseArgs({ args: rest, allowPositionals: true, strict: true, options: {
-        seconds: { type: 'string' }, output: { type: 'string', short: 'o' }, rate: { type: 'string' }, force: { type: 'boolean' },
+        seconds: { type: 'string' }, output: { type: 'string', short: 'o' }, rate: { type: 'string' }, wait: { type: 'string' }, force: { type: 'boolean' },
       } });
       const [pidArg] = positionals(args, ['PID'], 'record');
       const pid = parsePid(pidArg);
@@ -99,7 +100,8 @@ async function run(argv: string[]): Promise<number> {
       if (!values.output) throw new CliError('record needs -o FILE (where to save the recording, e.g. run.moerec)');
       const rateHz = positiveNumber(values.rate, '--rate', 10);
       if (rateHz > 120) throw new CliError('--rate should be at most 120 snapshots per second');
-      const result = await recordCommand({ pid, seconds, out: values.output, rateHz, force: Boolean(values.force), probeRoot: PROBE_ROOT, log: process.stderr });
+      const waitS = values.wait === undefined ? 0 : positiveNumber(values.wait, '--wait');
+      const result = await recordCommand({ pid, seconds, out: values.output, rateHz, waitS, force: Boolean(values.force), probeRoot: PROBE_ROOT, log: process.stderr });
       out(describeRecord(values.output, result));
       return EXIT.ok;
     }

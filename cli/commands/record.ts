@@ -5,9 +5,12 @@
  * (Ctrl-C, an error, this process being killed), the probe takes its hooks out when the
  * connection ends, and what was recorded until then is saved.
  */
+import * as fs from 'node:fs';
 import type { HostMessage, JobUpdate } from '../../src/protocol/panel';
 import { fmtInt } from '../../src/analysis';
 import { Host } from '../../native-host/src/host';
+import { probeSocketPath } from '../../native-host/src/paths';
+import { readProcessFacts } from '../../native-host/src/processes';
 import { serializeRecording } from '../../panels/engine/recording';
 import { CliError } from '../errors';
 import { prepareFile, writeFileAtomic } from '../files';
@@ -18,6 +21,11 @@ export interface RecordOptions {
   out: string;
   /** Counts snapshots per second kept in the recording (the host coalesces in between; counts are cumulative, so nothing is lost). */
   rateHz: number;
+  /**
+   * Seconds to keep retrying while the job is still starting up (torch not imported yet, or no
+   * MoE model built yet), so that CI can start a job and record it without a race. 0: no retry.
+   */
+  waitS: number;
   force: boolean;
   /** Folder holding the moe_probe package, for jobs the host has to inject into. */
   probeRoot: string;
@@ -33,6 +41,16 @@ export interface RecordResult {
   bytes: number;
   /** Why recording ended before the time was up, if it did. */
   endedEarly: string | null;
+}
+
+/** Attach errors that mean the job has not got that far yet (retried with --wait). */
+const STILL_STARTING = new Set(['no_torch', 'no_moe']);
+
+/** Whether the process runs `python -m moe_probe run ...` or `moe-probe run ...` (its probe will listen by itself). */
+function startedUnderProbe(pid: number): boolean {
+  const argv = readProcessFacts(pid)?.cmdline ?? [];
+  const at = argv.findIndex((a, i) => (a === '-m' && argv[i + 1] === 'moe_probe') || /(^|\/)moe-probe$/.test(a));
+  return at >= 0 && argv.slice(at).includes('run');
 }
 
 /** Ends the wait early on Ctrl-C or SIGTERM; recording then stops and saves. */
@@ -59,12 +77,12 @@ export async function recordCommand(opts: RecordOptions): Promise<RecordResult> 
   let attached = false;
   let onEnd: (why: string) => void = () => {};
   const ended = new Promise<string>((resolve) => (onEnd = resolve));
-  const errors: string[] = [];
+  const errors: Array<{ code: string; text: string }> = [];
 
   const host = new Host((m) => {
     if (!('pid' in m) || m.pid !== opts.pid) return;
     if (m.type === 'error') {
-      errors.push(m.hint ? `${m.message} ${m.hint}` : m.message);
+      errors.push({ code: m.code, text: m.hint ? `${m.message} ${m.hint}` : m.message });
       if (attached) opts.log.write(`\nmoe-devtools: note: ${m.message}\n`);
       return;
     }
@@ -78,11 +96,34 @@ export async function recordCommand(opts: RecordOptions): Promise<RecordResult> 
     if (m.type === 'detached' && m.reason !== 'requested') onEnd(m.message ?? `the probe went away (${m.reason})`);
   }, { probeRoot: opts.probeRoot, updateHz: opts.rateHz });
 
-  const started = Date.now();
   const stop = interruption();
   try {
-    await host.handle({ type: 'attach', pid: opts.pid });
-    if (!attached) throw new CliError(`cannot attach to process ${opts.pid}: ${errors[0] ?? 'the host gave no reason'}`);
+    const giveUp = Date.now() + opts.waitS * 1000;
+    let said = '';
+    for (;;) {
+      // A job started under the probe opens its socket once torch is imported: wait for that
+      // rather than inject a second probe into it in the meantime.
+      const waitingForItsProbe = opts.waitS > 0 && startedUnderProbe(opts.pid) && !fs.existsSync(probeSocketPath(opts.pid));
+      let error: { code: string; text: string } | undefined;
+      if (waitingForItsProbe) {
+        error = { code: 'no_probe_yet', text: 'its probe is not listening yet' };
+      } else {
+        errors.length = 0;
+        await host.handle({ type: 'attach', pid: opts.pid });
+        if (attached) break;
+        error = errors[0];
+        if (!error || !STILL_STARTING.has(error.code)) break;
+      }
+      if (Date.now() >= giveUp) break;
+      if (error.text !== said) opts.log.write(`waiting up to ${opts.waitS} s for process ${opts.pid}: ${(said = error.text).split('. ')[0]}\n`);
+      const interrupted = await Promise.race([new Promise<null>((r) => setTimeout(() => r(null), 500)), stop.promise]);
+      if (interrupted) throw new CliError(`${interrupted} while waiting for process ${opts.pid}; nothing was recorded`);
+    }
+    if (!attached) {
+      const why = errors[0]?.text ?? (fs.existsSync(probeSocketPath(opts.pid)) ? 'the host gave no reason' : 'its probe never started listening');
+      throw new CliError(`cannot attach to process ${opts.pid}: ${why}`);
+    }
+    const started = Date.now();
 
     // A terminal gets one line rewritten in place; a log (CI) a line every 5 s.
     let printed = '';

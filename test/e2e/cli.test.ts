@@ -256,6 +256,19 @@ describe('moe-devtools command line', () => {
     expect(sync.stdout + sync.stderr).toMatch(/Would sync 1 run/);
   });
 
+  it('record --wait attaches to a job started a moment ago, once its probe listens, without injecting', async () => {
+    const log = path.join(tmp, 'starting-job.jsonl');
+    const child = spawn(pythonPath(), ['-m', 'moe_probe', 'run', path.join(ROOT, 'test/jobs/tiny_moe_job.py'), '--log', log], { env: { ...process.env, ...PROBE_ENV }, stdio: 'ignore' });
+    jobs.push({ pid: child.pid!, process: child, log, passes: () => [], stop: async () => void child.kill('SIGKILL') });
+    const out = path.join(tmp, 'starting-job.moerec');
+    const run = await cli(['record', String(child.pid), '--wait', '90', '--seconds', '2', '-o', out]);
+    expect(run.code, run.stderr).toBe(0);
+    expect(run.stderr).toMatch(new RegExp(`^waiting up to 90 s for process ${child.pid}: `));
+    const report = JSON.parse((await cli(['report', out, '--json'])).stdout);
+    expect(report.job.method).toBe('socket'); // its own probe, not an injected one
+    expect(report.window.passes).toBeGreaterThan(0);
+  });
+
   it('gives one clear line and exit status 2 for every bad argument, and loses nothing', async () => {
     expectOneLineError(await cli(['record', String(2 ** 30), '--seconds', '1', '-o', path.join(tmp, 'none.moerec')]), /cannot attach to process 1073741824: Process 1073741824 does not exist/);
     expect(fs.existsSync(path.join(tmp, 'none.moerec'))).toBe(false);
