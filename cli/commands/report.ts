@@ -45,17 +45,17 @@ export function reportText(report: RoutingReport, file: string): string {
     out.push('Findings: none');
   }
   out.push('');
-  const head = ['layer', 'experts', 'top_k', 'tokens', 'balancedness', 'max_vio', 'load_entropy', 'router_entropy', 'z_loss', 'dead', 'ms/pass', 'name'];
+  const head = ['layer', 'experts', 'top_k', 'tokens', 'balancedness', 'max_vio', 'load_entropy', 'router_entropy', 'z_loss', 'dead_experts', 'ms/pass', 'name'];
   const rows = report.layers.map((l) => [
     String(l.layer), String(l.experts), String(l.topK), fmtInt(l.tokens), fixed(l.balancedness, 3), fixed(l.maxVio, 3),
     fixed(l.loadEntropy, 3), fixed(l.routerEntropy, 3), fixed(l.zLoss, 2),
-    l.deadExpertIds === null ? '?' : l.deadExpertIds.length ? l.deadExpertIds.join(' ') : '0',
+    l.deadExpertIds === null ? '?' : l.deadExpertIds.length ? l.deadExpertIds.join(' ') : 'none',
     fixed(l.msPerPass, 3), l.name,
   ]);
   const width = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
   for (const r of [head, ...rows]) out.push(r.map((c, i) => (i === r.length - 1 ? c : c.padStart(width[i]!))).join('  ').trimEnd());
   if (report.layers.some((l) => l.deadExpertIds === null)) {
-    out.push('', 'dead "?": too few tokens to tell a dead expert from an unlucky one (see thresholds minTokens, minExpectedPerExpert).');
+    out.push('', 'dead_experts "?": too few tokens to tell a dead expert from an unlucky one (see thresholds minTokens, minExpectedPerExpert).');
   }
   return out.join('\n');
 }

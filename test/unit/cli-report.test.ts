@@ -5,6 +5,7 @@ import { parseTarget } from '../../cli/commands/export';
 import { reportCsvFiles } from '../../cli/export/csv';
 import { wandbRows } from '../../cli/export/wandb';
 import { CliError } from '../../cli/errors';
+import { formatProcesses } from '../../cli/commands/list';
 import { E, fixtureRecording, LOGSUMEXP, PID, ROUTER_ENTROPY, T0, TOKENS_PER_PASS } from './recording-fixture';
 
 // Layer 1 routes [16, 10, 6, 0] of 32 assignments per pass.
@@ -61,6 +62,7 @@ describe('routing report of a recording', () => {
     expect(text).toMatch(/^run\.moerec: process 4242 \(train\.py --moe\)/);
     expect(text).toContain('dead_expert  Layer 1: expert 3 received no tokens in the last 3,200 tokens');
     expect(text).toMatch(/\n\s+1\s+4\s+2\s+3,200\s+0\.500\s+1\.000\s+0\.\d{3}\s+0\.250\s+4\.00\s+3\s+6\.000\s+model\.layers\.1\.mlp/);
+    expect(text).toMatch(/\n\s+0\s+4\s+2\s+3,200\s+1\.000\s+0\.000\s+1\.000\s+0\.500\s+9\.00\s+none\s+2\.000\s+model\.layers\.0\.mlp/);
     const json = JSON.parse(reportJson(report));
     expect(json.series.points[0].expertLoad).toBeUndefined();
     expect(json.series.points[0].layers[0].deadExperts).toBeNull();
@@ -86,5 +88,20 @@ describe('routing report of a recording', () => {
     expect(csv['series.csv']!.trim().split('\n')).toHaveLength(1 + 2 * report.series.points.length);
     expect(csv['layers.csv']!.split('\n')[2]).toMatch(/^1,model\.layers\.1\.mlp,4,2,3200,0\.5,1,/);
     expect(csv['expert_counts.csv']!.trim().split('\n').slice(-1)[0]).toBe('1,3,0');
+  });
+});
+
+describe('list', () => {
+  it('prints one line per process, even for a `python -c` program with newlines', () => {
+    const text = formatProcesses([
+      { pid: 7, cmdline: 'python -c import torch\nwhile True: pass', python: '3.11', torch: true, probe: false, attached: false },
+      { pid: 12345, cmdline: 'python -m moe_probe run train.py', python: '3.12', torch: true, probe: true, attached: false },
+    ]);
+    expect(text.split('\n')).toEqual([
+      'PID    PYTHON  PROBE  COMMAND',
+      '7      3.11           python -c import torch while True: pass',
+      '12345  3.12    probe  python -m moe_probe run train.py',
+    ]);
+    expect(formatProcesses([])).toMatch(/^No Python process with torch loaded/);
   });
 });
