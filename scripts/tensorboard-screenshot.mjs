@@ -57,13 +57,12 @@ const browser = await puppeteer.launch({
 try {
   const page = (await browser.pages())[0];
   const filter = encodeURIComponent('moe_(balancedness|dead_experts|expert_load)/layer_[13]');
+  // Raw values rather than TensorBoard's default smoothing (0.6): its settings live in localStorage.
+  await page.goto(tb.url, { waitUntil: 'networkidle0' });
+  await page.evaluate(() => localStorage.setItem('_tb_global_settings', JSON.stringify({ scalarSmoothing: 0 })));
   await page.goto(`${tb.url}?tagFilter=${filter}#timeseries`, { waitUntil: 'networkidle0' });
-  // Raw values rather than TensorBoard's default smoothing (0.6), and no settings pane over the charts.
-  const smoothing = await page.waitForSelector('section.scalars input.slider-input[type="number"]', { timeout: 30000 });
-  await smoothing.click({ clickCount: 3 });
-  await page.keyboard.type('0');
-  await page.keyboard.press('Enter');
-  await page.click('button[aria-label="Close side pane"]');
+  await page.waitForSelector('button[aria-label="Close side pane"]', { timeout: 30000 });
+  await page.click('button[aria-label="Close side pane"]'); // no settings pane over the charts
   await new Promise((r) => setTimeout(r, 4000)); // charts draw after their data arrives
   fs.mkdirSync(path.dirname(values.out), { recursive: true });
   await page.screenshot({ path: values.out });
