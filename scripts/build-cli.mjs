@@ -11,6 +11,8 @@ export const CLI_BUNDLE = path.join(root, 'dist/cli/moe-devtools.cjs');
 const INPUTS = path.join(root, 'dist/cli/inputs.json');
 
 export async function buildCli() {
+  // Built in memory and renamed into place: two commands starting at once in a fresh checkout
+  // must never run a half-written bundle.
   const result = await esbuild.build({
     entryPoints: [path.join(root, 'cli/main.ts')],
     outfile: CLI_BUNDLE,
@@ -23,8 +25,14 @@ export async function buildCli() {
     legalComments: 'none',
     absWorkingDir: root,
     metafile: true,
+    write: false,
   });
-  fs.writeFileSync(INPUTS, JSON.stringify(Object.keys(result.metafile.inputs)));
+  fs.mkdirSync(path.dirname(CLI_BUNDLE), { recursive: true });
+  for (const file of [...result.outputFiles, { path: INPUTS, contents: Buffer.from(JSON.stringify(Object.keys(result.metafile.inputs))) }]) {
+    const tmp = `${file.path}.${process.pid}.tmp`;
+    fs.writeFileSync(tmp, file.contents);
+    fs.renameSync(tmp, file.path);
+  }
   return CLI_BUNDLE;
 }
 
