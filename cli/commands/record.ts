@@ -6,14 +6,14 @@
  * connection ends, and what was recorded until then is saved.
  */
 import * as fs from 'node:fs';
-import type { HostMessage, JobUpdate } from '../../src/protocol/panel';
+import type { JobUpdate } from '../../src/protocol/panel';
 import { fmtInt } from '../../src/analysis';
 import { Host } from '../../native-host/src/host';
 import { probeSocketPath } from '../../native-host/src/paths';
 import { readProcessFacts } from '../../native-host/src/processes';
 import { serializeRecording } from '../../panels/engine/recording';
-import { CliError } from '../errors';
-import { prepareFile, writeFileAtomic } from '../files';
+import { CliError, fsError } from '../errors';
+import { prepareFile } from '../files';
 
 export interface RecordOptions {
   pid: number;
@@ -43,6 +43,9 @@ export interface RecordResult {
   endedEarly: string | null;
 }
 
+/** The host's own history only answers panel queries, which the command line never makes. */
+const CLI_HISTORY_BYTES = 4 * 1024 * 1024;
+
 /** Attach errors that mean the job has not got that far yet (retried with --wait). */
 const STILL_STARTING = new Set(['no_torch', 'no_moe']);
 
@@ -71,7 +74,11 @@ function interruption(): { promise: Promise<string>; dispose: () => void } {
 export async function recordCommand(opts: RecordOptions): Promise<RecordResult> {
   prepareFile(opts.out, opts.force); // before attaching: a bad -o must not cost the job an attach
 
-  const kept: HostMessage[] = [];
+  // Messages go to disk as they arrive (a .moerec is a header line and one JSON line per message),
+  // so a long recording takes no memory; the file gets its name only once it is complete.
+  const partial = `${opts.out}.${process.pid}.partial`;
+  let fd: number | null = null;
+  const counted = { messages: 0, updates: 0, bytes: 0, detached: false };
   let latest: JobUpdate | null = null;
   let topK0 = 1;
   let attached = false;
@@ -91,10 +98,24 @@ export async function recordCommand(opts: RecordOptions): Promise<RecordResult> 
       topK0 = Math.max(1, m.models[0]?.layers[0]?.top_k ?? 1);
     }
     if (!attached) return; // 'attaching' comes before the recording starts
-    kept.push(m);
-    if (m.type === 'update') latest = m;
+    if (fd === null) {
+      fd = fs.openSync(partial, 'w', 0o644);
+      write(serializeRecording(opts.pid, Date.now(), []).trimEnd()); // the header line
+    }
+    write(JSON.stringify(m));
+    counted.messages += 1;
+    if (m.type === 'update') {
+      latest = m;
+      counted.updates += 1;
+    }
+    if (m.type === 'detached') counted.detached = true;
     if (m.type === 'detached' && m.reason !== 'requested') onEnd(m.message ?? `the probe went away (${m.reason})`);
-  }, { probeRoot: opts.probeRoot, updateHz: opts.rateHz });
+  }, { probeRoot: opts.probeRoot, updateHz: opts.rateHz, historyBytes: CLI_HISTORY_BYTES });
+  const write = (line: string) => {
+    const bytes = Buffer.from(`${line}\n`);
+    fs.writeSync(fd!, bytes);
+    counted.bytes += bytes.length;
+  };
 
   const stop = interruption();
   try {
@@ -146,23 +167,29 @@ export async function recordCommand(opts: RecordOptions): Promise<RecordResult> 
     clearInterval(progress);
     writeProgress(true);
 
-    if (!kept.some((m) => m.type === 'detached')) {
+    if (!counted.detached) {
       await host.detach(opts.pid); // the final counts arrive before the probe's goodbye
-      await waitFor(() => kept.some((m) => m.type === 'detached'), 5000);
+      await waitFor(() => counted.detached, 5000);
     }
-
-    const updates = kept.filter((m) => m.type === 'update').length;
-    if (!updates) throw new CliError(`no routing counts arrived from process ${opts.pid}${endedEarly ? ` (${endedEarly})` : ''}; nothing was saved`);
-    const text = serializeRecording(opts.pid, started, kept);
-    writeFileAtomic(opts.out, text);
+    host.stop();
+    fs.closeSync(fd!);
+    fd = null;
+    if (!counted.updates) throw new CliError(`no routing counts arrived from process ${opts.pid}${endedEarly ? ` (${endedEarly})` : ''}; nothing was saved`);
+    try {
+      fs.renameSync(partial, opts.out);
+    } catch (err) {
+      throw fsError('write', opts.out, err);
+    }
     const last = latest as JobUpdate | null;
     return {
-      messages: kept.length, updates, passes: last?.passes ?? 0,
-      seconds: (Date.now() - started) / 1000, bytes: Buffer.byteLength(text), endedEarly,
+      messages: counted.messages, updates: counted.updates, passes: last?.passes ?? 0,
+      seconds: (Date.now() - started) / 1000, bytes: counted.bytes, endedEarly,
     };
   } finally {
     stop.dispose();
     host.stop(); // closes any connection still open: the probe then removes its hooks by itself
+    if (fd !== null) fs.closeSync(fd);
+    fs.rmSync(partial, { force: true }); // only left when something failed: nothing worth keeping
   }
 }
 

@@ -269,6 +269,28 @@ describe('moe-devtools command line', () => {
     expect(report.window.passes).toBeGreaterThan(0);
   });
 
+  it('saves what it recorded when stopped with Ctrl-C, and detaches', async () => {
+    const out = path.join(tmp, 'interrupted.moerec');
+    const child = spawn(process.execPath, [CLI, 'record', String(healthy.pid), '--seconds', '120', '-o', out], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d) => (stdout += d));
+    child.stderr.on('data', (d) => (stderr += d));
+    // Interrupt once it has recorded passes (the progress line says so every 5 s in a log).
+    for (let i = 0; i < 300 && !/recording process \d+: [\d.]+ of 120 s, [1-9][\d,]* passes/.test(stderr); i++) await new Promise((r) => setTimeout(r, 100));
+    expect(stderr).toMatch(/[1-9][\d,]* passes/);
+    child.kill('SIGINT');
+    const code = await new Promise((resolve) => child.on('close', resolve));
+    expect(code, stderr).toBe(0);
+    expect(stdout).toMatch(/\(ended early: stopped by SIGINT\)/);
+    const report = JSON.parse((await cli(['report', out, '--json'])).stdout);
+    expect(report.window.passes).toBeGreaterThan(0);
+    expect(fs.readdirSync(tmp).filter((f) => f.endsWith('.partial'))).toEqual([]);
+    // Detached: the job's probe accepts the next host straight away.
+    const again = await cli(['record', String(healthy.pid), '--seconds', '1', '-o', path.join(tmp, 'after-interrupt.moerec')]);
+    expect(again.code, again.stderr).toBe(0);
+  });
+
   it('gives one clear line and exit status 2 for every bad argument, and loses nothing', async () => {
     expectOneLineError(await cli(['record', String(2 ** 30), '--seconds', '1', '-o', path.join(tmp, 'none.moerec')]), /cannot attach to process 1073741824: Process 1073741824 does not exist/);
     expect(fs.existsSync(path.join(tmp, 'none.moerec'))).toBe(false);
