@@ -2,8 +2,9 @@
  * `moe-devtools record PID --seconds N -o run.moerec`: attach to a job through the host's own
  * attach path (the same Host the panel talks to), keep what the panel would record, detach, and
  * save a .moerec the panel and `report` can open. The job comes first: whatever happens here
- * (Ctrl-C, an error, this process being killed), the probe takes its hooks out when the
- * connection ends, and what was recorded until then is saved.
+ * (Ctrl-C, an error, this process being killed), the probe takes its hooks out as soon as the
+ * connection ends. On Ctrl-C or SIGTERM what was recorded until then is saved; killed outright,
+ * it is left in FILE.PID.partial.
  */
 import * as fs from 'node:fs';
 import type { JobUpdate } from '../../src/protocol/panel';
