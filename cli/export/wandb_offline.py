@@ -14,6 +14,15 @@ import os
 import sys
 
 
+def _settings(wandb):
+    """Quiet settings; no system metrics, which would describe this exporter, not the job."""
+    quiet = dict(console="off", disable_git=True, save_code=False)
+    try:
+        return wandb.Settings(x_disable_stats=True, **quiet)
+    except (TypeError, ValueError):  # a wandb from before x_disable_stats
+        return wandb.Settings(**quiet)
+
+
 def main():
     spec = json.load(sys.stdin)
     os.environ["WANDB_MODE"] = "offline"
@@ -29,7 +38,7 @@ def main():
         project=spec["project"],
         name=spec["name"],
         config=spec["config"],
-        settings=wandb.Settings(console="off", disable_git=True, save_code=False, x_disable_stats=True),
+        settings=_settings(wandb),
     )
     for row in spec["rows"]:
         run.log(row["values"], step=row["step"])
