@@ -6,6 +6,8 @@ import * as zlib from 'node:zlib';
 import { fileURLToPath } from 'node:url';
 import { buildCli } from './build-cli.mjs';
 import { writeHostLauncher } from './host-launcher.mjs';
+import { projectPython } from './python-env.mjs';
+import { execFileSync } from 'node:child_process';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const ext = path.join(root, 'dist/extension');
@@ -57,6 +59,14 @@ for (const pkg of ['moe_probe', 'moe_inject']) {
     recursive: true,
     filter: (src) => !src.includes('__pycache__'),
   });
+}
+
+// Bytecode for the project's Python, so a job of that version does not compile the probe on attach
+// (many environments set PYTHONDONTWRITEBYTECODE, and dist/ may not be writable by the job).
+try {
+  execFileSync(projectPython(), ['-m', 'compileall', '-q', path.join(host, 'moe_probe'), path.join(host, 'moe_inject')], { stdio: 'ignore' });
+} catch {
+  // no Python yet (setup-python not run): jobs compile on first attach instead
 }
 
 await buildCli(); // the command line (its launcher also rebuilds it by itself when a source changed)

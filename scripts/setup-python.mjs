@@ -1,4 +1,5 @@
 // Creates .venv with torch, transformers and the test tools (idempotent: a no-op when satisfied).
+//   --if-needed: only when .venv is missing or lacks one of them (what `npm test` runs first).
 import { execFileSync, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -18,6 +19,22 @@ function findBasePython() {
   console.error('setup-python: Python 3.10 or newer is needed (set PYTHON=/path/to/python3).');
   process.exit(1);
 }
+
+const REQUIRED_MODULES = ['torch', 'transformers', 'safetensors', 'numpy', 'msgpack', 'pytest', 'tensorboard'];
+
+/** Whether .venv already has everything (a quick import check instead of a pip run). */
+function venvReady() {
+  if (!fs.existsSync(VENV_PYTHON)) return false;
+  try {
+    const check = `import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in ${JSON.stringify(REQUIRED_MODULES)}))`;
+    execFileSync(VENV_PYTHON, ['-c', check], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+if (process.argv.includes('--if-needed') && venvReady()) process.exit(0);
 
 if (!fs.existsSync(VENV_PYTHON)) {
   const base = findBasePython();

@@ -34,8 +34,10 @@ before it leaves nothing to restore.
 """
 
 import os
-import signal
 import time
+
+# _signal, not signal: the public module imports enum, which costs milliseconds of every attach.
+import _signal
 
 from . import arch as arches
 from . import elf
@@ -126,7 +128,7 @@ class Injector:
         self._mark("symbols")
         # SIGCHLD is waited for (wait_any); the others must not end this process while a thread
         # of the job runs injected code, which only this process can put back.
-        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD, signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
+        old_mask = _signal.pthread_sigmask(_signal.SIG_BLOCK, {_signal.SIGCHLD, _signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP})
         try:
             self.memory = self.kernel.Memory(self.pid)
             tid, regs = self._find_safe_point()
@@ -135,7 +137,7 @@ class Injector:
             self._release_all()
             if self.memory:
                 self.memory.close()
-            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+            _signal.pthread_sigmask(_signal.SIG_SETMASK, old_mask)
         self._mark("done")
         self.report["timings_ms"] = self.timings
         return self.report

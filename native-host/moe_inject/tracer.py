@@ -8,9 +8,10 @@ PTRACE_INTERRUPT stops it without a signal either.
 import ctypes
 import errno
 import os
-import signal
 import struct
 import time
+
+import _signal  # not signal, which imports enum: see injector.py
 
 PTRACE_CONT = 7
 PTRACE_DETACH = 17
@@ -208,7 +209,7 @@ def wait_any(deadline):
         left = deadline - time.monotonic()
         if left <= 0:
             return None
-        signal.sigtimedwait([signal.SIGCHLD], min(left, 0.005))
+        _signal.sigtimedwait([_signal.SIGCHLD], min(left, 0.005))
 
 
 def poll_any():

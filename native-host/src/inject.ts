@@ -72,6 +72,17 @@ export function attachMethods(facts: ProcessFacts, platform: NodeJS.Platform = p
   return methods;
 }
 
+const ALL_METHODS: InjectMethod[] = ['remote_exec', 'ptrace', 'lldb', 'gdb'];
+
+/** MOE_DEVTOOLS_ATTACH_METHODS ("ptrace,gdb"): the methods to try, in that order; undefined when unset. */
+export function parseAttachMethods(value: string | undefined): InjectMethod[] | undefined {
+  if (!value?.trim()) return undefined;
+  const methods = value.split(',').map((m) => m.trim()).filter(Boolean);
+  const unknown = methods.filter((m) => !ALL_METHODS.includes(m as InjectMethod));
+  if (unknown.length) throw new Error(`MOE_DEVTOOLS_ATTACH_METHODS: unknown method ${unknown.join(', ')} (known: ${ALL_METHODS.join(', ')})`);
+  return methods as InjectMethod[];
+}
+
 export interface BootstrapOptions {
   /** Seconds since the epoch after which the bootstrap does nothing (the host stopped waiting). */
   deadline?: number;

@@ -48,9 +48,13 @@ export interface PtraceFailure {
 
 export type PtraceResult = PtraceSuccess | PtraceFailure;
 
-/** Python that imports the injector from `root` and runs it; nothing from the user's site-packages (-I -S). */
-export function injectorArgs(root: string): string[] {
-  return ['-I', '-S', '-c', `import sys; sys.path.insert(0, ${JSON.stringify(root)}); from moe_inject.__main__ import main; main()`];
+/** Python that imports the injector from `root` and runs it with the request's options; nothing
+ *  from the user's site-packages (-I -S). The source goes on stdin. */
+export function injectorArgs(root: string, request: PtraceRequest): string[] {
+  const options = ['--pid', String(request.pid), '--timeout-s', String(request.timeoutS ?? 1)];
+  if (request.failAt) options.push('--fail-at', request.failAt);
+  if (request.pauseAt) options.push('--pause-at', request.pauseAt, '--pause-s', String(request.pauseS ?? 0));
+  return ['-I', '-S', '-c', `import sys; sys.path.insert(0, ${JSON.stringify(root)}); from moe_inject.__main__ import main; main()`, ...options];
 }
 
 /**
@@ -82,7 +86,7 @@ export function runPtraceInjector(interpreter: string, root: string, request: Pt
         resolve(result);
       }
     };
-    const child = spawn(interpreter, injectorArgs(root), { detached: true, stdio: ['pipe', 'pipe', 'pipe'] });
+    const child = spawn(interpreter, injectorArgs(root, request), { detached: true, stdio: ['pipe', 'pipe', 'pipe'] });
     let out = '';
     let err = '';
     child.stdout.on('data', (chunk: Buffer) => {
@@ -98,11 +102,7 @@ export function runPtraceInjector(interpreter: string, root: string, request: Pt
     });
     child.on('close', () => finish(parseInjectorOutput(out, err, interpreter)));
     child.stdin.on('error', () => {}); // it exited before reading: 'close' reports why
-    child.stdin.end(JSON.stringify({
-      pid: request.pid, source: request.source, timeout_s: request.timeoutS ?? 1,
-      ...(request.failAt ? { fail_at: request.failAt } : {}),
-      ...(request.pauseAt ? { pause_at: request.pauseAt, pause_s: request.pauseS ?? 0 } : {}),
-    }));
+    child.stdin.end(request.source);
     // Never killed: see the module comment. It is unref'd so the host can exit without it.
     const timer = setTimeout(() => {
       finish({ ok: false, code: 'inject_failed', message: `the injector did not answer within ${Math.round(waitMs / 1000)} s; it finishes on its own` });

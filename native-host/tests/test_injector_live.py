@@ -26,9 +26,11 @@ LOADER = "import sys; sys.path.insert(0, %r); from moe_inject.__main__ import ma
 STEPS = ("seized", "chosen", "saved", "mapped", "written", "called")
 
 
-def inject(pid, source, python=None, timeout=60, preexec=None, **request):
-    request.update(pid=pid, source=source)
-    done = subprocess.run([python or sys.executable, "-I", "-S", "-c", LOADER], input=json.dumps(request),
+def inject(pid, source, python=None, timeout=60, preexec=None, **options):
+    argv = ["--pid", str(pid)]
+    for name, value in options.items():
+        argv += ["--" + name.replace("_", "-"), str(value)]
+    done = subprocess.run([python or sys.executable, "-I", "-S", "-c", LOADER] + argv, input=source,
                           capture_output=True, text=True, timeout=timeout, preexec_fn=preexec)
     assert done.stdout.strip(), "no result; stderr: %s" % done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])

@@ -41,7 +41,7 @@ def c_string(literal):
 
 def queue(pid, source):
     loader = "import sys; sys.path.insert(0, %r); from moe_inject.__main__ import main; main()" % os.path.join(ROOT, "native-host")
-    done = subprocess.run([sys.executable, "-I", "-S", "-c", loader], input=json.dumps({"pid": pid, "source": source}),
+    done = subprocess.run([sys.executable, "-I", "-S", "-c", loader, "--pid", str(pid)], input=source,
                           capture_output=True, text=True, timeout=60)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
