@@ -9,6 +9,7 @@
 import * as fs from 'node:fs';
 import type { JobUpdate } from '../../src/protocol/panel';
 import { fmtInt } from '../../src/analysis';
+import { hostSettingsFromEnv } from '../../native-host/src/env-settings';
 import { Host } from '../../native-host/src/host';
 import { probeSocketPath } from '../../native-host/src/paths';
 import { readProcessFacts } from '../../native-host/src/processes';
@@ -111,7 +112,10 @@ export async function recordCommand(opts: RecordOptions): Promise<RecordResult> 
     }
     if (m.type === 'detached') counted.detached = true;
     if (m.type === 'detached' && m.reason !== 'requested') onEnd(m.message ?? `the probe went away (${m.reason})`);
-  }, { probeRoot: opts.probeRoot, updateHz: opts.rateHz, historyBytes: CLI_HISTORY_BYTES });
+  }, {
+    ...hostSettingsFromEnv(process.env, (line) => opts.log.write(`moe-devtools: note: ${line}\n`)),
+    probeRoot: opts.probeRoot, updateHz: opts.rateHz, historyBytes: CLI_HISTORY_BYTES,
+  });
   const write = (line: string) => {
     const bytes = Buffer.from(`${line}\n`);
     fs.writeSync(fd!, bytes);
