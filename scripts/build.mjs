@@ -4,6 +4,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as zlib from 'node:zlib';
 import { fileURLToPath } from 'node:url';
+import { buildCli } from './build-cli.mjs';
 import { writeHostLauncher } from './host-launcher.mjs';
 import { projectPython } from './python-env.mjs';
 import { execFileSync } from 'node:child_process';
@@ -68,7 +69,9 @@ try {
   // no Python yet (setup-python not run): jobs compile on first attach instead
 }
 
-console.log(`built ${path.relative(root, ext)} and ${path.relative(root, host)}`);
+await buildCli(); // the command line (its launcher also rebuilds it by itself when a source changed)
+
+console.log(`built ${path.relative(root, ext)}, ${path.relative(root, host)} and dist/cli`);
 if (watch) console.log('(--watch is not supported; rerun the build)');
 
 /** A small generated icon: a 4x4 grid of expert cells, a few lit. No binary asset to keep in git. */

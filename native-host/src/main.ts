@@ -6,7 +6,7 @@
 import * as path from 'node:path';
 import { parsePanelRequest, type HostMessage } from '../../src/protocol/panel';
 import { Host } from './host';
-import { parseAttachMethods } from './inject';
+import { hostSettingsFromEnv } from './env-settings';
 import { NativeMessageReader, encodeNativeMessage } from './native-messaging';
 
 const log = (line: string) => process.stderr.write(`[moe-devtools-host] ${line}\n`);
@@ -25,22 +25,10 @@ function send(message: HostMessage) {
 const probeRoot = process.env.MOE_DEVTOOLS_PROBE_ROOT ?? path.dirname(process.argv[1] ?? __filename);
 // More than this much unread by the browser means it is behind: coalesce and drop instead of queueing.
 const CONGESTED_BYTES = 8 * 1024 * 1024;
-const historyMB = Number(process.env.MOE_DEVTOOLS_HISTORY_MB);
-// How long an attach waits for the probe to start once it is queued (the job's main thread
-// must reach Python), and which attach methods to try, in order (e.g. "gdb" to force gdb).
-const attachTimeoutMs = Number(process.env.MOE_DEVTOOLS_ATTACH_TIMEOUT_MS);
-let methods: ReturnType<typeof parseAttachMethods>;
-try {
-  methods = parseAttachMethods(process.env.MOE_DEVTOOLS_ATTACH_METHODS);
-} catch (err) {
-  log(`${(err as Error).message}; using the default order`);
-}
 const host = new Host(send, {
   probeRoot,
   congested: () => process.stdout.writableLength > CONGESTED_BYTES,
-  ...(historyMB > 0 ? { historyBytes: historyMB * 1024 * 1024 } : {}),
-  ...(attachTimeoutMs > 0 ? { attachTimeoutMs } : {}),
-  ...(methods ? { methods } : {}),
+  ...hostSettingsFromEnv(process.env, log),
 });
 const reader = new NativeMessageReader();
 

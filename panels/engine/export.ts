@@ -5,10 +5,10 @@ const num = (x: number) => (Number.isFinite(x) ? String(Math.round(x * 1e6) / 1e
 
 /** One row per layer with its window statistics, then one row per (layer, expert) with its window count. */
 export function metricsCsv(a: Analysis): string {
-  const out = ['layer,experts,top_k,tokens,max_vio,cv,gini,normalized_load_entropy,effective_experts,zero_experts,router_entropy,nan,inf,dropped_tokens,ms_per_pass'];
+  const out = ['layer,experts,top_k,tokens,max_vio,balancedness,cv,gini,normalized_load_entropy,effective_experts,zero_experts,router_entropy,z_loss,nan,inf,dropped_tokens,ms_per_pass'];
   for (const r of a.rows) {
-    out.push([r.layer, r.experts, r.topK, num(r.tokens), num(r.maxVio), num(r.cv), num(r.gini), num(r.normalizedEntropy), num(r.effectiveExperts),
-      r.zeroExperts, num(r.routerEntropy), r.nan, r.inf, r.droppedTokens, num(r.msPerPass)].join(','));
+    out.push([r.layer, r.experts, r.topK, num(r.tokens), num(r.maxVio), num(r.balancedness), num(r.cv), num(r.gini), num(r.normalizedEntropy), num(r.effectiveExperts),
+      r.zeroExperts, num(r.routerEntropy), num(r.zLoss), r.nan, r.inf, r.droppedTokens, num(r.msPerPass)].join(','));
   }
   out.push('', 'layer,expert,count');
   for (let l = 0; l < a.layers; l++) for (let e = 0; e < a.experts; e++) out.push(`${l},${e},${a.window.counts[l * a.experts + e]}`);

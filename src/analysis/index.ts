@@ -12,4 +12,4 @@ export * from './locality';
 export * from './vocabulary';
 export * from './thresholds';
 export * from './health';
-export { findings, fmtInt, type Finding, type FindingKind, type LayerWindow } from './findings';
+export { FINDING_KINDS, findings, fmtInt, type Finding, type FindingKind, type LayerWindow } from './findings';

@@ -1,6 +1,11 @@
 /**
  * Messages between the panel and the native host (JSON over native messaging,
  * relayed unchanged by the service worker). One place for both sides.
+ *
+ * Native messaging frames each message as a 4-byte length in native byte order
+ * (little-endian on every platform Chrome runs on) followed by that many bytes of
+ * UTF-8 JSON, on the host's stdin (requests) and stdout (messages). Send hello
+ * first; closing stdin makes the host detach from every job and exit.
  */
 import { describeValue, type ModelInfo } from './probe';
 
