@@ -187,7 +187,8 @@ async function injectPtrace(facts: ProcessFacts, source: string, opts: InjectOpt
   if (!result) throw new AttachError('inject_failed', 'No Python interpreter was found to run the injector.');
   if (result.ok) {
     const where = result.thread === 'main' ? 'the main thread' : `thread ${result.tid}`;
-    return `queued at ${where}'s ${result.syscall} exit in ${Math.round(result.timings_ms.done ?? 0)} ms`;
+    const done = `queued at ${where}'s ${result.syscall} exit in ${Math.round(result.timings_ms.done ?? 0)} ms`;
+    return result.warning ? `${done} (${result.warning})` : done;
   }
   throw ptraceError(facts.pid, result.code, result.message);
 }

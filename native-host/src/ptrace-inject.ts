@@ -34,6 +34,9 @@ export interface PtraceSuccess {
   timings_ms: Record<string, number>;
   extended_state_bytes: number;
   extended_state_changed?: boolean;
+  /** False when the kernel refused to take the vector state back (see warning). */
+  extended_state_restored?: boolean;
+  warning?: string;
   registers_restored: boolean;
 }
 
