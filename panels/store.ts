@@ -34,6 +34,8 @@ export interface JobState {
   status: 'attaching' | 'attached' | 'detached' | 'recording';
   method?: string;
   attachMs?: number;
+  /** How the probe got in: what each attach method tried said, the one that worked last. */
+  attachDetail?: string;
   python?: string;
   argv?: string[];
   models: ModelInfo[];
@@ -357,6 +359,7 @@ export class Store {
         this.patchJob(message.pid, {
           status: 'attached', method: message.method, attachMs: message.ms, python: message.python,
           argv: message.argv, models: message.models, attachedMessage: message,
+          attachDetail: message.attempts?.map((a) => `${a.method}: ${a.message}`).join('\n'),
         });
         if (message.method === 'tcp') this.set({ selectedPid: message.pid });
         // What the probe can see only partly (CUDA graph replays, torch.compile) is said at once.

@@ -4,7 +4,10 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as zlib from 'node:zlib';
 import { fileURLToPath } from 'node:url';
+import { buildCli } from './build-cli.mjs';
 import { writeHostLauncher } from './host-launcher.mjs';
+import { projectPython } from './python-env.mjs';
+import { execFileSync } from 'node:child_process';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const ext = path.join(root, 'dist/extension');
@@ -50,13 +53,25 @@ fs.copyFileSync(path.join(root, 'src/devtools/devtools.html'), path.join(ext, 'd
 fs.copyFileSync(path.join(root, 'panels/panel.html'), path.join(ext, 'panel.html'));
 fs.writeFileSync(path.join(ext, 'icon128.png'), icon(128));
 
-// The probe travels with the host: the host injects it from here.
-fs.cpSync(path.join(root, 'native-host/moe_probe'), path.join(host, 'moe_probe'), {
-  recursive: true,
-  filter: (src) => !src.includes('__pycache__'),
-});
+// The probe and the injector travel with the host: the host injects the probe from here.
+for (const pkg of ['moe_probe', 'moe_inject']) {
+  fs.cpSync(path.join(root, 'native-host', pkg), path.join(host, pkg), {
+    recursive: true,
+    filter: (src) => !src.includes('__pycache__'),
+  });
+}
 
-console.log(`built ${path.relative(root, ext)} and ${path.relative(root, host)}`);
+// Bytecode for the project's Python, so a job of that version does not compile the probe on attach
+// (many environments set PYTHONDONTWRITEBYTECODE, and dist/ may not be writable by the job).
+try {
+  execFileSync(projectPython(), ['-m', 'compileall', '-q', path.join(host, 'moe_probe'), path.join(host, 'moe_inject')], { stdio: 'ignore' });
+} catch {
+  // no Python yet (setup-python not run): jobs compile on first attach instead
+}
+
+await buildCli(); // the command line (its launcher also rebuilds it by itself when a source changed)
+
+console.log(`built ${path.relative(root, ext)}, ${path.relative(root, host)} and dist/cli`);
 if (watch) console.log('(--watch is not supported; rerun the build)');
 
 /** A small generated icon: a 4x4 grid of expert cells, a few lit. No binary asset to keep in git. */

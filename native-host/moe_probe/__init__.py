@@ -6,28 +6,62 @@ notebooks can also make themselves attachable:
     import moe_probe
     moe_probe.attach(model)   # or attach() to find models by itself
 
+or start a script under the probe without changing it:
+
+    python -m moe_probe run train.py --your-args
+
 The probe then listens on a private Unix socket; hooks are installed only while
-the DevTools panel is attached, so an idle probe costs nothing in the forward.
+the DevTools panel (or the `moe-devtools` command line) is attached, so an idle
+probe costs nothing in the forward pass.
+
+Importing this package needs only the standard library (so `moe_probe.__version__`
+works anywhere); attaching and the names re-exported from `moe_probe.routers` need
+torch, which the job already has.
 """
 
-from .recorder import Settings
-from .routers import MoELayer, Routing, find_moe_layers
-from .server import PROTOCOL_VERSION, current_server, start_server
+from typing import TYPE_CHECKING, Any, List, Optional, Sequence, Union
 
-__all__ = ["attach", "detach", "find_moe_layers", "MoELayer", "Routing", "PROTOCOL_VERSION"]
+__version__ = "0.1.0"
+
+__all__ = ["attach", "detach", "find_moe_layers", "MoELayer", "Routing", "PROTOCOL_VERSION", "__version__"]
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers only; at run time these load on first use
+    from torch import nn
+
+    from .routers import MoELayer, Routing, find_moe_layers
+    from .server import PROTOCOL_VERSION, current_server
 
 
-def attach(model=None, tcp_port=None, **settings):
-    """Make this process attachable from the MoE panel; returns the socket path.
+def attach(
+    model: "Union[nn.Module, Sequence[nn.Module], None]" = None,
+    tcp_port: Optional[int] = None,
+    **settings: float,
+) -> str:
+    """Make this process attachable from the MoE panel and the command line.
 
-    model: a module (or list of modules) to watch; None finds MoE models by itself
-    each time the panel attaches. settings: see recorder.Settings (flush_interval_s,
-    token_sample, token_passes_per_s, token_bytes_per_s, health_passes_per_s).
-    tcp_port: also listen on 127.0.0.1:tcp_port (0 picks a free port) for a host that
-    reaches this machine through an SSH tunnel; clients must present the random token
-    written, with the address, to probe-PID.tcp.json in the private socket folder.
+    Args:
+        model: the module (or modules) to watch. None finds MoE models by itself
+            each time a host attaches (every live torch module with MoE layers).
+        tcp_port: also listen on 127.0.0.1:tcp_port (0 picks a free port), for a
+            host that reaches this machine through an SSH tunnel. Clients must
+            present the random token written, with the address, to
+            probe-PID.tcp.json (mode 0600) in the private socket folder.
+        **settings: sampling settings (see moe_probe.recorder.Settings):
+            flush_interval_s (0.03), token_sample (128), token_passes_per_s (50),
+            token_bytes_per_s (2_000_000), health_passes_per_s (50).
+
+    Returns:
+        The path of the probe's Unix socket. Calling attach again returns the
+        running probe's path.
+
+    Raises:
+        ImportError: torch is not installed in this environment.
+        TypeError: an unknown setting was given.
     """
-    models = None
+    from .recorder import Settings
+    from .server import start_server
+
+    models: Optional[List[Any]] = None
     if model is not None:
         models = list(model) if isinstance(model, (list, tuple)) else [model]
     server = start_server(mode="library", once=False, models=models, settings=Settings(**settings),
@@ -35,8 +69,26 @@ def attach(model=None, tcp_port=None, **settings):
     return server.path
 
 
-def detach():
-    """Stop listening and remove every hook, thread and file the probe made."""
-    server = current_server()
+def detach() -> None:
+    """Stop listening and remove every hook, thread and file the probe made. Safe to call twice."""
+    import sys
+
+    server_module = sys.modules.get(__name__ + ".server")
+    if server_module is None:
+        return  # never attached: nothing to undo (and no reason to import torch)
+    server = server_module.current_server()
     if server is not None:
         server.stop()
+
+
+def __getattr__(name: str) -> Any:
+    """Names that need torch (find_moe_layers, MoELayer, Routing, ...), imported on first use."""
+    if name in ("find_moe_layers", "MoELayer", "Routing"):
+        from . import routers
+
+        return getattr(routers, name)
+    if name in ("PROTOCOL_VERSION", "current_server"):  # current_server(): the running probe, or None
+        from . import server
+
+        return getattr(server, name)
+    raise AttributeError("module %r has no attribute %r" % (__name__, name))

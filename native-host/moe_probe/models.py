@@ -1,6 +1,9 @@
 """Finding the live model roots in a process that did not tell us about them."""
 
 import gc
+import itertools
+import sys
+import types
 from typing import List, NamedTuple, Optional, Tuple
 
 import torch
@@ -20,25 +23,118 @@ class Survey(NamedTuple):
 
 
 def survey(explicit_models=None) -> Survey:
+    """The models (and tokenizer) of this process: found from its own names when possible,
+    else from every object the garbage collector tracks.
+
+    Looking from the names first (survey_from_names) touches a few thousand objects instead
+    of every object of the process, so attaching pauses a big job for milliseconds, not for
+    a walk over millions of objects. The full walk remains the answer whenever that finds no
+    MoE model, and for CUDA jobs, whose captured graphs are only found that way.
+    """
+    if explicit_models is None and not torch.cuda.is_initialized():
+        found = survey_from_names()
+        if found is not None:
+            return found
+    return survey_all_objects(explicit_models)
+
+
+# How far survey_from_names looks: attribute/item hops from a name, and objects visited.
+NAME_DEPTH = 4
+NAME_BUDGET = 50000
+
+
+def survey_from_names() -> Optional[Survey]:
+    """Models reachable from the program's names: __main__'s globals and the locals of every
+    thread's frames, through containers and plain objects' attributes (a trainer's .model, an
+    engine's .model_runner.model), up to NAME_DEPTH hops. None when no MoE model is reached."""
+    roots_of_search = []
+    main = sys.modules.get("__main__")
+    if main is not None:
+        roots_of_search.append(vars(main))
+    for frame in sys._current_frames().values():
+        while frame is not None:
+            if frame.f_code.co_filename != __file__:
+                try:
+                    roots_of_search.append(frame.f_locals)
+                except Exception:
+                    pass
+            frame = frame.f_back
+    modules = []
+    tokenizer = None
+    seen = set()
+    level = roots_of_search
+    for _depth in range(NAME_DEPTH + 1):
+        following = []
+        for obj in level:
+            if id(obj) in seen or len(seen) >= NAME_BUDGET:
+                continue
+            seen.add(id(obj))
+            cls = type(obj)  # never isinstance(): it may consult a proxy's __class__ (user code)
+            try:
+                if issubclass(cls, nn.Module):
+                    modules.append(obj)
+                    continue  # its submodules are find_moe_layers' business
+                if issubclass(cls, _LEAVES):
+                    continue
+                if tokenizer is None and _is_tokenizer(cls):
+                    tokenizer = obj
+                    continue
+                # What the object holds, as the garbage collector sees it: container items,
+                # an instance's attribute values. Read in C, so no property or __getattr__ runs.
+                following.extend(gc.get_referents(obj)[:_REFERENTS])
+            except Exception:
+                continue  # an object with odd hooks: not where a model lives
+        level = following
+    if not modules:
+        return None
+    descendants = set()
+    for module in modules:
+        for child in module.modules():
+            if child is not module:
+                descendants.add(id(child))
+    roots = find_model_roots([m for m in modules if id(m) not in descendants])
+    if not roots:
+        return None
+    return Survey(roots, len(modules), tokenizer, 0, [])
+
+
+# Objects whose referents never lead to a model a program holds: values, tensors, code,
+# and module namespaces and classes (which lead everywhere: all of sys.modules).
+_LEAVES = (str, bytes, bytearray, int, float, complex, bool, type(None), type, torch.Tensor,
+           types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.CodeType,
+           types.FrameType, types.GeneratorType, types.CoroutineType, types.CellType)
+_REFERENTS = 1000
+
+
+def survey_all_objects(explicit_models=None) -> Survey:
     """One pass over every object the garbage collector tracks.
 
     An injected probe has no other handle on the model. The scan holds the GIL, so it
-    pauses the job for its duration: everything is gathered in this single pass.
+    pauses the job for its duration: everything is gathered in this single pass, and the
+    per-object work (a process with torch and transformers tracks hundreds of thousands of
+    objects) runs in C: each object's type is read once, the few thousand distinct types are
+    classified in Python, and the objects of the wanted types are picked with compress().
     """
-    modules = []
-    tokenizer = None
-    graphs = 0
     count_graphs = torch.cuda.is_initialized()
-    for obj in gc.get_objects():
-        # type() rather than isinstance(): isinstance consults __class__, which on some
-        # deprecated module proxies emits a warning into the job's stderr.
-        cls = type(obj)
-        if issubclass(cls, nn.Module):
-            modules.append(obj)
-        elif tokenizer is None and _is_tokenizer(cls):
-            tokenizer = obj
-        elif count_graphs and cls.__name__ == "CUDAGraph":
-            graphs += 1
+    objects = gc.get_objects()
+    kinds = list(map(type, objects))
+    module_types, tokenizer_types, graph_types = set(), set(), set()
+    for cls in set(kinds):
+        try:
+            if issubclass(cls, nn.Module):
+                module_types.add(cls)
+            elif _is_tokenizer(cls):
+                tokenizer_types.add(cls)
+            elif count_graphs and cls.__name__ == "CUDAGraph":
+                graph_types.add(cls)
+        except Exception:
+            continue  # a type with a broken __mro__ or attribute hook is none of these
+    wanted = module_types | tokenizer_types | graph_types
+    picked = list(itertools.compress(objects, map(wanted.__contains__, kinds)))
+    del objects, kinds
+    modules = [obj for obj in picked if type(obj) in module_types]
+    tokenizer = next((obj for obj in picked if type(obj) in tokenizer_types), None)
+    graphs = sum(1 for obj in picked if type(obj) in graph_types)
     rejected: List[Rejection] = []
     roots = find_model_roots(modules if explicit_models is None else explicit_models, rejected)
     return Survey(roots, len(modules), tokenizer, graphs, rejected)

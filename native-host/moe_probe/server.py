@@ -33,6 +33,8 @@ QUEUE_SIZE = 64
 SEND_TIMEOUT_S = 5.0
 POLL_S = 0.05
 FINAL_FLUSH_WAIT_S = 0.5
+# An injected probe whose host never connects (it gave up, or died) leaves the job after this long.
+INJECTED_LINGER_S = 30.0
 
 
 def _peer_uid(conn):
@@ -104,13 +106,19 @@ class ProbeServer:
         if os.path.exists(self.path):
             os.unlink(self.path)  # left by a process with our pid that died
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        # Bound and listening under a temporary name first, then renamed: the host watches the
+        # folder and connects the moment the path appears, which must not be before listen().
+        pending = os.path.join(directory, ".%s%d.tmp" % (paths.SOCKET_PREFIX, os.getpid()))
+        if os.path.exists(pending):
+            os.unlink(pending)
         old_umask = os.umask(0o177)  # the socket is created 0600, never briefly wider
         try:
-            listener.bind(self.path)
+            listener.bind(pending)
         finally:
             os.umask(old_umask)
-        os.chmod(self.path, 0o600)
+        os.chmod(pending, 0o600)
         listener.listen(4)
+        os.rename(pending, self.path)
         self._listener = listener
         if self.tcp_port is not None:
             self._start_tcp(directory)
@@ -151,6 +159,7 @@ class ProbeServer:
         return conn, readable[0] is self._tcp_listener
 
     def _serve(self):
+        give_up_at = time.monotonic() + INJECTED_LINGER_S if self.once else None
         try:
             while not self._stopping.is_set():
                 try:
@@ -158,6 +167,8 @@ class ProbeServer:
                 except (OSError, ValueError):
                     break
                 if conn is None:
+                    if give_up_at is not None and time.monotonic() > give_up_at:
+                        break  # nobody came: close the socket and end the thread
                     continue
                 conn.setblocking(True)
                 if over_tcp:

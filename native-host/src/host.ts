@@ -6,11 +6,11 @@
  * to native messaging.
  */
 import * as fs from 'node:fs';
-import { MAX_HOST_MESSAGE_BYTES, PANEL_PROTOCOL_VERSION, type AttachMethod, type HostMessage, type JobUpdate, type PanelRequest, type TokenUpdate } from '../../src/protocol/panel';
+import { MAX_HOST_MESSAGE_BYTES, PANEL_PROTOCOL_VERSION, type AttachAttempt, type AttachMethod, type HostMessage, type JobUpdate, type PanelRequest, type TokenUpdate } from '../../src/protocol/panel';
 import { HEALTH_COLUMNS, countsToNumbers, float32s, float64s, int32s, layerOffsets, type ModelInfo, type ProbeCounts, type ProbeFrame, type ProbeHello, type ProbeTokens } from '../../src/protocol/probe';
 import { AttachError, HINTS } from './attach-errors';
 import { DEFAULT_HISTORY_BYTES, History } from './history';
-import { chooseMethod, inject, preflight, waitForProbe } from './inject';
+import { attachMethods, type InjectMethod, injectProbe, preflight, waitForProbe } from './inject';
 import { probeSocketPath, socketDir } from './paths';
 import { ProbeClient } from './probe-client';
 import { listTorchProcesses, processExists } from './processes';
@@ -23,6 +23,8 @@ export interface HostOptions {
   updateHz?: number;
   attachTimeoutMs?: number;
   gdbPath?: string;
+  /** Attach methods to try, in order (default: attachMethods for the process). */
+  methods?: InjectMethod[];
   /** Byte cap of the history kept for the panel's window queries. */
   historyBytes?: number;
   /**
@@ -173,14 +175,17 @@ export class Host {
     const started = performance.now();
     try {
       let method: AttachMethod = 'socket';
+      let attempts: AttachAttempt[] | undefined;
       let path = probeSocketPath(pid, this.dir);
       if (!fs.existsSync(path)) {
         const facts = preflight(pid);
-        const injectMethod = chooseMethod(facts);
-        method = injectMethod;
-        this.send({ type: 'attaching', pid, method });
-        await inject(facts, injectMethod, { probeRoot: this.opts.probeRoot, socketDir: this.dir, gdbPath: this.opts.gdbPath });
-        path = await waitForProbe(pid, this.dir, this.opts.attachTimeoutMs ?? 15000);
+        const methods = this.opts.methods ?? attachMethods(facts);
+        this.send({ type: 'attaching', pid, method: methods[0] });
+        const attachTimeoutMs = this.opts.attachTimeoutMs ?? 15000;
+        const injected = await injectProbe(facts, { probeRoot: this.opts.probeRoot, socketDir: this.dir, gdbPath: this.opts.gdbPath, attachTimeoutMs, methods });
+        method = injected.method;
+        attempts = injected.attempts;
+        path = await waitForProbe(pid, this.dir, attachTimeoutMs);
       } else if (!processExists(pid)) {
         fs.rmSync(path, { force: true }); // a probe's socket left by a job that died
         throw new AttachError('no_such_process', `Process ${pid} does not exist (it may have exited).`);
@@ -194,16 +199,16 @@ export class Host {
         const code = hello.error.code === 'no_moe' ? 'no_moe' : 'probe_failed';
         throw new AttachError(code, hello.error.message, code === 'no_moe' ? HINTS.no_moe : undefined);
       }
-      this.adopt(pid, client, hello, method, started);
+      this.adopt(pid, client, hello, method, started, attempts);
     } catch (err) {
       const e = err instanceof AttachError ? err : new AttachError('internal', (err as Error).message ?? String(err));
-      this.send({ type: 'error', pid, code: e.code, message: e.message, ...(e.hint ? { hint: e.hint } : {}) });
+      this.send({ type: 'error', pid, code: e.code, message: e.message, ...(e.hint ? { hint: e.hint } : {}), ...(e.attempts ? { attempts: e.attempts } : {}) });
     } finally {
       this.attaching.delete(pid);
     }
   }
 
-  private adopt(pid: number, client: ProbeClient, hello: ProbeHello, method: AttachMethod, started: number) {
+  private adopt(pid: number, client: ProbeClient, hello: ProbeHello, method: AttachMethod, started: number, attempts?: AttachAttempt[]) {
     const job: Job = { pid, client, method, models: hello.models, pending: new Map(), coalesced: 0, detaching: false, remote: method === 'tcp' };
     this.jobs.set(pid, job);
     client.onFrame((frame) => this.onFrame(job, frame));
@@ -211,7 +216,7 @@ export class Host {
     this.send({
       type: 'attached', pid, method, ms: Math.round(performance.now() - started),
       python: hello.python, framework: hello.framework, frameworkVersion: hello.framework_version,
-      argv: hello.argv, models: hello.models, warnings: hello.warnings ?? [],
+      argv: hello.argv, models: hello.models, warnings: hello.warnings ?? [], ...(attempts ? { attempts } : {}),
     });
   }
 

@@ -6,6 +6,7 @@
 import * as path from 'node:path';
 import { parsePanelRequest, type HostMessage } from '../../src/protocol/panel';
 import { Host } from './host';
+import { hostSettingsFromEnv } from './env-settings';
 import { NativeMessageReader, encodeNativeMessage } from './native-messaging';
 
 const log = (line: string) => process.stderr.write(`[moe-devtools-host] ${line}\n`);
@@ -24,11 +25,10 @@ function send(message: HostMessage) {
 const probeRoot = process.env.MOE_DEVTOOLS_PROBE_ROOT ?? path.dirname(process.argv[1] ?? __filename);
 // More than this much unread by the browser means it is behind: coalesce and drop instead of queueing.
 const CONGESTED_BYTES = 8 * 1024 * 1024;
-const historyMB = Number(process.env.MOE_DEVTOOLS_HISTORY_MB);
 const host = new Host(send, {
   probeRoot,
   congested: () => process.stdout.writableLength > CONGESTED_BYTES,
-  ...(historyMB > 0 ? { historyBytes: historyMB * 1024 * 1024 } : {}),
+  ...hostSettingsFromEnv(process.env, log),
 });
 const reader = new NativeMessageReader();
 

@@ -15,6 +15,7 @@ import { Ring } from './ring';
 const HC = HEALTH_COLUMNS.length;
 const H_TOKENS = HEALTH_COLUMNS.indexOf('logit_tokens');
 const H_ENTROPY = HEALTH_COLUMNS.indexOf('entropy_sum');
+const H_ZLOSS = HEALTH_COLUMNS.indexOf('zloss_sum');
 const H_NAN = HEALTH_COLUMNS.indexOf('nan');
 const H_INF = HEALTH_COLUMNS.indexOf('inf');
 const H_DROPPED = HEALTH_COLUMNS.indexOf('dropped');
@@ -92,6 +93,8 @@ export interface LayerRow {
   /** Tokens through the layer in the window. */
   tokens: number;
   maxVio: number;
+  /** Mean load / max load (1 / (1 + MaxVio)), SGLang's headline number. */
+  balancedness: number;
   cv: number;
   gini: number;
   normalizedEntropy: number;
@@ -99,6 +102,8 @@ export interface LayerRow {
   zeroExperts: number;
   /** Mean normalized per-token router entropy in the window; NaN when not measured. */
   routerEntropy: number;
+  /** ST-MoE router z-loss, mean of logsumexp(logits)^2 over the window's measured tokens; NaN when not measured. */
+  zLoss: number;
   nan: number;
   inf: number;
   droppedTokens: number;
@@ -423,9 +428,9 @@ export class Analyzer {
       if (Number.isFinite(blockS)) blockTotal += blockS;
       const label = layerLabel(info);
       rows.push({
-        layer: l, info, label, experts: e, topK: k, tokens, maxVio: st.maxVio, cv: st.cv, gini: st.gini,
+        layer: l, info, label, experts: e, topK: k, tokens, maxVio: st.maxVio, balancedness: st.balancedness, cv: st.cv, gini: st.gini,
         normalizedEntropy: st.normalizedEntropy, effectiveExperts: st.effectiveExperts, zeroExperts: st.zeroExperts,
-        routerEntropy: re, nan, inf, droppedTokens: dropped, msPerPass: dPasses > 0 ? (1000 * blockS) / dPasses : NaN,
+        routerEntropy: re, zLoss: zLossDelta(latest, base, l), nan, inf, droppedTokens: dropped, msPerPass: dPasses > 0 ? (1000 * blockS) / dPasses : NaN,
         offset: offsets[l]!,
       });
       windows.push({
@@ -562,6 +567,12 @@ function layerTokens(job: JobData, a: Snapshot, b: Snapshot, layer: number): num
 function healthDelta(a: Snapshot, b: Snapshot, layer: number, col: number): number {
   if (!a.health || !b.health) return 0;
   return a.health[layer * HC + col]! - b.health[layer * HC + col]!;
+}
+
+/** Mean router z-loss (logsumexp^2) between two snapshots; NaN when no logits were measured. */
+function zLossDelta(a: Snapshot, b: Snapshot, layer: number): number {
+  const n = healthDelta(a, b, layer, H_TOKENS);
+  return a.health && b.health && n > 0 ? healthDelta(a, b, layer, H_ZLOSS) / n : NaN;
 }
 
 /** Mean normalized per-token router entropy between two snapshots; NaN when no logits were measured. */

@@ -10,13 +10,13 @@ const text = (s: string) => (/[",\n]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s
  * module path and the model's own layer number), then one row per (layer, expert) with its window count.
  */
 export function metricsCsv(a: Analysis): string {
-  const out = ['layer,name,model_layer,stack,kind,design,source,experts,identity_experts,top_k,tokens,max_vio,cv,gini,normalized_load_entropy,' +
-    'effective_experts,zero_experts,router_entropy,nan,inf,dropped_tokens,ms_per_pass'];
+  const out = ['layer,name,model_layer,stack,kind,design,source,experts,identity_experts,top_k,tokens,max_vio,balancedness,cv,gini,' +
+    'normalized_load_entropy,effective_experts,zero_experts,router_entropy,z_loss,nan,inf,dropped_tokens,ms_per_pass'];
   for (const r of a.rows) {
     const i = r.info;
     out.push([r.layer, text(i.name), i.model_index, text(i.stack), i.kind, i.design, i.source, r.experts, i.identity_experts, r.topK,
-      num(r.tokens), num(r.maxVio), num(r.cv), num(r.gini), num(r.normalizedEntropy), num(r.effectiveExperts),
-      r.zeroExperts, num(r.routerEntropy), r.nan, r.inf, num(r.droppedTokens), num(r.msPerPass)].join(','));
+      num(r.tokens), num(r.maxVio), num(r.balancedness), num(r.cv), num(r.gini), num(r.normalizedEntropy), num(r.effectiveExperts),
+      r.zeroExperts, num(r.routerEntropy), num(r.zLoss), r.nan, r.inf, num(r.droppedTokens), num(r.msPerPass)].join(','));
   }
   out.push('', 'layer,expert,count');
   for (const r of a.rows) for (let e = 0; e < r.experts; e++) out.push(`${r.layer},${e},${a.window.counts[r.offset + e]}`);

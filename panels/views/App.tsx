@@ -212,7 +212,7 @@ function JobView({ store, job, analysis: a }: { store: Store; job: JobState; ana
     <div class="job" data-testid="job" data-pid={job.pid} data-status={job.status}>
       <div class="job-head">
         <span class="job-title">{model ? `${model.class}` : 'Model'} · {title}</span>
-        <span class="muted">{status}</span>
+        <span class="muted" title={job.attachDetail} data-testid="attach-status">{status}</span>
       </div>
       <nav class="tabs" role="tablist">
         {VIEWS.map((v) => (

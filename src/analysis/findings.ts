@@ -35,7 +35,9 @@ export interface LayerWindow {
   routerEntropy?: number;
 }
 
-export type FindingKind = 'dead_expert' | 'imbalance' | 'collapse' | 'abnormal_entropy' | 'nan_logits' | 'dropped_tokens';
+/** Every kind of finding, for callers that take kinds by name (the command line's --fail-on). */
+export const FINDING_KINDS = ['dead_expert', 'imbalance', 'collapse', 'abnormal_entropy', 'nan_logits', 'dropped_tokens'] as const;
+export type FindingKind = (typeof FINDING_KINDS)[number];
 
 export interface Finding {
   kind: FindingKind;

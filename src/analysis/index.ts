@@ -13,4 +13,4 @@ export * from './vocabulary';
 export * from './thresholds';
 export * from './health';
 export * from './layers';
-export { findings, fmtInt, type Finding, type FindingKind, type LayerWindow } from './findings';
+export { FINDING_KINDS, findings, fmtInt, type Finding, type FindingKind, type LayerWindow } from './findings';

@@ -1,6 +1,11 @@
 /**
  * Messages between the panel and the native host (JSON over native messaging,
  * relayed unchanged by the service worker). One place for both sides.
+ *
+ * Native messaging frames each message as a 4-byte length in native byte order
+ * (little-endian on every platform Chrome runs on) followed by that many bytes of
+ * UTF-8 JSON, on the host's stdin (requests) and stdout (messages). Send hello
+ * first; closing stdin makes the host detach from every job and exit.
  */
 import { describeValue, type LayerInfo, type ModelInfo } from './probe';
 
@@ -20,7 +25,14 @@ export interface ProcessInfo {
   attached: boolean;
 }
 
-export type AttachMethod = 'socket' | 'remote_exec' | 'gdb' | 'lldb' | 'tcp';
+export type AttachMethod = 'socket' | 'remote_exec' | 'ptrace' | 'gdb' | 'lldb' | 'tcp';
+
+/** What one attach method did: the panel lists these when all fail, and shows how the one that worked went. */
+export interface AttachAttempt {
+  method: AttachMethod;
+  ok: boolean;
+  message: string;
+}
 
 /** Error codes the panel knows how to explain; `message` and `hint` carry the words. */
 export type ErrorCode =
@@ -121,6 +133,8 @@ export type HostMessage =
       models: ModelInfo[];
       /** What the probe can see only partly (CUDA graph replays, compiled modules). */
       warnings?: Array<{ code: string; message: string }>;
+      /** How the probe got in: each method tried, the one that worked last. */
+      attempts?: AttachAttempt[];
     }
   | JobUpdate
   | TokenUpdate
@@ -139,7 +153,7 @@ export type HostMessage =
       droppedToPanel: number;
     }
   | { type: 'detached'; pid: number; reason: 'requested' | 'process_exited' | 'probe_closed' | 'error'; message?: string }
-  | { type: 'error'; pid?: number; code: ErrorCode; message: string; hint?: string };
+  | { type: 'error'; pid?: number; code: ErrorCode; message: string; hint?: string; attempts?: AttachAttempt[] };
 
 /** Validate a message from the panel; returns an error string or the request. */
 export function parsePanelRequest(value: unknown): PanelRequest | { error: string } {

@@ -50,8 +50,9 @@ async function waitForLine(child: ChildProcess, text: string) {
 }
 
 async function attachError(driver: HostDriver, pid: number) {
+  const from = driver.messages.length;
   driver.send({ type: 'attach', pid });
-  return driver.waitFor(isType('error', pid), 30000);
+  return driver.waitFor(isType('error', pid), 30000, from);
 }
 
 const sumCounts = (u: JobUpdate) => u.counts.reduce((a, b) => a + b, 0);
@@ -86,6 +87,54 @@ describe('native host', () => {
     expect(dense.exitCode).toBeNull();
   });
 
+  it('gives up cleanly on a job whose main thread never returns to Python, and leaves nothing in it', async () => {
+    // The main thread blocks reading stdin (one long C call); a second thread keeps running,
+    // so the injector finds a safe point, but the queued bootstrap cannot run until the read returns.
+    const script = [
+      'import sys, threading, time, torch',
+      'def tick():',
+      '    while True:',
+      '        time.sleep(0.01)',
+      'threading.Thread(target=tick, daemon=True, name="ticker").start()',
+      'print("ready", flush=True)',
+      'sys.stdin.buffer.read(1)',
+      'print("back", flush=True)',
+      'for _ in range(100):',
+      '    time.sleep(0.01)',
+      'print("threads", sorted(t.name for t in threading.enumerate()), flush=True)',
+      'while True:',
+      '    time.sleep(0.01)',
+    ].join('\n');
+    const child = spawn(pythonPath(), ['-c', script], { stdio: ['pipe', 'pipe', 'pipe'] });
+    cleanup.push(() => child.kill('SIGKILL'));
+    let stderr = '';
+    let stdout = '';
+    child.stderr!.on('data', (d) => (stderr += d));
+    child.stdout!.on('data', (d) => (stdout += d));
+    await waitForLine(child, 'ready');
+    const driver = new HostDriver({ MOE_DEVTOOLS_ATTACH_TIMEOUT_MS: '3000' });
+    cleanup.push(() => driver.kill());
+    driver.send({ type: 'hello', version: 1 });
+    const started = Date.now();
+    const timedOut = await attachError(driver, child.pid!);
+    expect(timedOut.code).toBe('attach_timeout');
+    expect(timedOut.message).toMatch(/did not start in process \d+ within 3 s/);
+    expect(timedOut.hint).toMatch(/Nothing is left behind in the job/);
+    expect(Date.now() - started).toBeLessThan(15000);
+    // Now let the main thread return to Python: the late bootstrap must do nothing.
+    child.stdin!.write('x');
+    const deadline = Date.now() + 30000;
+    while (!/threads \[.*\]\n/.test(stdout) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    const socket = `/tmp/moe-devtools-${process.getuid!()}/probe-${child.pid}.sock`;
+    expect(fs.existsSync(socket)).toBe(false);
+    expect(/threads \[(.*)\]\n/.exec(stdout)?.[1], stdout).toBe("'MainThread', 'ticker'"); // no probe thread started late
+    expect(stderr).toBe('');
+    // And a later attach gets in as usual (this job has no MoE model, which the probe then says).
+    const later = await attachError(driver, child.pid!);
+    expect(later.code, later.message).toBe('no_moe');
+    expect(child.exitCode).toBeNull();
+  });
+
   it('answers malformed panel messages with an error and keeps serving', async () => {
     const driver = host();
     driver.send({ type: 'attach', pid: -3 });
@@ -105,7 +154,7 @@ describe('native host', () => {
     const driver = host();
     driver.send({ type: 'attach', pid: a.pid });
     driver.send({ type: 'attach', pid: b.pid });
-    // Two gdb injections at once on a loaded 2-core machine can take a while: a generous limit.
+    // Two injections at once on a loaded 2-core machine can take a while: a generous limit.
     const ua = await driver.waitFor((m): m is JobUpdate => m.type === 'update' && m.pid === a.pid && m.passes >= 3, 60000);
     const ub = await driver.waitFor((m): m is JobUpdate => m.type === 'update' && m.pid === b.pid && m.passes >= 3, 60000);
     expect(ua.widths).toEqual(new Array(ua.layers).fill(8));

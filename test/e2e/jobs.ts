@@ -50,13 +50,29 @@ function readLog(log: string): { ready?: Record<string, unknown>; passes: PassRe
  * `prelude`: Python run first in the same process (e.g. to start a library-mode probe).
  */
 export async function startTinyJob(args: string[] = [], minPasses = 8, opts: { prelude?: string; env?: NodeJS.ProcessEnv } = {}): Promise<Job> {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'moe-job-'));
-  const log = path.join(dir, 'job.jsonl');
+  const log = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'moe-job-')), 'job.jsonl');
   const script = path.join(ROOT, 'test/jobs/tiny_moe_job.py');
   const argv = opts.prelude
     ? ['-c', `${opts.prelude}\nimport runpy, sys\nsys.argv = ${JSON.stringify([script, '--log', log, ...args])}\nrunpy.run_path(sys.argv[0], run_name='__main__')`]
     : [script, '--log', log, ...args];
-  const child = spawn(pythonPath(), argv, { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, ...opts.env } });
+  return startLoggingJob(pythonPath(), argv, log, minPasses, opts.env);
+}
+
+/**
+ * Start scripts/demo_job.py (the committed demo model generating text; `--faults` plants a dead
+ * expert in layer 1 and a collapse in layer 3) under `python -m moe_probe run`, so that it is
+ * attachable over its socket without a debugger. It logs every pass's routing like the tiny job.
+ * `python`: the interpreter (default the project's), `env`: e.g. PYTHONPATH for the probe.
+ */
+export async function startDemoJob(args: string[] = [], minPasses = 8, opts: { python?: string; env?: NodeJS.ProcessEnv } = {}): Promise<Job> {
+  const log = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'moe-demo-job-')), 'job.jsonl');
+  const argv = ['-m', 'moe_probe', 'run', path.join(ROOT, 'scripts/demo_job.py'), '--quiet', '--log', log, ...args];
+  return startLoggingJob(opts.python ?? pythonPath(), argv, log, minPasses, opts.env);
+}
+
+/** Spawn a job that appends one JSON line per pass to `log`, and wait until it has logged `minPasses`. */
+async function startLoggingJob(python: string, argv: string[], log: string, minPasses: number, env: NodeJS.ProcessEnv = {}): Promise<Job> {
+  const child = spawn(python, argv, { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, ...env } });
   let stderr = '';
   child.stderr!.on('data', (d) => (stderr += d));
   const job: Job = {
@@ -71,14 +87,14 @@ export async function startTinyJob(args: string[] = [], minPasses = 8, opts: { p
         child.kill('SIGKILL');
       }),
   };
-  const deadline = Date.now() + 60_000;
+  const deadline = Date.now() + 90_000;
   while (Date.now() < deadline) {
     if (child.exitCode !== null) throw new Error(`job exited early (${child.exitCode}): ${stderr}`);
     if (fs.existsSync(log) && readLog(log).passes.length >= minPasses) return job;
     await new Promise((r) => setTimeout(r, 100));
   }
   await job.stop();
-  throw new Error(`job did not run ${minPasses} passes within 60 s: ${stderr}`);
+  throw new Error(`job did not run ${minPasses} passes within 90 s: ${stderr}`);
 }
 
 /**

@@ -39,6 +39,10 @@ describe('MoE panel attached to a running Mixtral job', () => {
     const started = Date.now();
     await attachThroughPanel(panel, job.pid);
     const attachMs = Date.now() - started;
+    // The panel says how the probe got in: our own injector, at a completed system call.
+    const status = await panel.$eval('[data-testid="attach-status"]', (el: Element) => ({ text: el.textContent, detail: el.getAttribute('title') }));
+    expect(status.text).toMatch(/^attached via ptrace in \d+ ms$/);
+    expect(status.detail).toMatch(/^ptrace: queued at (the main thread|thread \d+)'s \w+ exit in \d+ ms$/);
     await showView(panel, 'load'); // the per-expert table lives in the Load view
 
     // The panel must show live counts that equal the job's own record of its routing,

@@ -154,7 +154,7 @@ describe('MoE panel findings on jobs with planted faults', () => {
     // Tokens: click a sampled token to see its path; in layer 2 it went to experts 0 and 1, as every token did.
     await showView(panel, 'tokens');
     await panel.waitForSelector('[data-testid="token"]', { timeout: 10000 });
-    await panel.click('[data-testid="token"]');
+    await clickInPanel(panel, '[data-testid="token"]'); // a DOM click: the stream re-renders under a mouse click
     await panel.waitForSelector('[data-testid="token-path"] tr[data-layer="2"]', { timeout: 5000 });
     const path2 = await panel.$eval('[data-testid="token-path"] tr[data-layer="2"] [data-testid="token-experts"]', (el: Element) => el.textContent);
     expect(path2).toMatch(/^[01] \(.*\)[01] \(/);

@@ -6,18 +6,17 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AttachError, HINTS } from '../../native-host/src/attach-errors';
 import {
-  bootstrapSource,
   checkLldbResult,
-  chooseMethod,
   cStringLiteral,
-  inject,
+  findDebugger,
   LLDB_NO_MEMORY,
   LLDB_NO_SYMBOLS,
   lldbArgs,
   lldbExpression,
   lldbStringLiteral,
   type RunResult,
-} from '../../native-host/src/inject';
+} from '../../native-host/src/debugger-inject';
+import { attachMethods, bootstrapSource, injectWith } from '../../native-host/src/inject';
 import type { ProcessFacts } from '../../native-host/src/processes';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
@@ -187,18 +186,25 @@ const BREW_312 = facts('/opt/homebrew/Cellar/python@3.12/3.12.4/Frameworks/Pytho
 const PY_314 = facts('/Library/Frameworks/Python.framework/Versions/3.14/Resources/Python.app/Contents/MacOS/Python',
   ['/Library/Frameworks/Python.framework/Versions/3.14/Python']);
 
-describe('chooseMethod', () => {
-  it('uses lldb on macOS below Python 3.14, gdb on Linux, sys.remote_exec from 3.14 on', () => {
-    expect(chooseMethod(CONDA_311, 'darwin')).toBe('lldb');
-    expect(chooseMethod(BREW_312, 'darwin')).toBe('lldb');
-    expect(chooseMethod(facts('/usr/local/bin/python', []), 'darwin')).toBe('lldb'); // version unknown
-    expect(chooseMethod(PY_314, 'darwin')).toBe('remote_exec');
-    expect(chooseMethod(CONDA_311, 'linux')).toBe('gdb');
-    expect(chooseMethod(PY_314, 'linux')).toBe('remote_exec');
+describe('attachMethods', () => {
+  it('on Linux: sys.remote_exec from 3.14 on, then the native injector, then lldb, then gdb', () => {
+    expect(attachMethods(CONDA_311, 'linux', 'x64')).toEqual(['ptrace', 'lldb', 'gdb']);
+    expect(attachMethods(CONDA_311, 'linux', 'arm64')).toEqual(['ptrace', 'lldb', 'gdb']);
+    expect(attachMethods(PY_314, 'linux', 'x64')).toEqual(['remote_exec', 'ptrace', 'lldb', 'gdb']);
+    // No native injector for other CPUs: the debuggers remain.
+    expect(attachMethods(CONDA_311, 'linux', 'riscv64')).toEqual(['lldb', 'gdb']);
+  });
+
+  it('on macOS: lldb below Python 3.14, sys.remote_exec first from 3.14 on', () => {
+    expect(attachMethods(CONDA_311, 'darwin', 'arm64')).toEqual(['lldb']);
+    expect(attachMethods(BREW_312, 'darwin', 'arm64')).toEqual(['lldb']);
+    expect(attachMethods(facts('/usr/local/bin/python', []), 'darwin', 'x64')).toEqual(['lldb']); // version unknown
+    expect(attachMethods(PY_314, 'darwin', 'arm64')).toEqual(['remote_exec', 'lldb']);
   });
 
   it('refuses other platforms below 3.14', () => {
-    expect(() => chooseMethod(CONDA_311, 'win32')).toThrowError(expect.objectContaining({ code: 'unsupported_platform' }));
+    expect(() => attachMethods(CONDA_311, 'win32', 'x64')).toThrowError(expect.objectContaining({ code: 'unsupported_platform' }));
+    expect(attachMethods(PY_314, 'win32', 'x64')).toEqual(['remote_exec']);
   });
 });
 
@@ -391,19 +397,24 @@ describe('inject with method lldb (runner faked)', () => {
       return result(LLDB_SUCCESS.replaceAll('4242', String(job.pid)));
     };
     const socketDir = path.join(tmp, 'sockets');
-    await inject(job, 'lldb', { probeRoot: '/opt/moe host', socketDir, lldbPath: '/usr/bin/lldb', platform: 'darwin', run });
-    expect(calls).toEqual([{ file: '/usr/bin/lldb', args: lldbArgs(job.pid, bootstrapSource('/opt/moe host', socketDir), 'darwin'), timeoutMs: 30000 }]);
-    expect(fs.statSync(socketDir).isDirectory()).toBe(true);
+    fs.mkdirSync(socketDir);
+    const before = Date.now() / 1000;
+    await injectWith(job, 'lldb', { probeRoot: '/opt/moe host', socketDir, lldbPath: '/usr/bin/lldb', platform: 'darwin', run, attachTimeoutMs: 9000 });
+    // The bootstrap carries the moment after which it does nothing: the host's own deadline.
+    const deadline = Number(/deadline=([\d.]+)/.exec(calls[0]?.args.join(' ') ?? '')?.[1]);
+    expect(deadline).toBeGreaterThanOrEqual(before + 9 - 0.01);
+    expect(deadline).toBeLessThan(Date.now() / 1000 + 9 + 0.01);
+    expect(calls).toEqual([{ file: '/usr/bin/lldb', args: lldbArgs(job.pid, bootstrapSource('/opt/moe host', socketDir, { deadline }), 'darwin'), timeoutMs: 30000 }]);
   });
 
   it('rejects with lldb_missing when lldb is not there', async () => {
     const run = async () => ({ missing: true, ok: false, out: '\n' });
-    await expect(inject(job, 'lldb', { probeRoot: '/opt/moe', socketDir: tmp, platform: 'darwin', run })).rejects.toMatchObject({ code: 'lldb_missing' });
+    await expect(injectWith(job, 'lldb', { probeRoot: '/opt/moe', socketDir: tmp, platform: 'darwin', run })).rejects.toMatchObject({ code: 'lldb_missing' });
   });
 
   it('rejects with ptrace_denied-or-exited on a refused attach (here the pid is gone: process_exited)', async () => {
     const run = async () => result(NOT_ALLOWED_NEW, { ok: false });
-    await expect(inject(job, 'lldb', { probeRoot: '/opt/moe', socketDir: tmp, platform: 'darwin', run })).rejects.toMatchObject({ code: 'process_exited' });
+    await expect(injectWith(job, 'lldb', { probeRoot: '/opt/moe', socketDir: tmp, platform: 'darwin', run })).rejects.toMatchObject({ code: 'process_exited' });
   });
 });
 
@@ -417,7 +428,9 @@ function ptraceAllowed(): boolean {
 }
 
 // lldb's expression parser is the same on Linux; where lldb is installed, run the real thing.
-describe.runIf(process.platform === 'linux' && has('lldb') && ptraceAllowed())('lldbArgs against a real Python (lldb on Linux)', () => {
+const lldb = findDebugger('lldb');
+
+describe.runIf(process.platform === 'linux' && lldb !== null && ptraceAllowed())('lldbArgs against a real Python (lldb on Linux)', () => {
   it('queues code that then runs on the main thread, byte for byte', async () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'moe-lldb-live-'));
     const marker = path.join(dir, 'ran "it" `here` é');
@@ -428,7 +441,7 @@ describe.runIf(process.platform === 'linux' && has('lldb') && ptraceAllowed())('
         job.once('exit', () => reject(new Error('job exited')));
       });
       const source = `open(${JSON.stringify(marker)}, "w", encoding="utf-8").write(__import__("threading").current_thread().name + " \`x\` é \\\\ \\"q\\"")\n`;
-      const out = spawnSync('lldb', lldbArgs(job.pid!, source, 'linux'), { encoding: 'utf8', timeout: 60000, stdio: ['ignore', 'pipe', 'pipe'] });
+      const out = spawnSync(lldb!, lldbArgs(job.pid!, source, 'linux'), { encoding: 'utf8', timeout: 60000, stdio: ['ignore', 'pipe', 'pipe'] });
       expect(() => checkLldbResult(result(`${out.stdout}\n${out.stderr}`, { ok: out.status === 0 }), job.pid!)).not.toThrow();
       const deadline = Date.now() + 10000;
       while (!fs.existsSync(marker) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));

@@ -67,11 +67,15 @@ describe('Analyzer', () => {
       const health = new Array(L * hc).fill(0);
       health[0] = 16 * p; // logit_tokens
       health[1] = 16 * p * Math.log(E) * 0.5; // entropy_sum: normalized 0.5
+      health[2] = 16 * p * 9; // zloss_sum: logsumexp 3 for every token
       health[hc + 3] = p === 10 ? 2 : 0; // NaN logits in layer 1 at the end
       a.ingest(update(p, perPass, { health, timeS: [0.002 * p, 0.006 * p], probeS: 0.0008 * p, prefill: p, decode: 0 }));
     }
     const r = a.analyze(7, { windowMode: 'all' })!;
     expect(r.rows[0]!.routerEntropy).toBeCloseTo(0.5);
+    expect(r.rows[0]!.zLoss).toBeCloseTo(9);
+    expect(r.rows[1]!.zLoss).toBeNaN(); // no logits measured in layer 1
+    expect(r.rows[1]!.balancedness).toBeCloseTo(0.5); // mean 8 / max 16 per pass
     expect(r.rows[1]!.nan).toBe(2);
     expect(r.findings.some((f) => f.kind === 'nan_logits' && f.layer === 1)).toBe(true);
     expect(r.rows[0]!.msPerPass).toBeCloseTo(2);

@@ -1,0 +1,17 @@
+/** `moe-devtools list`: the Python processes with torch loaded that could be attached to. */
+import type { ProcessInfo } from '../../src/protocol/panel';
+import { listTorchProcesses } from '../../native-host/src/processes';
+
+export function listCommand(json: boolean, out: (text: string) => void): void {
+  const processes = listTorchProcesses(new Set());
+  out(json ? JSON.stringify(processes, null, 2) : formatProcesses(processes));
+}
+
+export function formatProcesses(processes: ProcessInfo[]): string {
+  if (!processes.length) return 'No Python process with torch loaded was found (only your own processes are listed).';
+  // One line per process: a `python -c` program's newlines would break the table.
+  const rows = processes.map((p) => [String(p.pid), p.python ?? '?', p.probe ? 'probe' : '', p.cmdline.replace(/\s+/g, ' ')]);
+  const head = ['PID', 'PYTHON', 'PROBE', 'COMMAND'];
+  const width = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
+  return [head, ...rows].map((r) => r.map((c, i) => (i < r.length - 1 ? c.padEnd(width[i]!) : c)).join('  ')).join('\n');
+}
