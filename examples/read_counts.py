@@ -39,9 +39,8 @@ def main(pid, updates):
             updates -= 1
             start = 0  # layers may differ in width: each one's experts follow the last's
             for layer, width in enumerate(message["widths"]):
-                counts = message["counts"][start:start + width]
+                print("pass %d layer %d: %s" % (message["passes"], layer, message["counts"][start:start + width]), flush=True)
                 start += width
-                print("pass %d layer %d: %s" % (message["passes"], layer, counts), flush=True)
     host.stdin.close()  # end of input: the host detaches from the job and exits
     host.wait()
 
