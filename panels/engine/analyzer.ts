@@ -423,7 +423,8 @@ export class Analyzer {
       // Assignments no expert served; in tokens for a top-k layer read from its experts' rows.
       const droppedRaw = Math.max(healthDelta(latest, base, l, H_DROPPED), 0);
       const dropped = info.source === 'expert-inputs' ? droppedRaw / k : droppedRaw;
-      const re = routerEntropyDelta(latest, base, l, e);
+      // the entropy of logits with NaN/Inf replaced says nothing: shown as not measured
+      const re = nan + inf > 0 ? NaN : routerEntropyDelta(latest, base, l, e);
       const blockS = latest.timeS && base.timeS ? latest.timeS[l]! - base.timeS[l]! : NaN;
       if (Number.isFinite(blockS)) blockTotal += blockS;
       const label = layerLabel(info);
