@@ -67,9 +67,13 @@ export function loadIsJudgeable(info: Pick<LayerInfo, 'design'>): boolean {
   return info.design !== 'expert-choice';
 }
 
-/** Whether the router's logits decide the experts (not for hash tables, fixed routing or sigmoid gates), so router entropy findings apply. */
+/**
+ * Whether the softmax of the router's logits is what chooses, so router entropy findings apply:
+ * not for hash tables or fixed routing, nor for gates the model declares as sigmoid or any other
+ * non-softmax function.
+ */
 export function routerEntropyIsJudgeable(info: Pick<LayerInfo, 'design' | 'gating'>): boolean {
-  return info.design !== 'hash' && info.design !== 'fixed' && info.gating !== 'sigmoid';
+  return info.design !== 'hash' && info.design !== 'fixed' && (info.gating === '' || info.gating === 'softmax');
 }
 
 /**

@@ -80,6 +80,8 @@ describe('native host', () => {
     const noMoe = await attachError(driver, dense.pid!);
     expect(noMoe.code).toBe('no_moe');
     expect(noMoe.hint).toBeTruthy();
+    // A dense Llama has nothing router-like: the message says what the probe looks for.
+    expect(noMoe.message).toMatch(/No MoE layer the probe understands was found among the \d+ live torch modules\. No module looked like a router/);
     // The probe left nothing behind: no socket, the fds the job had before.
     await new Promise((r) => setTimeout(r, 1500));
     expect(fs.existsSync(`/tmp/moe-devtools-${process.getuid!()}/probe-${dense.pid}.sock`)).toBe(false);
