@@ -123,7 +123,10 @@ export interface ProbeCounts {
   /**
    * Router health, float64 little-endian [layers x HEALTH_COLUMNS], cumulative: tokens whose
    * logits were measured, sums of softmax entropy (nats) and of logsumexp^2, NaN and Inf
-   * logit counts, tokens dropped by expert capacity. Absent when the probe measures none.
+   * logit counts, assignments dropped by expert capacity (tokens for top-1 layers; for layers read
+   * from the rows each expert received, token-expert assignments no expert served; for expert
+   * choice, tokens no expert took). Entropy is of the softmax of the logits, or of the row itself
+   * when the router hands out probabilities. Absent when the probe measures none.
    */
   health?: Uint8Array;
   /** Largest finite router logit seen per layer, float64 little-endian [layers]. */
