@@ -70,16 +70,12 @@ EXPERT_COUNT_ATTRS = ("num_experts", "num_local_experts", "n_routed_experts", "m
 TOP_K_ATTRS = ("top_k", "num_experts_per_tok", "moe_top_k", "router_top_k", "experts_per_token",
                "num_selected_experts", "top_k_experts", "moe_k", "moe_topk")
 SHARED_COUNT_ATTRS = ("n_shared_experts", "num_shared_experts", "moe_num_shared_experts", "shared_expert_count")
-# Settings of routers that choose a variable number of experts per token.
-VARIABLE_K_ATTRS = ("top_p", "threshold", "routing_threshold", "router_threshold", "gate_threshold")
 SCORING_ATTRS = ("scoring_func", "score_func", "scoring_function", "gating_func", "router_activation",
                  "router_score_function", "moe_router_score_function")
 # Child names that hold a router in the MoE blocks seen so far; structure decides, names only order.
 ROUTER_CHILD_NAMES = ("gate", "router", "gating", "classifier", "wg", "switch", "router_gate")
 # Path words that name a stack of layers users tell apart.
 ATTENTION_CHILD_NAMES = ("q_proj", "k_proj", "v_proj", "kv_proj", "qkv_proj", "query", "key", "value")
-
-SOURCES = ("dispatched", "expert-inputs", "router", "recomputed")
 
 
 class MoELayer:
@@ -498,10 +494,6 @@ def _rows_of(routing: Routing) -> Optional[int]:
     return routing.tokens
 
 
-def _match_rows(logits, routing):
-    return logits if logits.shape[0] == _rows_of(routing) else None
-
-
 class _AttributePatch:
     """Handle for a method wrapped by an instance attribute; remove() puts things back exactly."""
 
@@ -700,10 +692,6 @@ def _top_k_from_name(module) -> Optional[int]:
     return None
 
 
-def _has_any(modules, names) -> bool:
-    return any(_attr(m, n) is not None for m in modules for n in names)
-
-
 def _gating(modules) -> str:
     for module in modules:
         for source in [module] + _configs(module):
@@ -832,7 +820,7 @@ def _match_block(name, module, declared, parent, rejected) -> Optional[MoELayer]
     """An MoE block: experts plus a router whose projection has one output row per expert."""
     experts, experts_name = _experts_child(module)
     if experts is None:
-        return _match_embedding_block(name, module, rejected)
+        return _match_embedding_block(name, module)
     # The experts' own structure says how many there are; a count declared on the block is
     # only a fallback (OpenAI's privacy filter stores its top-k in the block's num_experts).
     counts = _expert_counts(experts)
@@ -908,24 +896,23 @@ def _match_block(name, module, declared, parent, rejected) -> Optional[MoELayer]
                     gating=_gating(modules))
 
 
-def _match_embedding_block(name, module, rejected) -> Optional[MoELayer]:
+def _match_embedding_block(name, module) -> Optional[MoELayer]:
     """Experts stored as rows of an nn.Embedding(E, ...) looked up by id (Doge's retrieval
-    experts): the ids reaching the embedding are the routing."""
+    experts, chosen through product keys): the ids reaching the embedding are the routing.
+    Its router scores key halves, not experts, so there are no per-expert logits to keep."""
     num_experts = _int_attr(module, EXPERT_COUNT_ATTRS)
     top_k = _int_attr(module, TOP_K_ATTRS)
     if not num_experts or not top_k:
         return None
-    for child_name, child in module.named_children():
+    for _child_name, child in module.named_children():
         if isinstance(child, nn.Embedding) and child.num_embeddings == num_experts:
-            router = next((c for n, c in module.named_children() if n in ROUTER_CHILD_NAMES or "router" in n
-                           or "gate" in n), None)
             return MoELayer(name, module, num_experts, top_k, dispatch=child, arch="embedding-experts",
-                            router=None, design="top-k", shared_experts=1 if _has_dense_path(module) else 0,
-                            gating=_gating([module]) or "", router_name="" if router is None else "")
+                            shared_experts=1 if _has_dense_path(module) else 0, gating=_gating([module]))
     return None
 
 
 def _has_dense_path(module) -> bool:
+    """A dense MLP beside the routed experts in the same block (Doge's shared expert)."""
     names = {n for n, _ in module.named_children()}
     return bool({"gate_proj", "up_proj", "down_proj"} & names)
 
@@ -998,10 +985,9 @@ def find_moe_layers(root: nn.Module, rejected: Optional[List[Rejection]] = None)
             layer.index = len(layers)
             layers.append(layer)
             claimed.append(name)
-    claimed_set = claimed
-    # a rejection inside a layer found later (e.g. a router judged before its block) is moot
+    # a rejection inside or around a layer found after all (a router judged before its block) is moot
     def related(a, b):  # one module path inside (or equal to) the other
         return a == b or a == "" or b == "" or a.startswith(b + ".") or b.startswith(a + ".")
 
-    rejected[:] = [r for r in rejected if not any(related(r.name, p) for p in claimed_set)]
+    rejected[:] = [r for r in rejected if not any(related(r.name, p) for p in claimed)]
     return layers
