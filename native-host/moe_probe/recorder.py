@@ -389,12 +389,15 @@ class Recorder:
         try:
             self.passes += 1
             self.phase_passes[self._phase] += 1
-            changed = [layer for layer in self.layers if layer.changed]
-            if changed:
-                # what the first calls revealed (how ids are read, the routing design)
-                for layer in changed:
-                    layer.changed = False
-                self._enqueue(("layers", self, [layer.describe() for layer in self.layers]), is_snapshot=False)
+            if any(layer.changed for layer in self.layers):
+                # What the first calls revealed (how ids are read, the routing design). A full
+                # queue leaves the flags set, so the next pass tries again.
+                try:
+                    self.out.put_nowait(("layers", self, [layer.describe() for layer in self.layers]))
+                    for layer in self.layers:
+                        layer.changed = False
+                except queue.Full:
+                    pass
             record, self._token_record = self._token_record, None
             if record is not None and record.layers:
                 self._enqueue(("tokens", self, record), is_snapshot=False)

@@ -74,7 +74,7 @@ SCORING_ATTRS = ("scoring_func", "score_func", "scoring_function", "gating_func"
                  "router_score_function", "moe_router_score_function")
 # Child names that hold a router in the MoE blocks seen so far; structure decides, names only order.
 ROUTER_CHILD_NAMES = ("gate", "router", "gating", "classifier", "wg", "switch", "router_gate")
-# Path words that name a stack of layers users tell apart.
+# Children of an attention module: routed experts inside one are mixture-of-attention experts.
 ATTENTION_CHILD_NAMES = ("q_proj", "k_proj", "v_proj", "kv_proj", "qkv_proj", "query", "key", "value")
 
 
