@@ -6,6 +6,7 @@
  */
 import { FINDING_KINDS, type Finding, type Thresholds } from '../src/analysis';
 import type { HostMessage, JobUpdate } from '../src/protocol/panel';
+import { layerOffsets } from '../src/protocol/probe';
 import { Analyzer, type Analysis } from '../panels/engine/analyzer';
 import { withPid, type Recording } from '../panels/engine/recording';
 
@@ -57,6 +58,8 @@ export interface LayerReport extends LayerPoint {
   layer: number;
   /** The layer's module path when the probe reported one. */
   name: string;
+  /** How the panel names the layer: module path and the model's own layer number ("model.layers.2.mlp (layer 2)"). */
+  label: string;
   experts: number;
   topK: number;
   /** Tokens through the layer over the whole recording. */
@@ -99,12 +102,13 @@ const finite = (x: number): number | null => (Number.isFinite(x) ? x : null);
  * lays out layers, so per-layer expert counts need a change here only.
  */
 export function layerCounts(a: Analysis, l: number): Float64Array {
-  return a.window.counts.subarray(l * a.experts, (l + 1) * a.experts);
+  return a.window.counts.subarray(a.offsets[l]!, a.offsets[l]! + a.widths[l]!);
 }
 
 /** The cumulative counts of layer `l` in a host update (same single place as layerCounts). */
 export function updateLayerCounts(u: JobUpdate, l: number): number[] {
-  return u.counts.slice(l * u.experts, (l + 1) * u.experts);
+  const start = layerOffsets(u.widths)[l]!;
+  return u.counts.slice(start, start + u.widths[l]!);
 }
 
 /** Dead experts of layer `l` as `findings` judged them; null when the window was too small to judge. */
@@ -164,12 +168,16 @@ export function buildReport(recording: Recording, options: Partial<ReportOptions
   // the newest counts, so that no history limit can shorten the window of a long recording.
   const whole = new Analyzer();
   if (attached) whole.ingest(attached);
+  // how the probe last described the layers (the first calls may have told it more than the attach did)
+  const described = messages.filter((m) => m.type === 'layers' && m.model === modelId).at(-1);
+  if (described) whole.ingest(described);
   whole.ingest(last);
   const a = whole.analyze(pid, { windowMode: 'all', thresholds: opts.thresholds ?? {} })!;
   const info = attached?.models.find((m) => m.id === modelId);
   const layers: LayerReport[] = a.rows.map((r, l) => ({
     layer: l,
-    name: info?.layers[l]?.name ?? `layer ${l}`,
+    name: r.info.name,
+    label: r.label,
     experts: r.experts,
     topK: r.topK,
     tokens: r.tokens,

@@ -37,10 +37,10 @@ def main(pid, updates):
             sys.exit(message["message"])
         if message["type"] == "update":
             updates -= 1
-            experts = message["experts"]
-            for layer in range(message["layers"]):
-                counts = message["counts"][layer * experts:(layer + 1) * experts]
-                print("pass %d layer %d: %s" % (message["passes"], layer, counts), flush=True)
+            start = 0  # layers may differ in width: each one's experts follow the last's
+            for layer, width in enumerate(message["widths"]):
+                print("pass %d layer %d: %s" % (message["passes"], layer, message["counts"][start:start + width]), flush=True)
+                start += width
     host.stdin.close()  # end of input: the host detaches from the job and exits
     host.wait()
 

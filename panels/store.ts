@@ -10,6 +10,7 @@
  */
 import type { ErrorCode, HostMessage, JobUpdate, PanelRequest, ProcessInfo } from '../src/protocol/panel';
 import type { ModelInfo } from '../src/protocol/probe';
+import { unknownLayer } from '../src/analysis/layers';
 import type { Analysis, AnalysisSettings, TokenRow, WindowMode } from './engine/analyzer';
 import { parseRecording, RecordingError, serializeRecording, withPid } from './engine/recording';
 
@@ -273,8 +274,10 @@ export class Store {
     let models = attached && attached.type === 'attached' ? attached.models : [];
     if (!models.length) {
       const u = [...latest.values()][0]!;
-      models = [{ id: u.model, class: 'Recorded model', model_type: '', device: '', dtype: '',
-        layers: Array.from({ length: u.layers }, (_, i) => ({ index: i, name: `layer ${i}`, arch: '', experts: u.experts, top_k: 1 })) }];
+      models = [{ id: u.model, class: 'Recorded model', model_type: '', device: '', dtype: '', layers: u.widths.map((w, i) => unknownLayer(i, w)) }];
+    }
+    for (const m of messages) {
+      if (m.type === 'layers') models = models.map((x) => (x.id === m.model ? { ...x, layers: m.layers } : x));
     }
     await this.analyzer?.ingestMany(messages);
     const jobs = new Map(this.state.jobs);
@@ -372,6 +375,14 @@ export class Store {
         latest.set(message.model, message);
         return this.patchJob(message.pid, { latest, updates: job.updates + 1 });
       }
+      case 'layers': {
+        // what the probe learned from the first calls: how each layer's routing is read
+        const job = this.state.jobs.get(message.pid);
+        if (!job) return;
+        void this.analyzer?.ingest(message);
+        this.dirty.add(message.pid);
+        return this.patchJob(message.pid, { models: job.models.map((m) => (m.id === message.model ? { ...m, layers: message.layers } : m)) });
+      }
       case 'tokens': {
         if (!this.state.jobs.has(message.pid)) return;
         void this.analyzer?.ingest(message);
@@ -403,9 +414,4 @@ export class Store {
     jobs.set(pid, { ...job, ...patch });
     this.set({ jobs });
   }
-}
-
-/** Counts of one layer from a cumulative update. */
-export function layerCounts(update: JobUpdate, layer: number): number[] {
-  return update.counts.slice(layer * update.experts, (layer + 1) * update.experts);
 }

@@ -56,8 +56,17 @@ function bytes(n, seed = 1) {
   return { $bin: buf.toString('hex') };
 }
 
-function layers(n, experts, topK, arch = 'topk-router', prefix = 'model.layers') {
-  return Array.from({ length: n }, (_, i) => ({ index: i, name: `${prefix}.${i}.mlp.gate`, arch, experts, top_k: topK }));
+/** One layer as the probe describes it (src/protocol/probe.ts LayerInfo). */
+function layer(index, experts, topK, more = {}) {
+  return {
+    index, name: `model.layers.${index}.mlp`, arch: 'moe-block', experts, top_k: topK, model_index: index, stack: 'model.layers',
+    kind: 'mlp', design: 'top-k', source: 'dispatched', token_source: 'dispatched', identity_experts: 0, shared_experts: 0, gating: '',
+    ...more,
+  };
+}
+
+function layers(n, experts, topK, more = {}) {
+  return Array.from({ length: n }, (_, i) => layer(i, experts, topK, more));
 }
 
 /** The JSON value with {"$bin": hex} turned into Buffers. */
@@ -82,7 +91,7 @@ const valid = [
   {
     name: 'hello',
     frame: {
-      t: 'hello', v: 1, pid: 4242, mode: 'library', framework: 'torch', framework_version: '2.13.0+cpu',
+      t: 'hello', v: 2, pid: 4242, mode: 'library', framework: 'torch', framework_version: '2.13.0+cpu',
       python: '3.12.3', argv: ['train.py', '--layers', '4'],
       models: [{ id: 0, class: 'MixtralForCausalLM', model_type: 'mixtral', device: 'cpu', dtype: 'float32', layers: layers(4, 8, 2) }],
       // An open map of numbers. The probe sends some of these as floats with integral values
@@ -94,21 +103,48 @@ const valid = [
   {
     name: 'hello_injected_two_models',
     frame: {
-      t: 'hello', v: 1, pid: 3141592, mode: 'injected', framework: 'torch', framework_version: '2.5.1+cu124',
+      t: 'hello', v: 2, pid: 3141592, mode: 'injected', framework: 'torch', framework_version: '2.5.1+cu124',
       python: '3.11.9',
       // 16 items: an array16 header; non-ASCII and long strings: str8 with multi-byte UTF-8.
       argv: ['/home/ana/données/train_moe.py', '--config', 'configs/mixtral-8x7b-instruct-finetune.yaml', ...Array.from({ length: 13 }, (_, i) => `--opt${i}=ü${i}`)],
       models: [
         { id: 0, class: 'Qwen3MoeForCausalLM', model_type: 'qwen3_moe', device: 'cuda:0', dtype: 'bfloat16', layers: layers(18, 128, 8) },
-        { id: 1, class: 'MyTinyMoE', model_type: '', device: 'cuda:1', dtype: 'float16', layers: layers(2, 4, 1, 'generic', 'blocks') },
+        {
+          // A hand-written model: no layer number in its paths (model_index -1), counts from each expert's rows.
+          id: 1, class: 'MyTinyMoE', model_type: '', device: 'cuda:1', dtype: 'float16',
+          layers: [0, 1].map((i) => layer(i, 4, 1, { name: `moe_${i}`, model_index: -1, stack: '', source: 'expert-inputs', token_source: 'none' })),
+        },
       ],
       warnings: [{ code: 'cuda_graphs', message: 'This process holds 2 captured CUDA graphs: passes replayed from a graph run no Python hooks, so the probe cannot see them.' }],
     },
   },
   {
+    name: 'hello_mixed_layers',
+    frame: {
+      // JetMoE-like: attention experts beside MLP experts of another width; LongCat-like zero-compute
+      // experts; an encoder-decoder stack; hash, soft, expert-choice and variable-k designs; a sigmoid gate.
+      t: 'hello', v: 2, pid: 31337, mode: 'library', framework: 'torch', framework_version: '2.13.0+cpu',
+      python: '3.11.7', argv: ['mixed.py'],
+      models: [{
+        id: 0, class: 'MixedMoE', model_type: 'mixed', device: 'cpu', dtype: 'float32',
+        layers: [
+          layer(0, 8, 2, { name: 'model.layers.0.self_attention.experts', kind: 'attention' }),
+          layer(1, 4, 2, { name: 'model.layers.0.mlp', model_index: 0 }),
+          layer(2, 10, 2, { identity_experts: 2, gating: 'sigmoid', shared_experts: 1 }),
+          layer(3, 16, 2, { name: 'encoder.block.1.layer.1.mlp', model_index: 1, stack: 'encoder.block', design: 'hash' }),
+          layer(4, 6, 1, { name: 'decoder.block.1.layer.2.mlp', model_index: 1, stack: 'decoder.block', design: 'soft' }),
+          layer(5, 8, 8, { design: 'expert-choice', token_source: 'none' }),
+          layer(6, 8, 8, { design: 'variable-k', source: 'router', token_source: 'router' }),
+          layer(7, 8, 2, { source: 'recomputed', token_source: 'recomputed', arch: 'router' }),
+        ],
+      }],
+      warnings: [],
+    },
+  },
+  {
     name: 'hello_error',
     frame: {
-      t: 'hello', v: 1, pid: 77, mode: 'injected', framework: 'torch', framework_version: '2.13.0+cpu',
+      t: 'hello', v: 2, pid: 77, mode: 'injected', framework: 'torch', framework_version: '2.13.0+cpu',
       python: '3.10.14', argv: ['-c'], models: [],
       settings: { flush_interval_s: 0.05, token_sample: 128, token_passes_per_s: 10.5, token_bytes_per_s: 2000000, health_passes_per_s: 50.5 },
       warnings: [],
@@ -118,8 +154,16 @@ const valid = [
   {
     name: 'counts',
     frame: {
-      t: 'counts', model: 0, seq: 1, ts: 1700000000.25, passes: 3, layers: 2, experts: 4,
-      counts: int64s([12, 0, 7, 5, 3, 9, 0, 12]), dropped: 0,
+      t: 'counts', model: 0, seq: 1, ts: 1700000000.25, passes: 3, layers: 2, widths: [4, 4],
+      counts: int64s([12, 0, 7, 5, 3, 9, 0, 12]), tokens: int64s([12, 12]), dropped: 0,
+    },
+  },
+  {
+    name: 'counts_widths_differ',
+    frame: {
+      // Layers of different widths (8, then 4, then 10): counts hold 22 values, each layer after the last.
+      t: 'counts', model: 0, seq: 2, ts: 1700000000.5, passes: 1, layers: 3, widths: [8, 4, 10],
+      counts: int64s([1, 2, 0, 0, 3, 2, 0, 0, 4, 0, 4, 0, 2, 0, 0, 1, 1, 0, 0, 0, 1, 3]), tokens: int64s([4, 4, 4]), dropped: 0,
     },
   },
   {
@@ -127,8 +171,8 @@ const valid = [
     frame: {
       // With every optional field the torch probe sends: router health [layers x HEALTH_COLUMNS]
       // and max logit as float64, per-layer time, probe time, phase counts, last input shape.
-      t: 'counts', model: 0, seq: 7, ts: 1700000123.125, passes: 3, layers: 2, experts: 4,
-      counts: int64s([12, 0, 7, 5, 3, 9, 0, 12]), dropped: 0,
+      t: 'counts', model: 0, seq: 7, ts: 1700000123.125, passes: 3, layers: 2, widths: [4, 4],
+      counts: int64s([12, 0, 7, 5, 3, 9, 0, 12]), tokens: int64s([12, 12]), dropped: 0,
       health: float64s([48, 61.25, 130.5, 0, 0, 0, 48, 58.75, 122.0625, 1, 2, 3]),
       max_logit: float64s([3.5, -0.25]),
       time_s: [0.0125, 0.0375], probe_s: 0.00025, prefill: 1, decode: 2, shape: [2, 8], dropped_tokens: 0,
@@ -138,8 +182,9 @@ const valid = [
     name: 'counts_large',
     frame: {
       // 4 x 16 int64 = 512 bytes (bin16); values past 2^32; seq, passes as uint16/uint32.
-      t: 'counts', model: 1, seq: 300, ts: 1754321098.765432, passes: 70000, layers: 4, experts: 16,
-      counts: int64s(Array.from({ length: 64 }, (_, i) => (i % 5 === 0 ? 2 ** 33 + i : i * 1000))), dropped: 200,
+      t: 'counts', model: 1, seq: 300, ts: 1754321098.765432, passes: 70000, layers: 4, widths: [16, 16, 16, 16],
+      counts: int64s(Array.from({ length: 64 }, (_, i) => (i % 5 === 0 ? 2 ** 33 + i : i * 1000))),
+      tokens: int64s([2 ** 33, 2 ** 33, 2 ** 33 + 1, 70000]), dropped: 200,
     },
   },
   {
@@ -168,6 +213,13 @@ const valid = [
   },
   { name: 'error_no_detail', frame: { t: 'error', code: 'probe_failed', message: 'CUDA error: device-side assert triggered' } },
   { name: 'bye', frame: { t: 'bye', reason: 'detached' } },
+  {
+    name: 'layers',
+    frame: {
+      // What the first calls showed: this layer's router returned only logits, so its ids are recomputed.
+      t: 'layers', model: 0, layers: [layer(0, 8, 2), layer(1, 8, 2, { source: 'recomputed', token_source: 'recomputed' })],
+    },
+  },
 ];
 
 const byName = (name) => valid.find((v) => v.name === name).frame;
@@ -178,16 +230,40 @@ const tokens = byName('tokens');
 const without = (obj, key) => Object.fromEntries(Object.entries(obj).filter(([k]) => k !== key));
 
 const invalid = [
-  { name: 'hello_wrong_version', frame: { ...hello, v: 2 }, expect_error: 'probe speaks protocol version 2, this host speaks 1' },
+  { name: 'hello_wrong_version', frame: { ...hello, v: 1 }, expect_error: 'probe speaks protocol version 1, this host speaks 2' },
   { name: 'hello_missing_pid', frame: without(hello, 'pid'), expect_error: 'field "pid" should be a whole number' },
   { name: 'hello_bad_mode', frame: { ...hello, mode: 'attached' }, expect_error: 'field "mode" should be "injected" or "library"' },
   { name: 'hello_argv_not_strings', frame: { ...hello, argv: ['train.py', 3] }, expect_error: 'field "argv" should be a list of strings' },
   {
     name: 'hello_top_k_over_experts',
-    frame: { ...hello, models: [{ ...hello.models[0], layers: [{ index: 0, name: 'gate', arch: 'topk-router', experts: 4, top_k: 5 }] }] },
+    frame: { ...hello, models: [{ ...hello.models[0], layers: [layer(0, 4, 5)] }] },
     expect_error: 'layer has 4 experts and top_k 5',
   },
-  { name: 'counts_wrong_length', frame: { ...counts, counts: bytes(60) }, expect_error: 'counts holds 60 bytes, expected 2x4 int64 values' },
+  {
+    name: 'hello_layer_unknown_design',
+    frame: { ...hello, models: [{ ...hello.models[0], layers: [layer(0, 4, 2, { design: 'top-p' })] }] },
+    expect_error: 'field "design" should be one of top-k, variable-k, expert-choice, soft, hash, fixed',
+  },
+  {
+    name: 'hello_layer_all_identity',
+    frame: { ...hello, models: [{ ...hello.models[0], layers: [layer(0, 4, 2, { identity_experts: 4 })] }] },
+    expect_error: 'layer has 4 experts, 4 of them zero-compute',
+  },
+  {
+    name: 'hello_layer_missing_source',
+    frame: { ...hello, models: [{ ...hello.models[0], layers: [without(layer(0, 4, 2), 'source')] }] },
+    expect_error: 'field "source" should be one of dispatched, expert-inputs, router, recomputed',
+  },
+  {
+    name: 'layers_out_of_order',
+    frame: { t: 'layers', model: 0, layers: [layer(1, 8, 2)] },
+    expect_error: 'layer 0 says it is layer 1',
+  },
+  { name: 'counts_wrong_length', frame: { ...counts, counts: bytes(60) }, expect_error: 'counts holds 60 bytes, expected 8 int64 values (the sum of the widths)' },
+  { name: 'counts_widths_per_layer', frame: { ...counts, widths: [4] }, expect_error: 'field "widths" has 1 values for 2 layers' },
+  { name: 'counts_width_zero', frame: { ...counts, widths: [8, 0] }, expect_error: 'field "widths": every layer has at least one expert' },
+  { name: 'counts_missing_tokens', frame: without(counts, 'tokens'), expect_error: 'field "tokens" should be binary data' },
+  { name: 'counts_tokens_wrong_length', frame: { ...counts, tokens: bytes(8) }, expect_error: 'field "tokens" holds 8 bytes, expected 16' },
   { name: 'counts_missing_counts', frame: without(counts, 'counts'), expect_error: 'field "counts" should be binary data' },
   { name: 'counts_negative_seq', frame: { ...counts, seq: -1 }, expect_error: 'field "seq" should be a whole number' },
   { name: 'counts_ts_string', frame: { ...counts, ts: 'now' }, expect_error: 'field "ts" should be a number' },

@@ -20,7 +20,7 @@ function findBasePython() {
   process.exit(1);
 }
 
-const REQUIRED_MODULES = ['torch', 'transformers', 'safetensors', 'numpy', 'msgpack', 'pytest', 'tensorboard'];
+const REQUIRED_MODULES = ['torch', 'transformers', 'safetensors', 'numpy', 'msgpack', 'pytest', 'scipy', 'tensorboard'];
 
 /** Whether .venv already has everything (a quick import check instead of a pip run). */
 function venvReady() {

@@ -156,7 +156,7 @@ export async function recordCommand(opts: RecordOptions): Promise<RecordResult> 
     const writeProgress = (final = false) => {
       const u = latest as JobUpdate | null;
       const s = Math.min(opts.seconds, (Date.now() - started) / 1000);
-      const tokens = u ? u.counts.slice(0, u.experts).reduce((a, b) => a + b, 0) / topK0 : 0;
+      const tokens = u ? u.tokens?.[0] ?? u.counts.slice(0, u.widths[0]).reduce((a, b) => a + b, 0) / topK0 : 0;
       const line = `recording process ${opts.pid}: ${s.toFixed(1)} of ${opts.seconds} s, ${fmtInt(u?.passes ?? 0)} passes, ${fmtInt(tokens)} tokens`;
       if (opts.log.isTTY) opts.log.write(`\r${line}\x1b[K${final ? '\n' : ''}`);
       else if (line !== printed) opts.log.write(`${line}\n`);

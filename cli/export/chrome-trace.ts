@@ -96,7 +96,7 @@ export function chromeTrace(recording: Recording, report: RoutingReport): Chrome
         loadEntropy[`layer ${l}`] = round(normalizedLoadEntropy(load));
       }
       if (health && health.length === u.layers * HEALTH_COLUMNS.length) {
-        const h = layerHealth(health, l, u.experts);
+        const h = layerHealth(health, l, u.widths[l]!);
         if (Number.isFinite(h.normalizedEntropy)) routerEntropy[`layer ${l}`] = round(h.normalizedEntropy);
       }
     }

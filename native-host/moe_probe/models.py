@@ -9,7 +9,7 @@ from typing import List, NamedTuple, Optional, Tuple
 import torch
 from torch import nn
 
-from .routers import MoELayer, find_moe_layers
+from .routers import MoELayer, Rejection, find_moe_layers
 
 
 class Survey(NamedTuple):
@@ -19,6 +19,7 @@ class Survey(NamedTuple):
     module_count: int  # live torch modules, for the "no MoE layer found" message
     tokenizer: Optional[object]  # a live tokenizer, to label token records with text
     cuda_graphs: int  # captured CUDA graphs, whose replays run no hooks
+    rejected: List[Rejection]  # modules that looked like MoE routers or experts but could not be read
 
 
 def survey(explicit_models=None) -> Survey:
@@ -94,7 +95,7 @@ def survey_from_names() -> Optional[Survey]:
     roots = find_model_roots([m for m in modules if id(m) not in descendants])
     if not roots:
         return None
-    return Survey(roots, len(modules), tokenizer, 0)
+    return Survey(roots, len(modules), tokenizer, 0, [])
 
 
 # Objects whose referents never lead to a model a program holds: values, tensors, code,
@@ -134,8 +135,9 @@ def survey_all_objects(explicit_models=None) -> Survey:
     modules = [obj for obj in picked if type(obj) in module_types]
     tokenizer = next((obj for obj in picked if type(obj) in tokenizer_types), None)
     graphs = sum(1 for obj in picked if type(obj) in graph_types)
-    roots = find_model_roots(modules if explicit_models is None else explicit_models)
-    return Survey(roots, len(modules), tokenizer, graphs)
+    rejected: List[Rejection] = []
+    roots = find_model_roots(modules if explicit_models is None else explicit_models, rejected)
+    return Survey(roots, len(modules), tokenizer, graphs, rejected)
 
 
 def _is_tokenizer(cls) -> bool:
@@ -144,8 +146,9 @@ def _is_tokenizer(cls) -> bool:
     return callable(getattr(cls, "convert_ids_to_tokens", None)) and any("Tokenizer" in c.__name__ for c in cls.__mro__)
 
 
-def find_model_roots(candidates) -> List[Tuple[nn.Module, List[MoELayer]]]:
-    """Top-level modules among candidates (not a submodule of another) that contain MoE layers."""
+def find_model_roots(candidates, rejected: Optional[List[Rejection]] = None) -> List[Tuple[nn.Module, List[MoELayer]]]:
+    """Top-level modules among candidates (not a submodule of another) that contain MoE layers.
+    What looked like an MoE router or experts but could not be read goes to `rejected`."""
     child_ids = set()
     for module in candidates:
         for child in module.children():
@@ -154,7 +157,7 @@ def find_model_roots(candidates) -> List[Tuple[nn.Module, List[MoELayer]]]:
     for module in candidates:
         if id(module) in child_ids:
             continue
-        layers = find_moe_layers(module)
+        layers = find_moe_layers(module, rejected)
         if layers:
             found.append((module, layers))
     return found
@@ -171,3 +174,19 @@ def describe_model(model_id: int, root: nn.Module, layers: List[MoELayer]):
         "dtype": str(param.dtype).replace("torch.", "") if param is not None else "",
         "layers": [layer.describe() for layer in layers],
     }
+
+
+def no_moe_message(found: Survey, limit: int = 6) -> str:
+    """Why attaching found nothing to read, naming what looked like a router and why each
+    was rejected, so that a user can tell what to change or report."""
+    if found.module_count == 0:
+        return "No torch module is alive in this process yet: attach again once the job has built its model."
+    message = "No MoE layer the probe understands was found among the %d live torch modules." % found.module_count
+    if not found.rejected:
+        return message + (" No module looked like a router: the probe looks for a block with an `experts` module "
+                          "(or [E, ...] expert weights) beside a projection to one output per expert, and a top-k "
+                          "setting on the block, router or config.")
+    shown = "; ".join(r.describe() for r in found.rejected[:limit])
+    more = len(found.rejected) - limit
+    return "%s Looked like MoE but could not be read: %s%s." % (
+        message, shown, " (and %d more)" % more if more > 0 else "")

@@ -4,11 +4,15 @@ Hooks run on the job's thread, inside its forward pass. They only queue device
 work and bump Python numbers; no `.item()`, `.cpu()` or other host sync
 happens there. What is kept:
 
-* counts: `scatter_add_` of the chosen expert ids into a [layers * experts]
-  int64 counter, cumulative since attach;
+* counts: `scatter_add_` of the chosen expert ids into an int64 counter of
+  sum(experts of each layer) slots (layers may differ in width), cumulative
+  since attach; layers read from the rows each expert received add Python ints
+  on the host instead (no device work at all);
+* tokens through each layer (Python ints: shapes are known on the host);
 * router health, from the logits when the router exposes them: sums of the
-  per-token softmax entropy and of logsumexp^2 (z-loss), the largest logit,
-  NaN/Inf counts, and tokens dropped by expert capacity, cumulative too;
+  per-token entropy (of the softmax, or of the row itself when the router hands
+  out probabilities) and of logsumexp^2 (z-loss), the largest logit, NaN/Inf
+  counts, and assignments dropped by expert capacity, cumulative too;
 * time inside each MoE block (perf counters on CPU; on GPU, CUDA events read
   by the sender thread) and the probe's own time in its hooks;
 * for sampled passes, every sampled token's top-k ids and weights per layer,
@@ -66,6 +70,8 @@ class Snapshot:
         self.host = host  # plain Python values taken at the same moment (times, phases)
 
     def to_host(self) -> Dict[str, torch.Tensor]:
+        """Host copies; "counts" holds every layer's experts (device counters plus the rows
+        counted on the host), "tokens" the tokens through each layer."""
         if self.event is not None:
             self.event.synchronize()
         out = {}
@@ -80,6 +86,11 @@ class Snapshot:
                 else:
                     total = total + host
             out[name] = total
+        counts = out["counts"][: self.host["total_experts"]]
+        if self.host["host_loads"] is not None:
+            counts = counts + torch.tensor(self.host["host_loads"], dtype=torch.int64)
+        out["counts"] = counts
+        out["tokens"] = torch.tensor(self.host["layer_tokens"], dtype=torch.int64)
         return out
 
 
@@ -97,8 +108,9 @@ class TokenRecord:
 
 
 class _DeviceState:
-    def __init__(self, num_layers, num_experts, device):
-        self.counts = torch.zeros(num_layers * num_experts, dtype=torch.int64, device=device)
+    def __init__(self, num_layers, total_experts, device):
+        # One slot past the end takes the -1 "no expert" entries of variable-k routing.
+        self.counts = torch.zeros(total_experts + 1, dtype=torch.int64, device=device)
         self.health = torch.zeros(num_layers, len(HEALTH_COLUMNS), dtype=torch.float64, device=device)
         self.max_logit = torch.full((num_layers,), float("-inf"), dtype=torch.float64, device=device)
         self.ones = torch.ones(4096, dtype=torch.int64, device=device)
@@ -141,7 +153,10 @@ class Recorder:
         self.settings = settings
         self.on_error = on_error
         self.num_layers = len(layers)
-        self.num_experts = max(layer.num_experts for layer in layers)
+        # Each layer keeps its own width: layer l's experts are slots offsets[l] .. offsets[l] + widths[l].
+        self.widths = [layer.num_experts for layer in layers]
+        self.offsets = [sum(self.widths[:i]) for i in range(self.num_layers)]
+        self.total_experts = sum(self.widths)
         self.max_top_k = max(layer.top_k for layer in layers)
         self.blocks = [_block_of(root, layer) for layer in layers]
         self.passes = 0
@@ -162,6 +177,8 @@ class Recorder:
         self._calls_outside_pass = 0
         self._force_flush = False
         # Plain Python accumulators (host side, no device work).
+        self.layer_tokens = [0] * self.num_layers
+        self.host_loads: Optional[List[int]] = None  # rows per expert, for layers read that way
         self.layer_time_s = [0.0] * self.num_layers
         self.gpu_time_s = [0.0] * self.num_layers  # filled by the sender thread from CUDA events
         self.probe_time_s = 0.0
@@ -181,6 +198,10 @@ class Recorder:
 
     def start(self):
         self._block_on_gpu = [any(p.is_cuda for p in block.parameters()) for block in self.blocks]
+        # Counters on the model's device from the start: snapshots flow even for layers
+        # read on the host alone (rows per expert) or before any routing is seen.
+        param = next(self.root.parameters(), None)
+        self._device_state(param.device if param is not None else torch.device("cpu"))
         with self._lock:
             for layer, block in zip(self.layers, self.blocks):
                 layer.on_error = self.on_error
@@ -272,7 +293,7 @@ class Recorder:
     def _device_state(self, device) -> _DeviceState:
         state = self._state.get(device)
         if state is None:
-            state = self._state[device] = _DeviceState(self.num_layers, self.num_experts, device)
+            state = self._state[device] = _DeviceState(self.num_layers, self.total_experts, device)
         return state
 
     def _on_routing(self, layer: MoELayer, routing: Routing):
@@ -285,19 +306,39 @@ class Recorder:
             return
         t0 = perf_counter()
         try:
-            ids = routing.ids.detach()
-            state = self._device_state(ids.device)
-            flat = ids.reshape(-1).to(torch.int64) + layer.index * self.num_experts
-            if state.ones.numel() < flat.numel():
-                state.ones = torch.ones(flat.numel(), dtype=torch.int64, device=ids.device)
-            state.counts.scatter_add_(0, flat, state.ones[: flat.numel()])
+            index = layer.index
+            offset = self.offsets[index]
+            ids = None if routing.ids is None else routing.ids.detach()
+            per_token = ids if ids is not None else routing.token_ids
+            tokens = routing.tokens if routing.tokens is not None else (
+                per_token.shape[0] if per_token is not None else 0)
+            self.layer_tokens[index] += int(tokens)
+            state = None
+            if isinstance(routing.loads, list):
+                if self.host_loads is None:
+                    self.host_loads = [0] * self.total_experts
+                for e, rows in enumerate(routing.loads[: self.widths[index]]):
+                    self.host_loads[offset + e] += rows
+            elif routing.loads is not None:
+                state = self._device_state(routing.loads.device)
+                state.counts.narrow(0, offset, self.widths[index]).add_(routing.loads.to(torch.int64))
+            elif ids is not None:
+                state = self._device_state(ids.device)
+                flat = ids.reshape(-1).to(torch.int64) + offset
+                if routing.padded:  # -1 = no expert in that slot: counted in the spare last slot
+                    flat = torch.where(flat >= offset, flat, torch.full_like(flat, self.total_experts))
+                if state.ones.numel() < flat.numel():
+                    state.ones = torch.ones(flat.numel(), dtype=torch.int64, device=ids.device)
+                state.counts.scatter_add_(0, flat, state.ones[: flat.numel()])
             if self._health_pass or self._ungated:
-                self._record_health(state, layer.index, routing)
-            if self._token_record is not None:
+                device = _device_of(routing)
+                if device is not None:
+                    self._record_health(state or self._device_state(device), index, routing)
+            if self._token_record is not None and per_token is not None:
                 n = self.settings.token_sample
-                weights = routing.weights
-                self._token_record.layers[layer.index] = (
-                    ids.reshape(ids.shape[0], -1)[:n].to(torch.int32, copy=True),
+                weights = routing.weights if ids is not None else None
+                self._token_record.layers[index] = (
+                    per_token.reshape(per_token.shape[0], -1)[:n].to(torch.int32, copy=True),
                     None if weights is None else weights.detach().reshape(weights.shape[0], -1)[:n].to(torch.float32, copy=True),
                 )
         except Exception as exc:  # never let the probe break the job's forward
@@ -316,16 +357,23 @@ class Recorder:
             inf = torch.isinf(logits)
             finite = torch.nan_to_num(logits, nan=0.0, posinf=0.0, neginf=0.0)
             lse = torch.logsumexp(finite, dim=-1)
-            log_p = finite - lse.unsqueeze(-1)
-            entropy = -(log_p.exp() * log_p).sum(dim=-1)
+            # Some routers hand out probabilities (rows >= 0 summing to 1) where others give
+            # logits: entropy of the row itself then, of its softmax otherwise; z-loss only
+            # means something for logits. Decided per row on the device (no host sync).
+            is_prob = (finite >= 0).all(dim=-1) & ((finite.sum(dim=-1) - 1.0).abs() < 1e-3)
+            p = torch.where(is_prob.unsqueeze(-1), finite, (finite - lse.unsqueeze(-1)).exp())
+            entropy = -torch.special.xlogy(p, p).sum(dim=-1)
             row[0] += logits.shape[0]
             row[1] += entropy.sum()
-            row[2] += (lse * lse).sum()
+            row[2] += torch.where(is_prob, torch.zeros_like(lse), lse * lse).sum()
             row[3] += nan.sum()
             row[4] += inf.sum()
             torch.maximum(state.max_logit[index], finite.max().double(), out=state.max_logit[index])
-        if routing.dropped is not None:
-            row[5] += routing.dropped.sum()
+        dropped = routing.dropped
+        if isinstance(dropped, torch.Tensor):
+            row[5] += dropped.sum()
+        elif dropped:
+            row[5] += float(dropped)
 
     def _on_pass_end(self, module, args, output):
         if not self.active or self._pass_depth == 0:
@@ -341,6 +389,15 @@ class Recorder:
         try:
             self.passes += 1
             self.phase_passes[self._phase] += 1
+            if any(layer.changed for layer in self.layers):
+                # What the first calls revealed (how ids are read, the routing design). A full
+                # queue leaves the flags set, so the next pass tries again.
+                try:
+                    self.out.put_nowait(("layers", self, [layer.describe() for layer in self.layers]))
+                    for layer in self.layers:
+                        layer.changed = False
+                except queue.Full:
+                    pass
             record, self._token_record = self._token_record, None
             if record is not None and record.layers:
                 self._enqueue(("tokens", self, record), is_snapshot=False)
@@ -379,6 +436,9 @@ class Recorder:
             "shape": list(self.last_shape),
             "gpu_events": self._gpu_events,
             "dropped_tokens_records": self.dropped_token_records,
+            "layer_tokens": list(self.layer_tokens),
+            "total_experts": self.total_experts,
+            "host_loads": None if self.host_loads is None else list(self.host_loads),
         }
         self._gpu_events = []
         return Snapshot(self.passes, tensors, event, wall_time, host)
@@ -405,6 +465,13 @@ class Recorder:
         if not self._state:
             return None
         return self._snapshot(time.time())
+
+
+def _device_of(routing: Routing):
+    for tensor in (routing.ids, routing.logits, routing.token_ids, routing.dropped):
+        if isinstance(tensor, torch.Tensor):
+            return tensor.device
+    return None
 
 
 def _capturing_cuda_graph(states) -> bool:

@@ -25,10 +25,10 @@ import torch
 
 from . import paths
 from .framing import FrameError, FrameReader, encode_frame
-from .models import describe_model, survey
+from .models import describe_model, no_moe_message, survey
 from .recorder import Recorder, Settings
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 QUEUE_SIZE = 64
 SEND_TIMEOUT_S = 5.0
 POLL_S = 0.05
@@ -272,11 +272,7 @@ class Session:
             "warnings": visibility_warnings([root for root, _ in roots], found.cuda_graphs),
         }
         if not roots:
-            message = ("No torch module is alive in this process yet: attach again once the job has built its model."
-                       if found.module_count == 0 else
-                       "No MoE layer the probe understands was found among the %d live torch modules."
-                       % found.module_count)
-            hello["error"] = {"code": "no_moe", "message": message}
+            hello["error"] = {"code": "no_moe", "message": no_moe_message(found)}
             self.send(hello)
             self._wait_for_close(1.0)
             return
@@ -304,6 +300,8 @@ class Session:
         kind, recorder, payload = item
         if kind == "counts":
             self._send_counts(recorder, payload)
+        elif kind == "layers":
+            self.send({"t": "layers", "model": recorder.model_id, "layers": payload})
         else:
             self._send_tokens(recorder, payload)
 
@@ -325,8 +323,9 @@ class Session:
             "ts": snapshot.wall_time,
             "passes": snapshot.passes,
             "layers": recorder.num_layers,
-            "experts": recorder.num_experts,
+            "widths": list(recorder.widths),
             "counts": _tensor_bytes(tensors["counts"]),
+            "tokens": _tensor_bytes(tensors["tokens"]),
             "dropped": recorder.dropped_snapshots,
             "health": _tensor_bytes(tensors["health"]),
             "max_logit": _tensor_bytes(tensors["max_logit"]),

@@ -20,7 +20,8 @@ function copy(bytes: Uint8Array): Uint8Array {
 }
 
 function countsBytes(frame: ProbeCounts): number {
-  return frame.counts.byteLength + (frame.health?.byteLength ?? 0) + (frame.max_logit?.byteLength ?? 0) + 8 * (frame.time_s?.length ?? 0);
+  return frame.counts.byteLength + frame.tokens.byteLength + (frame.health?.byteLength ?? 0) + (frame.max_logit?.byteLength ?? 0) +
+    8 * (frame.time_s?.length ?? 0) + 8 * frame.widths.length;
 }
 
 function tokensBytes(frame: ProbeTokens): number {
@@ -45,6 +46,7 @@ export class History {
     const stored: ProbeCounts = {
       ...frame,
       counts: copy(frame.counts),
+      tokens: copy(frame.tokens),
       ...(frame.health ? { health: copy(frame.health) } : {}),
       ...(frame.max_logit ? { max_logit: copy(frame.max_logit) } : {}),
     };

@@ -7,7 +7,7 @@
  */
 import * as fs from 'node:fs';
 import { MAX_HOST_MESSAGE_BYTES, PANEL_PROTOCOL_VERSION, type AttachAttempt, type AttachMethod, type HostMessage, type JobUpdate, type PanelRequest, type TokenUpdate } from '../../src/protocol/panel';
-import { countsToNumbers, float32s, float64s, int32s, type ModelInfo, type ProbeCounts, type ProbeFrame, type ProbeHello, type ProbeTokens } from '../../src/protocol/probe';
+import { HEALTH_COLUMNS, countsToNumbers, float32s, float64s, int32s, layerOffsets, type ModelInfo, type ProbeCounts, type ProbeFrame, type ProbeHello, type ProbeTokens } from '../../src/protocol/probe';
 import { AttachError, HINTS } from './attach-errors';
 import { DEFAULT_HISTORY_BYTES, History } from './history';
 import { attachMethods, type InjectMethod, injectProbe, preflight, waitForProbe } from './inject';
@@ -127,10 +127,10 @@ export class Host {
       size = 0;
     };
     for (const entry of entries) {
-      const update = jobUpdate(pid, entry.frame, 0);
+      let update = jobUpdate(pid, entry.frame, 0);
       if (layer !== undefined) {
         if (layer >= update.layers) continue;
-        update.counts = update.counts.slice(layer * update.experts, (layer + 1) * update.experts);
+        update = oneLayer(update, layer);
       }
       const bytes = JSON.stringify(update).length;
       if (size + bytes > MESSAGE_BUDGET && batch.length) flush(false);
@@ -256,6 +256,9 @@ export class Host {
         return;
       }
       for (const part of splitTokenUpdate(tokenUpdate(job.pid, frame), MESSAGE_BUDGET)) this.send(part);
+    } else if (frame.t === 'layers') {
+      job.models = job.models.map((m) => (m.id === frame.model ? { ...m, layers: frame.layers } : m));
+      this.send({ type: 'layers', pid: job.pid, model: frame.model, layers: frame.layers });
     } else if (frame.t === 'error') {
       this.send({ type: 'error', pid: job.pid, code: 'probe_failed', message: `The probe stopped itself: ${frame.message}` });
     }
@@ -309,7 +312,7 @@ async function waitForExit(pid: number, ms: number): Promise<void> {
 export function jobUpdate(pid: number, counts: ProbeCounts, coalesced: number): JobUpdate {
   const update: JobUpdate = {
     type: 'update', pid, model: counts.model, passes: counts.passes,
-    layers: counts.layers, experts: counts.experts, counts: countsToNumbers(counts.counts),
+    layers: counts.layers, widths: counts.widths, counts: countsToNumbers(counts.counts), tokens: countsToNumbers(counts.tokens),
     ts: counts.ts, dropped: counts.dropped + coalesced,
   };
   if (counts.health) update.health = float64s(counts.health);
@@ -321,6 +324,21 @@ export function jobUpdate(pid: number, counts: ProbeCounts, coalesced: number): 
   if (counts.shape) update.shape = counts.shape;
   if (counts.dropped_tokens !== undefined) update.droppedTokens = counts.dropped_tokens;
   return update;
+}
+
+/** The update of one layer only, shaped as an update of a single-layer model (the history message says which layer). */
+export function oneLayer(update: JobUpdate, layer: number): JobUpdate {
+  const start = layerOffsets(update.widths)[layer]!;
+  const width = update.widths[layer]!;
+  const out: JobUpdate = {
+    ...update, layers: 1, widths: [width], counts: update.counts.slice(start, start + width),
+  };
+  if (update.tokens) out.tokens = [update.tokens[layer]!];
+  const hc = HEALTH_COLUMNS.length;
+  if (update.health) out.health = update.health.slice(layer * hc, (layer + 1) * hc);
+  if (update.maxLogit) out.maxLogit = [update.maxLogit[layer]!];
+  if (update.timeS) out.timeS = [update.timeS[layer]!];
+  return out;
 }
 
 /** JSON bytes one token or history message may fill, leaving room under Chrome's 1 MiB limit. */

@@ -1,19 +1,16 @@
-"""The probe's MoE adapters against real (tiny, random-weight) models of every common architecture.
+"""The probe's readers against real (tiny, random-weight) models of every MoE model type of the
+installed transformers, and of hand-written blocks.
 
-For each architecture the test builds a 2-4 layer model and checks that:
-  1. find_moe_layers finds exactly the MoE layers (dense layers, interleaved layers and
-     encoder/decoder stacks included or excluded as the config says);
-  2. the ids (as sets per token) and weights the probe reports equal the routing the model
-     really used, obtained independently of the probe's code:
-       - from transformers' own router outputs (output_router_logits=True) with the
-         architecture's selection rule written out here, or, where transformers exposes no
-         router output (DeepSeek-V3), from the router input captured by a separate pre-hook
-         of this test and the documented selection rule;
-       - and, where the experts module is handed the ids (experts(hidden, ids, weights)),
-         from a pre-hook of this test on the experts module: what the model really used;
-  3. the model's outputs are bitwise identical with and without the probe's hooks;
-  4. after every handle is removed, every module has exactly the hooks and instance
-     attributes it had before (and install did add something).
+`test_every_moe_model_type` runs each model type of tiny_models.MOE_TYPES (which must cover every
+MoE type the installed transformers defines) through probe_check.check_probe against this test's
+own capture of what the experts received: the ids and weights handed to each experts module
+(transformers v5 calls experts(hidden, top_k_index, top_k_weights)), the rows each separately
+called expert received, or, where the experts are handed no ids (Llama4, Zaya's skip class,
+DeepSeek-V4's hash table), a recomputation written here. Then the probe's Recorder must count
+exactly that, layer by layer, each at its own width.
+
+The other tests recompute each architecture's documented selection rule from transformers'
+router outputs (or from the router input, captured here) and check the probe against that too.
 """
 
 import os
@@ -23,18 +20,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 NATIVE_HOST = os.path.dirname(HERE)
-if NATIVE_HOST not in sys.path:
-    sys.path.insert(0, NATIVE_HOST)
+for path in (HERE, NATIVE_HOST):
+    if path not in sys.path:
+        sys.path.insert(0, path)
 
 from moe_probe.routers import find_moe_layers  # noqa: E402
+from probe_check import Capture, assert_routing_equal, by_sorted_ids, check_probe, check_recorder  # noqa: E402
 
 torch.set_num_threads(1)
 transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()
+import tiny_models  # noqa: E402
 
 VOCAB = 128
 COMMON = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_attention_heads=4,
@@ -50,170 +49,31 @@ def spread_routers(model, std=0.5, seed=3):
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for module in model.modules():
-            weight = getattr(module, "weight", None)
             name = type(module).__name__
-            if isinstance(weight, torch.Tensor) and weight.dim() == 2 and ("Router" in name or "Gat" in name):
-                weight.copy_(torch.randn(weight.shape, generator=gen) * std)
-
-
-# -- independent capture ------------------------------------------------------------------------
-
-
-class Capture:
-    """This test's own pre-hooks on given modules: what each call received."""
-
-    def __init__(self, modules):
-        self.calls = []
-        self.handles = [m.register_forward_pre_hook(self._hook, with_kwargs=True) for m in modules]
-
-    def _hook(self, module, args, kwargs):
-        self.calls.append((module, [a.detach().clone() if isinstance(a, torch.Tensor) else a for a in args],
-                           {k: v.detach().clone() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}))
-
-    def remove(self):
-        for handle in self.handles:
-            handle.remove()
+            if not ("Router" in name or "Gat" in name):
+                continue
+            for sub in [module] + [c for c in module.modules() if isinstance(c, nn.Linear)]:
+                weight = getattr(sub, "weight", None)
+                if isinstance(weight, torch.Tensor) and weight.dim() == 2 and weight.is_floating_point():
+                    weight.copy_(torch.randn(weight.shape, generator=gen) * std)
 
 
 def experts_used(calls):
-    """(ids [N,k], weights [N,k]) that transformers' experts modules were called with."""
+    """(ids [N,k], weights [N,k]) that transformers' experts modules were called with:
+    experts(hidden_states, top_k_index, top_k_weights), read by position."""
     used = []
     for _module, args, kwargs in calls:
         rest = list(args[1:]) + [v for k, v in kwargs.items() if k != "hidden_states"]
-        ids = next(t for t in rest if isinstance(t, torch.Tensor) and not t.is_floating_point())
-        weights = next(t for t in rest if isinstance(t, torch.Tensor) and t.is_floating_point())
-        used.append(dict(ids=ids, weights=weights))
+        used.append(dict(ids=rest[0], weights=rest[1] if len(rest) > 1 else None))
     return used
 
 
-# -- comparing ----------------------------------------------------------------------------------
-
-
-def by_sorted_ids(ids, weights=None):
-    order = ids.argsort(dim=-1)
-    return ids.gather(-1, order), (None if weights is None else weights.gather(-1, order))
-
-
-def assert_routing_equal(probe, truth, what, check_weights=True):
-    assert len(probe) == len(truth), f"{what}: {len(probe)} probe records for {len(truth)} MoE calls"
-    for call, (got, want) in enumerate(zip(probe, truth)):
-        got_ids, got_w = by_sorted_ids(got["ids"].to(torch.int64), got.get("weights"))
-        want_ids, want_w = by_sorted_ids(want["ids"].to(torch.int64).reshape(got_ids.shape[0], -1),
-                                         want.get("weights"))
-        assert torch.equal(got_ids, want_ids), f"{what}: expert ids differ in call {call}"
-        if check_weights and want_w is not None:
-            assert got_w is not None, f"{what}: probe reports no weights in call {call}"
-            torch.testing.assert_close(got_w.float(), want_w.reshape(got_w.shape).float(), rtol=1e-5, atol=1e-6,
-                                       msg=f"{what}: weights differ in call {call}")
-        if want.get("dropped") is not None:
-            assert got.get("dropped") is not None, f"{what}: probe reports no dropped tokens in call {call}"
-            assert torch.equal(got["dropped"].reshape(-1), want["dropped"].reshape(-1)), \
-                f"{what}: dropped tokens differ in call {call}"
-
-
-HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_forward_hooks_with_kwargs",
-              "_forward_hooks_always_called", "_forward_pre_hooks_with_kwargs", "_backward_hooks",
-              "_backward_pre_hooks", "_state_dict_hooks", "_state_dict_pre_hooks",
-              "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks")
-GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
-                "_global_backward_pre_hooks", "_global_forward_hooks_always_called")
-
-
-def hook_state(model):
-    """Every module's hook ids and instance attributes (by identity), plus torch's global hooks."""
-    state = {}
-    for name, module in model.named_modules():
-        hooks = tuple((d, tuple(getattr(module, d, {}).keys())) for d in HOOK_DICTS)
-        attrs = tuple(sorted((k, id(v)) for k, v in vars(module).items() if k not in HOOK_DICTS))
-        state[name] = (type(module), hooks, attrs)
-    glob = torch.nn.modules.module
-    state[None] = tuple(tuple(getattr(glob, g, {}).keys()) for g in GLOBAL_HOOKS)
-    return state
-
-
-def first_tensor(output):
-    for key in ("logits", "last_hidden_state"):
-        value = getattr(output, key, None)
-        if isinstance(value, torch.Tensor):
-            return value
-    return output
-
-
-# aten ops that make the host wait for the device (or need data-dependent shapes, which do)
-SYNCING_OPS = ("aten._local_scalar_dense", "aten.nonzero", "aten.masked_select", "aten.equal",
-               "aten.is_nonzero", "aten._unique", "aten.unique", "aten.repeat_interleave.Tensor",
-               "aten.index.Tensor", "aten.allclose")
-
-
-class OpLog(TorchDispatchMode):
-    """Every aten op run while active, with whether it writes into one of its arguments."""
-
-    def __init__(self):
-        super().__init__()
-        self.ops = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        name = str(func)
-        if name.startswith("aten._to_copy") and "device" in kwargs and kwargs["device"] != args[0].device:
-            name += " (to %s)" % kwargs["device"]
-        self.ops.append((name, func._schema.is_mutable))
-        return func(*args, **kwargs)
-
-
-def trace_reads(layers):
-    """Run each layer's read() under OpLog (an attribute on the probe's layer object, not the model)."""
-    log = []
-    for layer in layers:
-        def traced(args, output, _read=layer.read):
-            with OpLog() as ops:
-                result = _read(args, output)
-            log.extend(ops.ops)
-            return result
-        layer.read = traced
-    return log
-
-
-def check_probe(model, inputs, truth, expected_names, check_weights=True):
-    """Layers found, routing equal to `truth`, outputs bitwise identical, hooks restored,
-    and the probe's reads neither write into a tensor nor synchronise with the device."""
-    layers = find_moe_layers(model)
-    assert [layer.name for layer in layers] == expected_names
-    assert [layer.index for layer in layers] == list(range(len(expected_names)))
-    for layer in layers:
-        assert set(layer.describe()) == {"index", "name", "arch", "experts", "top_k"}
-    ops = trace_reads(layers)
-
-    with torch.no_grad():
-        plain = first_tensor(model(**inputs))
-    before = hook_state(model)
-
-    records = []
-    handles = []
-    for layer in layers:
-        handles += layer.install(lambda lay, routing: records.append((lay, routing)))
-    during = hook_state(model)
-    with torch.no_grad():
-        hooked = first_tensor(model(**inputs))
-    for handle in handles:
-        handle.remove()
-    after = hook_state(model)
-
-    assert during != before, "install added no hook"
-    assert after == before, "hooks or attributes left behind after remove()"
-    assert torch.equal(plain, hooked), "outputs changed with the probe's hooks installed"
-    assert all(layer.errors == 0 for layer in layers), [layer.last_error for layer in layers]
-    assert ops, "the probe's reads were not traced"
-    assert not [name for name, _ in ops if name.startswith(SYNCING_OPS) or " (to " in name], ops
-    assert not [name for name, mutable in ops if mutable], "the probe wrote into a tensor"
-
-    # records arrive in forward order; their layer indices must walk the layers in order
-    assert [lay.index for lay, _ in records] == [i % len(layers) for i in range(len(records))]
-    probe = [dict(ids=r.ids, weights=r.weights, dropped=r.dropped) for _, r in records]
-    for lay, r in records:
-        assert r.ids.dim() == 2 and not r.ids.is_floating_point() and r.ids.shape[1] == lay.top_k
-    assert_routing_equal(probe, truth, type(model).__name__, check_weights=check_weights)
-    return layers, records
+def by_layer(truth, names):
+    """Per-call truth in forward order (layer 0, 1, ..., then again) as {layer name: [calls]}."""
+    out = {name: [] for name in names}
+    for i, record in enumerate(truth):
+        out[names[i % len(names)]].append(record)
+    return out
 
 
 def ground_truth(model, inputs, experts_cls=None, base=None):
@@ -226,6 +86,10 @@ def ground_truth(model, inputs, experts_cls=None, base=None):
     finally:
         capture.remove()
     return output, experts_used(capture.calls)
+
+
+def assert_same(truth_a, truth_b, what, experts=64):
+    assert_routing_equal(truth_a, truth_b, what, experts)
 
 
 # -- selection rules, written out from each architecture's documentation/code -------------------
@@ -260,10 +124,6 @@ def deepseek_v3_rule(logits, bias, k, n_group, topk_group, norm, scale, group_li
     return dict(ids=ids, weights=weights * scale)
 
 
-def assert_same(truth_a, truth_b, what):
-    assert_routing_equal(truth_a, truth_b, what)
-
-
 # -- architectures ------------------------------------------------------------------------------
 
 
@@ -277,7 +137,7 @@ def test_mixtral():
     out, used = ground_truth(model, inputs, MixtralExperts)
     truth = [softmax_topk(lg, 2, normalize=True) for lg in out.router_logits]
     assert_same(used, truth, "mixtral rule vs experts")
-    check_probe(model, inputs, truth, ["model.layers.0.mlp", "model.layers.1.mlp"])
+    check_probe(model, inputs, by_layer(truth, ["model.layers.0.mlp", "model.layers.1.mlp"]), ["model.layers.0.mlp", "model.layers.1.mlp"])
 
 
 def test_qwen2_moe_with_dense_layer_and_shared_expert():
@@ -292,7 +152,7 @@ def test_qwen2_moe_with_dense_layer_and_shared_expert():
     out, used = ground_truth(model, inputs, Qwen2MoeExperts)
     truth = [softmax_topk(lg, 2, normalize=False) for lg in out.router_logits]
     assert_same(used, truth, "qwen2-moe rule vs experts")
-    check_probe(model, inputs, truth, ["model.layers.0.mlp", "model.layers.2.mlp"])
+    check_probe(model, inputs, by_layer(truth, ["model.layers.0.mlp", "model.layers.2.mlp"]), ["model.layers.0.mlp", "model.layers.2.mlp"])
 
 
 def test_qwen3_moe():
@@ -306,7 +166,7 @@ def test_qwen3_moe():
     out, used = ground_truth(model, inputs, Qwen3MoeExperts)
     truth = [softmax_topk(lg, 3, normalize=True) for lg in out.router_logits]
     assert_same(used, truth, "qwen3-moe rule vs experts")
-    check_probe(model, inputs, truth, ["model.layers.0.mlp", "model.layers.1.mlp"])
+    check_probe(model, inputs, by_layer(truth, ["model.layers.0.mlp", "model.layers.1.mlp"]), ["model.layers.0.mlp", "model.layers.1.mlp"])
 
 
 def test_olmoe():
@@ -320,7 +180,7 @@ def test_olmoe():
     out, used = ground_truth(model, inputs, OlmoeExperts)
     truth = [softmax_topk(lg, 2, normalize=False) for lg in out.router_logits]
     assert_same(used, truth, "olmoe rule vs experts")
-    check_probe(model, inputs, truth, ["model.layers.0.mlp", "model.layers.1.mlp"])
+    check_probe(model, inputs, by_layer(truth, ["model.layers.0.mlp", "model.layers.1.mlp"]), ["model.layers.0.mlp", "model.layers.1.mlp"])
 
 
 DEEPSEEK = dict(num_hidden_layers=3, first_k_dense_replace=1, n_routed_experts=8, num_experts_per_tok=2,
@@ -374,7 +234,7 @@ def test_deepseek_v3_bias_and_groups_dense_first_layer():
     truth = deepseek_truth(model, inputs, gates)
     _, used = ground_truth(model, inputs, DeepseekV3Experts)
     assert_same(used, truth, "deepseek-v3 rule vs experts")
-    check_probe(model, inputs, truth, ["model.layers.1.mlp", "model.layers.2.mlp"])
+    check_probe(model, inputs, by_layer(truth, ["model.layers.1.mlp", "model.layers.2.mlp"]), ["model.layers.1.mlp", "model.layers.2.mlp"])
 
 
 class EarlyV5DeepseekGate(nn.Module):
@@ -444,10 +304,11 @@ def test_deepseek_v3_early_v5_layout_route_tokens_to_experts():
     truth = deepseek_truth(model, inputs, gates)
     _, used = ground_truth(model, inputs, DeepseekV3Experts)
     assert_same(used, truth, "early-v5 deepseek rule vs experts")
-    layers, records = check_probe(model, inputs, truth, ["model.layers.1.mlp", "model.layers.2.mlp"])
-    assert {layer.arch for layer in layers} == {"route-fn"}
-    assert all("route_tokens_to_experts" not in vars(layer.module) for layer in layers)
-    assert all(r.logits is not None and r.logits.shape == (32, 8) for _, r in records)
+    names = ["model.layers.1.mlp", "model.layers.2.mlp"]
+    layers, records = check_probe(model, inputs, by_layer(truth, names), names)
+    # the experts are handed the ids: read there, with the gate's raw logits kept for health
+    assert {layer.source for layer in layers} == {"dispatched"}
+    assert all(r["logits"] is not None and r["logits"].shape == (32, 8) for name in names for r in records[name])
 
 
 def test_gpt_oss():
@@ -462,7 +323,7 @@ def test_gpt_oss():
     out, used = ground_truth(model, inputs, GptOssExperts)
     truth = [topk_then_softmax(lg, 2) for lg in out.router_logits]
     assert_same(used, truth, "gpt-oss rule vs experts")
-    check_probe(model, inputs, truth, ["model.layers.0.mlp", "model.layers.1.mlp"])
+    check_probe(model, inputs, by_layer(truth, ["model.layers.0.mlp", "model.layers.1.mlp"]), ["model.layers.0.mlp", "model.layers.1.mlp"])
 
 
 def test_llama4_interleaved_moe_layers():
@@ -479,7 +340,7 @@ def test_llama4_interleaved_moe_layers():
     for logits in out.router_logits:  # Llama4: top-k of the logits, sigmoid of the chosen ones
         values, ids = torch.topk(logits, 1, dim=-1)
         truth.append(dict(ids=ids, weights=torch.sigmoid(values.float())))
-    check_probe(model, inputs, truth, ["model.layers.1.feed_forward", "model.layers.3.feed_forward"])
+    check_probe(model, inputs, by_layer(truth, ["model.layers.1.feed_forward", "model.layers.3.feed_forward"]), ["model.layers.1.feed_forward", "model.layers.3.feed_forward"])
 
 
 def test_dbrx_route_tokens_to_experts():
@@ -500,8 +361,8 @@ def test_dbrx_route_tokens_to_experts():
         weights, ids = torch.topk(torch.softmax(logits, dim=-1), 2, dim=-1)
         truth.append(dict(ids=ids, weights=weights / weights.norm(p=1.0, dim=-1, keepdim=True)))
     assert_same(used, truth, "dbrx rule vs experts")
-    layers, _ = check_probe(model, inputs, truth, ["transformer.blocks.0.ffn", "transformer.blocks.1.ffn"])
-    assert {layer.arch for layer in layers} == {"route-fn"}
+    layers, _ = check_probe(model, inputs, by_layer(truth, ["transformer.blocks.0.ffn", "transformer.blocks.1.ffn"]), ["transformer.blocks.0.ffn", "transformer.blocks.1.ffn"])
+    assert {layer.source for layer in layers} == {"dispatched"}
 
 
 def test_granite_moe():
@@ -515,7 +376,7 @@ def test_granite_moe():
     out, used = ground_truth(model, inputs, GraniteMoeExperts)
     truth = [topk_then_softmax(lg, 2) for lg in out.router_logits]
     assert_same(used, truth, "granite-moe rule vs experts")
-    check_probe(model, inputs, truth, ["model.layers.0.block_sparse_moe", "model.layers.1.block_sparse_moe"])
+    check_probe(model, inputs, by_layer(truth, ["model.layers.0.block_sparse_moe", "model.layers.1.block_sparse_moe"]), ["model.layers.0.block_sparse_moe", "model.layers.1.block_sparse_moe"])
 
 
 def sparsemixer_eval(logits, jitter_eps):
@@ -544,7 +405,7 @@ def test_phimoe():
     out, used = ground_truth(model, inputs, PhimoeExperts)
     truth = [sparsemixer_eval(lg, 0.01) for lg in out.router_logits]
     assert_same(used, truth, "phimoe rule vs experts")
-    check_probe(model, inputs, truth, ["model.layers.0.mlp", "model.layers.1.mlp"])
+    check_probe(model, inputs, by_layer(truth, ["model.layers.0.mlp", "model.layers.1.mlp"]), ["model.layers.0.mlp", "model.layers.1.mlp"])
 
 
 def switch_rule(logits, capacity):
@@ -576,10 +437,17 @@ def test_switch_transformers_encoder_decoder_capacity_drops():
         assert torch.equal(dispatch.sum(dim=-1) == 0, t["dropped"])
         kept = ~t["dropped"]
         assert torch.equal(dispatch.argmax(dim=-1)[kept], t["ids"][kept, 0])
-    layers, records = check_probe(model, inputs, truth, [
-        "encoder.block.1.layer.1.mlp", "encoder.block.3.layer.1.mlp",
-        "decoder.block.1.layer.2.mlp", "decoder.block.3.layer.2.mlp"])
+    # Each expert is a separate module: the probe counts the rows each one received, which
+    # leaves out the dropped tokens, and reports how many assignments went unserved.
+    served = [dict(loads=torch.bincount(t["ids"][~t["dropped"], 0], minlength=4), dropped=int(t["dropped"].sum()))
+              for t in truth]
+    names = ["encoder.block.1.layer.1.mlp", "encoder.block.3.layer.1.mlp",
+             "decoder.block.1.layer.2.mlp", "decoder.block.3.layer.2.mlp"]
+    layers, records = check_probe(model, inputs, by_layer(served, names), names)
     assert all(layer.top_k == 1 and layer.num_experts == 4 for layer in layers)
+    assert {layer.source for layer in layers} == {"expert-inputs"}
+    assert [(layer.stack, layer.model_index) for layer in layers] == [
+        ("encoder.block", 1), ("encoder.block", 3), ("decoder.block", 1), ("decoder.block", 3)]
 
 
 def test_jamba_hybrid_expert_layer_period():
@@ -597,7 +465,7 @@ def test_jamba_hybrid_expert_layer_period():
     out, used = ground_truth(model, inputs, JambaExperts)
     truth = [softmax_topk(lg, 2, normalize=False) for lg in out.router_logits]
     assert_same(used, truth, "jamba rule vs experts")
-    check_probe(model, inputs, truth, ["model.layers.1.feed_forward", "model.layers.3.feed_forward"])
+    check_probe(model, inputs, by_layer(truth, ["model.layers.1.feed_forward", "model.layers.3.feed_forward"]), ["model.layers.1.feed_forward", "model.layers.3.feed_forward"])
 
 
 # -- a user-written MoE, not from transformers -------------------------------------------------
@@ -671,12 +539,15 @@ def test_user_written_moe_blocks():
     inputs = dict(input_ids=input_ids())
     with torch.no_grad():
         model(**inputs)
-    truth = list(log)
-    # the gate's logits alone do not say how a hand-written block mixes its experts: ids only
-    layers, records = check_probe(model, inputs, truth, ["blocks.0", "blocks.2", "blocks.3"],
-                                  check_weights=False)
+    names = ["blocks.0", "blocks.2", "blocks.3"]
+    truth = by_layer(list(log), names)
+    # Every expert of UserTopKMoE runs on every token (weighted by a mask) and UserStackedMoE
+    # indexes a stacked parameter: nothing but the gate's logits shows the choice, so the
+    # probe recomputes top-k from them and says so.
+    layers, records = check_probe(model, inputs, truth, names, check_weights=False)
     assert [(layer.num_experts, layer.top_k) for layer in layers] == [(4, 2), (4, 1), (4, 2)]
-    assert all(r.logits is not None for _, r in records)
+    assert {layer.source for layer in layers} == {"recomputed"}
+    assert all(r["logits"] is not None for name in names for r in records[name])
 
 
 # -- no MoE at all ------------------------------------------------------------------------------
@@ -711,3 +582,170 @@ def test_no_double_counting_when_probed_from_inner_modules():
     assert [layer.name for layer in find_moe_layers(block)] == [""]
     assert [layer.name for layer in find_moe_layers(block.gate)] == [""]
     assert len(find_moe_layers(model)) == 1
+
+
+# -- every MoE model type of the installed transformers ----------------------------------------
+
+
+def test_the_table_covers_every_moe_model_type_of_transformers():
+    """A transformers upgrade that adds an MoE model type fails here until it is in the table."""
+    assert sorted(tiny_models.MOE_TYPES) == tiny_models.moe_model_types()
+
+
+class Truth:
+    """This test's own capture of what each MoE block's experts received, by block name.
+
+    Its knowledge of the interfaces is written out here, by position, independently of the
+    probe (which reads by dtype and shape):
+      - experts(hidden_states, top_k_index, top_k_weights): the transformers v5 experts call;
+      - separately called experts (a ModuleList/ModuleDict): the rows each one received;
+      - JetMoE's ParallelExperts(inputs, expert_size): the per-expert sizes;
+      - Doge's down_embed(indices): the expert rows looked up.
+    Where the experts get no ids, the test recomputes them from what the router returned
+    (Llama4: top-k of its logits; Zaya: its skip class; ViTPose: the dataset index)."""
+
+    def __init__(self, model_type, model, inputs):
+        self.model_type = model_type
+        self.calls = {}  # block name -> [per-call dict]
+        self.names = []  # blocks in module order
+        self.handles = []
+        self.inputs = inputs
+        for name, module in model.named_modules():
+            leaf, parent = name.rpartition(".")[2], name.rpartition(".")[0]
+            if leaf == "experts" and model_type == "vitpose_backbone":
+                self._dispatch(parent, module)
+            elif leaf == "experts" and isinstance(module, (nn.ModuleList, nn.ModuleDict)):
+                self._rows(parent, module)
+            elif leaf == "experts" and model_type == "llama4":
+                self._llama4(parent, model.get_submodule(parent).router)
+            elif leaf == "experts" and model_type == "zaya":
+                self._zaya(parent, model.get_submodule(parent))
+            elif leaf == "experts" and isinstance(module, nn.Module) and not hasattr(module, "map"):
+                self._dispatch(parent, module)
+            elif leaf == "input_linear" and hasattr(module, "num_experts"):  # JetMoE, MoE and MoA
+                self._sizes(parent, module, model.get_submodule(parent).router.top_k)
+            elif leaf == "down_embed" and isinstance(module, nn.Embedding):  # Doge
+                self._embedding(parent, module)
+
+    def _block(self, name):
+        self.names.append(name)
+        self.calls[name] = []
+        return self.calls[name]
+
+    def _pre(self, module, hook):
+        self.handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+
+    def _dispatch(self, name, experts):
+        calls = self._block(name)
+
+        def hook(module, args, kwargs):
+            rest = list(args[1:]) + [v for k, v in kwargs.items() if k != "hidden_states"]
+            ids = rest[0].detach().clone()
+            if self.model_type == "vitpose_backbone":  # one expert per image: every token of it
+                tokens = args[0].shape[1]
+                ids = ids.reshape(-1, 1).expand(-1, tokens).reshape(-1, 1)
+                calls.append(dict(ids=ids))
+            else:
+                calls.append(dict(ids=ids, weights=rest[1].detach().clone() if len(rest) > 1 else None))
+        self._pre(experts, hook)
+
+    def _rows(self, name, container):
+        calls = self._block(name)
+        experts = list(container.values()) if isinstance(container, nn.ModuleDict) else list(container)
+        experts = [e for e in experts if any(True for _ in e.parameters())]  # not NLLB's Dropout
+
+        def start(module, args, kwargs):
+            calls.append(dict(loads=[0] * len(experts), tokens=int(args[0].reshape(-1, args[0].shape[-1]).shape[0])))
+        self._pre(container, start)
+        for e, expert in enumerate(experts):
+            def count(module, args, kwargs, e=e):
+                calls[-1]["loads"][e] += int(args[0].reshape(-1, args[0].shape[-1]).shape[0])
+            self._pre(expert, count)
+
+    def _sizes(self, name, linear, top_k):
+        calls = self._block(name)
+        self._pre(linear, lambda module, args, kwargs: calls.append(dict(loads=list(args[1]),
+                                                                         tokens=sum(args[1]) // top_k)))
+
+    def _embedding(self, name, embedding):
+        calls = self._block(name)
+        self._pre(embedding, lambda module, args, kwargs: calls.append(dict(ids=args[0].detach().clone())))
+
+    def _llama4(self, name, router):
+        calls = self._block(name)
+
+        def hook(module, args, output):
+            scores, logits = output  # Llama4Router: sigmoid of the top-k logits, and the logits
+            values, ids = torch.topk(logits, module.top_k, dim=-1)
+            calls.append(dict(ids=ids, weights=torch.sigmoid(values.float())))
+        self.handles.append(router.register_forward_hook(hook))
+
+    def _zaya(self, name, block):
+        calls = self._block(name)
+        router = block.gate
+
+        def hook(module, args, output):
+            # Zaya's rule: top-k of softmax + balancing biases over E + 1 classes, the last a skip
+            logits = output[0]
+            probs = torch.softmax(logits, dim=-1).float() + module.balancing_biases
+            calls.append(dict(ids=torch.topk(probs, module.top_k, dim=-1).indices))
+        self.handles.append(router.register_forward_hook(hook))
+
+    def run(self, call):
+        try:
+            with torch.no_grad():
+                call(**self.inputs)
+        finally:
+            for handle in self.handles:
+                handle.remove()
+        return self.calls
+
+
+def prepare(model_type, model):
+    """Make routing vary per token: wider router weights, and a random table for hash routers.
+    Zaya's router is a 3-layer MLP: widened, its logits reach softmax probabilities of exactly 0,
+    and a routed choice of weight 0 reaches the experts exactly like its skip class (see docs)."""
+    if model_type != "zaya":
+        spread_routers(model)
+    gen = torch.Generator().manual_seed(7)
+    for module in model.modules():
+        table = getattr(module, "tid2eid", None)
+        if isinstance(table, torch.Tensor):  # DeepSeek-V4's hash layers look experts up by token id
+            experts = module.num_experts
+            table.copy_(torch.stack([torch.randperm(experts, generator=gen)[: table.shape[1]]
+                                     for _ in range(table.shape[0])]))
+
+
+# What the probe must say about some types beyond the routing itself: (layer name suffix, field, value).
+EXPECT = {
+    "longcat_flash": [("", "identity_experts", 2), ("", "experts", 10)],
+    "zaya": [("", "identity_experts", 1), ("", "experts", 9)],
+    "jetmoe": [("self_attention.experts", "kind", "attention"), ("mlp", "kind", "mlp")],
+    "deepseek_v4": [("layers.0.mlp", "design", "hash"), ("layers.1.mlp", "design", "top-k")],
+    "vitpose_backbone": [("", "design", "fixed")],
+    "switch_transformers": [("", "source", "expert-inputs")],
+    "nllb-moe": [("", "source", "expert-inputs")],
+    "llama4": [("", "source", "recomputed")],
+    "qwen2_moe": [("", "shared_experts", 1)],
+    "deepseek_v3": [("layers.1.mlp", "model_index", 1), ("layers.1.mlp", "stack", "model.layers")],
+    "inkling_mm_model": [("", "experts", 8)],
+}
+
+
+@pytest.mark.parametrize("model_type", sorted(tiny_models.MOE_TYPES))
+def test_every_moe_model_type(model_type):
+    model, inputs = tiny_models.build(model_type)
+    prepare(model_type, model)
+    call = tiny_models.forward(model_type, model)
+    truth = Truth(model_type, model, inputs)
+    calls = truth.run(call)
+    assert any(calls.values()), "no MoE block of %s ran" % model_type
+    # weights only where the test read them from the experts call
+    layers, records = check_probe(model, inputs, {k: v for k, v in calls.items()}, truth.names, call=call)
+    by_name = {layer.name: layer for layer in layers}
+    for suffix, field, value in EXPECT.get(model_type, []):
+        chosen = [layer for name, layer in by_name.items() if name.endswith(suffix)]
+        assert chosen, suffix
+        assert all(layer.describe()[field] == value for layer in chosen), \
+            [(layer.name, layer.describe()[field]) for layer in chosen]
+    check_recorder(model, inputs, layers, calls, call=call)

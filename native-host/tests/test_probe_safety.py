@@ -166,10 +166,10 @@ def test_an_exception_inside_the_probe_never_reaches_the_forward(socket_dir, mon
         reference = model(x).logits
     baseline = hook_count(model)
 
-    def broken_read(self, args, output):
+    def broken_read(layer, values):
         raise RuntimeError("adapter bug")
 
-    monkeypatch.setattr(routers.RouterOutputLayer, "read", broken_read)
+    monkeypatch.setattr(routers, "read_dispatch", broken_read)
     client = Client(moe_probe.attach(model))
     client.wait(lambda f: f["t"] == "hello")
     assert wait_until(lambda: hook_count(model) > baseline)

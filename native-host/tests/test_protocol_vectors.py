@@ -248,8 +248,8 @@ def test_real_probe_frames_match_the_vectors(socket_dir):
         counts = [frame for frame in frames if frame["t"] == "counts"]
         assert counts, "no counts frame before bye"
         for frame in counts:
-            assert (frame["model"], frame["layers"], frame["experts"]) == (0, 2, 4)
-            assert len(frame["counts"]) == 2 * 4 * 8
+            assert (frame["model"], frame["layers"], frame["widths"]) == (0, 2, [4, 4])
+            assert len(frame["counts"]) == 2 * 4 * 8 and len(frame["tokens"]) == 2 * 8
         for frame in (f for f in frames if f["t"] == "tokens"):
             for layer in frame["layers"]:
                 ids = struct.unpack("<%di" % (layer["n"] * layer["k"]), layer["ids"])
@@ -259,6 +259,58 @@ def test_real_probe_frames_match_the_vectors(socket_dir):
         decoded = struct.unpack("<8q", last["counts"])
         assert last["passes"] == 3
         assert [list(decoded[0:4]), list(decoded[4:8])] == expected.tolist()
+        assert list(struct.unpack("<2q", last["tokens"])) == [3 * 2 * 8, 3 * 2 * 8]  # passes * batch * sequence
+    finally:
+        if conn is not None:
+            conn.close()
+        moe_probe.detach()
+
+
+def test_real_probe_sends_a_layers_frame_when_the_first_call_tells_more(socket_dir):
+    """A block whose gate returns only logits: at attach the probe guesses it reads the router's
+    ids; the first pass shows it must recompute top-k, and a layers frame says so."""
+    torch = pytest.importorskip("torch")
+    from torch import nn
+    import moe_probe
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.top_k = 2
+            self.gate = nn.Linear(16, 4, bias=False)
+            self.experts = nn.Parameter(torch.randn(4, 16, 16) * 0.1)
+
+        def forward(self, x):
+            weights, ids = torch.topk(torch.softmax(self.gate(x), -1), 2, dim=-1)
+            return torch.einsum("nk,nh,nkhd->nd", weights, x, self.experts[ids])
+
+    torch.manual_seed(0)
+    model = nn.Sequential(Block(), Block()).eval()
+    moe_probe.detach()
+    conn = None
+    try:
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        conn.settimeout(10)
+        conn.connect(moe_probe.attach(model))
+        hello = read_frame(conn)
+        assert [l["source"] for l in hello["models"][0]["layers"]] == ["router", "router"]
+        deadline = time.monotonic() + 10
+        while not model._forward_hooks:
+            assert time.monotonic() < deadline, "the probe did not hook the model"
+            time.sleep(0.01)
+        with torch.no_grad():
+            model(torch.randn(6, 16))
+        conn.sendall(framing.encode_frame({"t": "detach"}))
+        frames = []
+        while True:
+            frame = read_frame(conn)
+            if frame is None or frame["t"] == "bye":
+                break
+            frames.append(frame)
+        layers = [f for f in frames if f["t"] == "layers"]
+        assert len(layers) == 1, [f["t"] for f in frames]
+        assert_matches_vectors(layers[0])
+        assert [(l["source"], l["token_source"]) for l in layers[0]["layers"]] == [("recomputed", "recomputed")] * 2
     finally:
         if conn is not None:
             conn.close()

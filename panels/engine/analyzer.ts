@@ -5,8 +5,11 @@
  * routing analyses of src/analysis over that window.
  */
 import type { HostMessage, JobUpdate, TokenUpdate } from '../../src/protocol/panel';
-import { HEALTH_COLUMNS, type ModelInfo } from '../../src/protocol/probe';
-import { coactivation, findings, loadStats, maxVio, resolveThresholds, smallestJudgeableWindow, vocabularySpecialization, type Finding, type LayerWindow, type Thresholds } from '../../src/analysis';
+import { HEALTH_COLUMNS, layerOffsets, type LayerInfo, type ModelInfo } from '../../src/protocol/probe';
+import {
+  coactivation, findings, layerLabel, loadStats, maxVio, resolveThresholds, smallestJudgeableWindow, unknownLayer, vocabularySpecialization,
+  type Finding, type LayerWindow, type Thresholds,
+} from '../../src/analysis';
 import { Ring } from './ring';
 
 const HC = HEALTH_COLUMNS.length;
@@ -22,7 +25,10 @@ export interface Snapshot {
   /** Probe clock, seconds since the epoch. */
   ts: number;
   passes: number;
+  /** Every layer's experts, layer after layer (see JobData.offsets). */
   counts: Float64Array;
+  /** Tokens through each layer; null when the update did not say (then counts / top-k). */
+  tokens: Float64Array | null;
   health: Float64Array | null;
   timeS: Float64Array | null;
   probeS: number;
@@ -76,7 +82,12 @@ export function recentTokenRows<T extends { n: number }>(rows: T[], maxRows: num
 }
 
 export interface LayerRow {
+  /** The probe's index of the layer (what findings and selections refer to). */
   layer: number;
+  /** The layer as the probe describes it: module path, place in the model, design, how it is read. */
+  info: LayerInfo;
+  /** How views name the layer: "model.layers.2.mlp (layer 2)". */
+  label: string;
   experts: number;
   topK: number;
   /** Tokens through the layer in the window. */
@@ -98,6 +109,8 @@ export interface LayerRow {
   droppedTokens: number;
   /** Mean ms inside the MoE block per pass; NaN when not measured. */
   msPerPass: number;
+  /** Where in Analysis.window.counts this layer's experts start. */
+  offset: number;
 }
 
 export interface TimelinePoint {
@@ -131,11 +144,15 @@ export interface Analysis {
   pid: number;
   model: number;
   layers: number;
-  experts: number;
+  /** Experts of each layer; layer l's counts are window.counts[offsets[l] .. offsets[l] + widths[l]). */
+  widths: number[];
+  offsets: number[];
+  /** The widest layer's experts (for views that draw every layer on one grid). */
+  maxWidth: number;
   topK: number[];
   /** Cumulative passes since attach (latest snapshot). */
   passes: number;
-  /** The window: passes, seconds and tokens (layer 0) it covers, and the counts, row-major layers x experts. */
+  /** The window: passes, seconds and tokens (layer 0) it covers, and the counts, layer after layer (see offsets). */
   window: { passes: number; seconds: number; tokens: number; fromPass: number; toPass: number; counts: Float64Array };
   /** Least tokens for a dead-expert verdict, per layer (see smallestJudgeableWindow). */
   judgeable: number[];
@@ -154,8 +171,8 @@ export interface Analysis {
   dropped: number;
   droppedTokenRecords: number;
   tokens: TokenRow[];
-  /** Co-activation P(j|i) for settings.layer from the sampled tokens in the window; null without token records. */
-  coactivation: { layer: number; tokens: number; matrix: Float32Array } | null;
+  /** Co-activation P(j|i) for settings.layer (E x E of that layer) from the sampled tokens in the window; null without token records. */
+  coactivation: { layer: number; experts: number; tokens: number; matrix: Float32Array } | null;
   /**
    * For the chosen layer, over the window's sampled tokens: the occurrence-weighted share of each
    * token id's occurrences that go (first choice) to its most frequent expert, over ids seen at
@@ -177,7 +194,11 @@ interface JobData {
   pid: number;
   model: number;
   layers: number;
-  experts: number;
+  widths: number[];
+  offsets: number[];
+  total: number;
+  /** What the probe says about each layer (names, design, how it is read). */
+  infos: LayerInfo[];
   topK: number[];
   history: Ring<Snapshot>;
   /** Newest snapshot (may be thinned out of history). */
@@ -194,10 +215,19 @@ export class Analyzer {
   private jobs = new Map<number, JobData>();
   private models = new Map<number, ModelInfo[]>();
 
-  /** Take one host message (only 'attached', 'update' and 'tokens' matter here). */
+  /** Take one host message (only 'attached', 'layers', 'update' and 'tokens' matter here). */
   ingest(message: HostMessage): void {
     if (message.type === 'attached') {
       this.models.set(message.pid, message.models);
+    } else if (message.type === 'layers') {
+      const models = (this.models.get(message.pid) ?? []).map((m) => (m.id === message.model ? { ...m, layers: message.layers } : m));
+      this.models.set(message.pid, models);
+      const job = this.jobs.get(message.pid);
+      if (job && job.model === message.model && message.layers.length === job.layers) {
+        job.infos = layerInfos(message.layers, job.widths);
+        job.topK = job.infos.map((l) => l.top_k);
+        job.version++;
+      }
     } else if (message.type === 'update') {
       this.ingestUpdate(message);
     } else if (message.type === 'tokens') {
@@ -230,18 +260,21 @@ export class Analyzer {
     return this.jobs.get(pid)?.version ?? -1;
   }
 
-  private job(pid: number, model: number, layers: number, experts: number): JobData {
+  private job(pid: number, model: number, widths: number[]): JobData {
     let job = this.jobs.get(pid);
-    if (job && (job.layers !== layers || job.experts !== experts || job.model !== model)) {
+    if (job && (job.model !== model || !sameWidths(job.widths, widths))) {
       if (model !== job.model && job.model >= 0) return job; // one model per job shown; ignore others
       job = undefined;
     }
     if (!job) {
       const info = this.models.get(pid)?.find((m) => m.id === model);
-      const topK = Array.from({ length: layers }, (_, l) => Math.max(1, info?.layers[l]?.top_k ?? 1));
-      const capacity = Math.max(32, Math.min(3000, Math.floor(SNAPSHOT_BUDGET / Math.max(1, layers * experts * 8))));
+      const infos = layerInfos(info?.layers ?? [], widths);
+      const offsets = layerOffsets(widths);
+      const total = widths.reduce((x, y) => x + y, 0);
+      const capacity = Math.max(32, Math.min(3000, Math.floor(SNAPSHOT_BUDGET / Math.max(1, total * 8))));
       job = {
-        pid, model, layers, experts, topK, history: new Ring(capacity), latest: null, zero: null, t0: NaN,
+        pid, model, layers: widths.length, widths: widths.slice(), offsets, total, infos, topK: infos.map((l) => l.top_k),
+        history: new Ring(capacity), latest: null, zero: null, t0: NaN,
         timeline: new Ring(TIMELINE_POINTS), tokens: new Ring(TOKEN_PASSES), version: 0,
       };
       this.jobs.set(pid, job);
@@ -250,8 +283,8 @@ export class Analyzer {
   }
 
   private ingestUpdate(u: JobUpdate): void {
-    if (u.counts.length !== u.layers * u.experts) return;
-    const job = this.job(u.pid, u.model, u.layers, u.experts);
+    if (u.widths.length !== u.layers || u.counts.length !== u.widths.reduce((x, y) => x + y, 0)) return;
+    const job = this.job(u.pid, u.model, u.widths);
     if (job.model !== u.model) return;
     const snap = toSnapshot(u);
     if (job.latest && snap.passes < job.latest.passes) {
@@ -285,14 +318,13 @@ export class Analyzer {
       job.tokens.push(row);
     }
     for (const l of t.layers) {
-      if (l.k < 1 || l.ids.length < l.n * l.k) continue;
+      if (l.k < 1 || l.ids.length < l.n * l.k || l.layer >= job.layers) continue;
       row.layers = row.layers.filter((x) => x.layer !== l.layer);
       row.layers.push({
         layer: l.layer, k: l.k, ids: Int32Array.from(l.ids.slice(0, l.n * l.k)),
         weights: l.weights ? Float32Array.from(l.weights.slice(0, l.n * l.k)) : null,
       });
       row.n = Math.max(row.n, l.n);
-      if (l.layer < job.topK.length) job.topK[l.layer] = l.k;
     }
     row.layers.sort((a, b) => a.layer - b.layer);
     if (!row.tokenIds && t.tokenIds) row.tokenIds = t.tokenIds;
@@ -304,10 +336,10 @@ export class Analyzer {
     // Rates over the trailing second (or the oldest snapshot we have).
     let base: Snapshot | undefined;
     for (let i = job.history.size - 1; i >= 0; i--) {
-      const s = job.history.at(i)!;
-      if (s === snap) continue;
-      base = s;
-      if (snap.ts - s.ts >= 1) break;
+      const h = job.history.at(i)!;
+      if (h === snap) continue;
+      base = h;
+      if (snap.ts - h.ts >= 1) break;
     }
     if (!base && job.zero) return;
     if (!base || snap.ts <= base.ts || snap.passes <= base.passes) return;
@@ -317,11 +349,12 @@ export class Analyzer {
     let vioN = 0;
     let entSum = 0;
     let entN = 0;
-    const e = job.experts;
-    const scratch = new Float64Array(e);
+    const scratch = new Float64Array(Math.max(0, ...job.widths));
     for (let l = 0; l < job.layers; l++) {
-      for (let i = 0; i < e; i++) scratch[i] = snap.counts[l * e + i]! - base.counts[l * e + i]!;
-      const vio = maxVio(scratch); // only MaxVio here: loadStats' Gini sorts, 64 times per update
+      const e = job.widths[l]!;
+      const off = job.offsets[l]!;
+      for (let i = 0; i < e; i++) scratch[i] = snap.counts[off + i]! - base.counts[off + i]!;
+      const vio = maxVio(scratch.subarray(0, e)); // only MaxVio here: loadStats' Gini sorts, 64 times per update
       byLayer[l] = vio;
       if (Number.isFinite(vio)) {
         vioSum += vio;
@@ -338,7 +371,7 @@ export class Analyzer {
     job.timeline.push({
       t: snap.ts - job.t0,
       passesPerS: (snap.passes - base.passes) / dt,
-      tokensPerS: layerTokens(snap, base, 0, e, job.topK[0] ?? 1) / dt,
+      tokensPerS: layerTokens(job, snap, base, 0) / dt,
       maxVio: vioN ? vioSum / vioN : NaN,
       maxVioByLayer: byLayer,
       routerEntropy: entN ? entSum / entN : NaN,
@@ -351,11 +384,10 @@ export class Analyzer {
     const latest = job.latest!;
     const oldest = (job.history.evicted === 0 ? job.zero : null) ?? job.history.at(0) ?? null;
     if (s.windowMode === 'all') return oldest;
-    const e = job.experts;
     for (let i = job.history.size - 1; i >= 0; i--) {
       const snap = job.history.at(i)!;
       if (snap === latest) continue;
-      if (s.windowMode === 'seconds' ? latest.ts - snap.ts >= s.windowValue - 1e-6 : layerTokens(latest, snap, 0, e, job.topK[0] ?? 1) >= s.windowValue) {
+      if (s.windowMode === 'seconds' ? latest.ts - snap.ts >= s.windowValue - 1e-6 : layerTokens(job, latest, snap, 0) >= s.windowValue) {
         return snap;
       }
     }
@@ -368,38 +400,45 @@ export class Analyzer {
     if (!job || !job.latest) return null;
     const latest = job.latest;
     const base = this.baseline(job, s) ?? latest;
-    const { layers: L, experts: E } = job;
+    const { layers: L, widths, offsets } = job;
     const th = resolveThresholds(s.thresholds);
 
-    const counts = new Float64Array(L * E);
+    const counts = new Float64Array(job.total);
     for (let i = 0; i < counts.length; i++) counts[i] = latest.counts[i]! - base.counts[i]!;
     const dPasses = latest.passes - base.passes;
     const dt = latest.ts - base.ts;
-    const blockTotal = new Float64Array(1);
+    let blockTotal = 0;
     const rows: LayerRow[] = [];
     const windows: LayerWindow[] = [];
     const judgeable: number[] = [];
     for (let l = 0; l < L; l++) {
-      const k = job.topK[l] ?? 1;
-      const c = counts.subarray(l * E, (l + 1) * E);
+      const info = job.infos[l]!;
+      const k = Math.max(1, job.topK[l] ?? 1);
+      const e = widths[l]!;
+      const c = counts.subarray(offsets[l]!, offsets[l]! + e);
       const st = loadStats(c);
-      const tokens = st.total / k;
+      const tokens = layerTokens(job, latest, base, l);
       const nan = healthDelta(latest, base, l, H_NAN);
       const inf = healthDelta(latest, base, l, H_INF);
-      const dropped = Math.max(healthDelta(latest, base, l, H_DROPPED), 0);
-      const re = routerEntropyDelta(latest, base, l, E);
+      // Assignments no expert served; in tokens for a top-k layer read from its experts' rows.
+      const droppedRaw = Math.max(healthDelta(latest, base, l, H_DROPPED), 0);
+      const dropped = info.source === 'expert-inputs' ? droppedRaw / k : droppedRaw;
+      // the entropy of logits with NaN/Inf replaced says nothing: shown as not measured
+      const re = nan + inf > 0 ? NaN : routerEntropyDelta(latest, base, l, e);
       const blockS = latest.timeS && base.timeS ? latest.timeS[l]! - base.timeS[l]! : NaN;
-      if (Number.isFinite(blockS)) blockTotal[0]! += blockS;
+      if (Number.isFinite(blockS)) blockTotal += blockS;
+      const label = layerLabel(info);
       rows.push({
-        layer: l, experts: E, topK: k, tokens, maxVio: st.maxVio, balancedness: st.balancedness, cv: st.cv, gini: st.gini,
+        layer: l, info, label, experts: e, topK: k, tokens, maxVio: st.maxVio, balancedness: st.balancedness, cv: st.cv, gini: st.gini,
         normalizedEntropy: st.normalizedEntropy, effectiveExperts: st.effectiveExperts, zeroExperts: st.zeroExperts,
         routerEntropy: re, zLoss: zLossDelta(latest, base, l), nan, inf, droppedTokens: dropped, msPerPass: dPasses > 0 ? (1000 * blockS) / dPasses : NaN,
+        offset: offsets[l]!,
       });
       windows.push({
-        layer: l, counts: c, topK: k, tokens, nanLogits: nan, infLogits: inf, droppedTokens: dropped,
-        routerEntropy: Number.isFinite(re) ? re : undefined,
+        layer: l, label, design: info.design, gating: info.gating, counts: c, topK: k, tokens, nanLogits: nan, infLogits: inf,
+        droppedTokens: dropped, routerEntropy: Number.isFinite(re) ? re : undefined,
       });
-      judgeable.push(smallestJudgeableWindow(E, k, th.minTokens, th.minExpectedPerExpert));
+      judgeable.push(smallestJudgeableWindow(e, k, th.minTokens, th.minExpectedPerExpert));
     }
     const found = findings(windows, th);
     const probeS = latest.probeS - base.probeS;
@@ -412,6 +451,7 @@ export class Analyzer {
       if (r.pass > base.passes || dPasses === 0) inWindow.push(r);
     }
     const layer = Math.min(Math.max(0, s.layer), L - 1);
+    const E = widths[layer] ?? 0;
     let co: Analysis['coactivation'] = null;
     {
       const ids: number[] = [];
@@ -424,7 +464,7 @@ export class Analyzer {
         for (let i = 0; i < lr.ids.length; i++) ids.push(lr.ids[i]!);
         n += lr.ids.length / lr.k;
       }
-      if (n > 0 && k > 0 && E > 0) co = { layer, tokens: n, matrix: Float32Array.from(coactivation(ids, n, k, E)) };
+      if (n > 0 && k > 0 && E > 0) co = { layer, experts: E, tokens: n, matrix: Float32Array.from(coactivation(ids, n, k, E)) };
     }
     let vocabulary: Analysis['vocabulary'] = null;
     {
@@ -434,8 +474,10 @@ export class Analyzer {
         const lr = r.layers.find((x) => x.layer === layer);
         if (!lr || !r.tokenIds) continue;
         for (let i = 0; i < lr.ids.length / lr.k && i < r.tokenIds.length; i++) {
+          const first = lr.ids[i * lr.k]!;
+          if (first < 0) continue; // a token no expert took (variable-k)
           tokenIds.push(r.tokenIds[i]!);
-          top1.push(lr.ids[i * lr.k]!);
+          top1.push(first);
         }
       }
       const spec = vocabularySpecialization(tokenIds, top1, VOCABULARY_MIN_OCCURRENCES);
@@ -452,14 +494,15 @@ export class Analyzer {
     });
 
     return {
-      pid, model: job.model, layers: L, experts: E, topK: job.topK.slice(), passes: latest.passes,
+      pid, model: job.model, layers: L, widths: widths.slice(), offsets: offsets.slice(), maxWidth: Math.max(0, ...widths),
+      topK: job.topK.slice(), passes: latest.passes,
       window: { passes: dPasses, seconds: dt, tokens: tokens0, fromPass: base.passes, toPass: latest.passes, counts },
       judgeable, rows, findings: found, thresholds: th,
       timeline,
       timelineMaxVio,
       profile: {
-        probeShare: blockTotal[0]! > 0 ? probeS / blockTotal[0]! : NaN,
-        blockMsPerPass: dPasses > 0 && latest.timeS ? (1000 * blockTotal[0]!) / dPasses : NaN,
+        probeShare: blockTotal > 0 ? probeS / blockTotal : NaN,
+        blockMsPerPass: dPasses > 0 && latest.timeS ? (1000 * blockTotal) / dPasses : NaN,
         probeMsPerPass: dPasses > 0 ? (1000 * probeS) / dPasses : NaN,
         passesPerS: dt > 0 ? dPasses / dt : NaN,
         tokensPerS: dt > 0 ? tokens0 / dt : NaN,
@@ -474,12 +517,25 @@ export class Analyzer {
   }
 }
 
+/** The probe's layer descriptions, or stand-ins named by index where it gave none (old recordings). */
+function layerInfos(infos: LayerInfo[], widths: number[]): LayerInfo[] {
+  return widths.map((w, l) => {
+    const info = infos[l];
+    return info && info.experts === w ? info : unknownLayer(l, w, info?.top_k ?? 1);
+  });
+}
+
+function sameWidths(a: number[], b: number[]): boolean {
+  return a.length === b.length && a.every((w, i) => w === b[i]);
+}
+
 function toSnapshot(u: JobUpdate): Snapshot {
   const L = u.layers;
   return {
     ts: u.ts,
     passes: u.passes,
     counts: Float64Array.from(u.counts),
+    tokens: u.tokens && u.tokens.length === L ? Float64Array.from(u.tokens) : null,
     health: u.health && u.health.length === L * HC ? Float64Array.from(u.health) : null,
     timeS: u.timeS && u.timeS.length === L ? Float64Array.from(u.timeS) : null,
     probeS: u.probeS ?? 0,
@@ -493,16 +549,20 @@ function toSnapshot(u: JobUpdate): Snapshot {
 function zeroSnapshot(like: Snapshot): Snapshot {
   return {
     ts: like.ts, passes: 0, counts: new Float64Array(like.counts.length),
+    tokens: like.tokens ? new Float64Array(like.tokens.length) : null,
     health: like.health ? new Float64Array(like.health.length) : null,
     timeS: like.timeS ? new Float64Array(like.timeS.length) : null,
     probeS: 0, prefill: 0, decode: 0, dropped: 0, droppedTokens: 0,
   };
 }
 
-function layerTokens(a: Snapshot, b: Snapshot, layer: number, e: number, k: number): number {
+/** Tokens through one layer between two snapshots: as the probe counted them, else assignments / top-k. */
+function layerTokens(job: JobData, a: Snapshot, b: Snapshot, layer: number): number {
+  if (a.tokens && b.tokens) return a.tokens[layer]! - b.tokens[layer]!;
   let t = 0;
-  for (let i = layer * e; i < (layer + 1) * e; i++) t += a.counts[i]! - b.counts[i]!;
-  return t / Math.max(1, k);
+  const off = job.offsets[layer]!;
+  for (let i = off; i < off + job.widths[layer]!; i++) t += a.counts[i]! - b.counts[i]!;
+  return t / Math.max(1, job.topK[layer] ?? 1);
 }
 
 function healthDelta(a: Snapshot, b: Snapshot, layer: number, col: number): number {

@@ -2,16 +2,24 @@
 import type { Analysis } from './analyzer';
 
 const num = (x: number) => (Number.isFinite(x) ? String(Math.round(x * 1e6) / 1e6) : '');
+/** A CSV field: quoted when it holds a comma, quote or newline. */
+const text = (s: string) => (/[",\n]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s);
 
-/** One row per layer with its window statistics, then one row per (layer, expert) with its window count. */
+/**
+ * One row per layer with its window statistics (each layer with its own expert count, named by its
+ * module path and the model's own layer number), then one row per (layer, expert) with its window count.
+ */
 export function metricsCsv(a: Analysis): string {
-  const out = ['layer,experts,top_k,tokens,max_vio,balancedness,cv,gini,normalized_load_entropy,effective_experts,zero_experts,router_entropy,z_loss,nan,inf,dropped_tokens,ms_per_pass'];
+  const out = ['layer,name,model_layer,stack,kind,design,source,experts,identity_experts,top_k,tokens,max_vio,balancedness,cv,gini,' +
+    'normalized_load_entropy,effective_experts,zero_experts,router_entropy,z_loss,nan,inf,dropped_tokens,ms_per_pass'];
   for (const r of a.rows) {
-    out.push([r.layer, r.experts, r.topK, num(r.tokens), num(r.maxVio), num(r.balancedness), num(r.cv), num(r.gini), num(r.normalizedEntropy), num(r.effectiveExperts),
-      r.zeroExperts, num(r.routerEntropy), num(r.zLoss), r.nan, r.inf, r.droppedTokens, num(r.msPerPass)].join(','));
+    const i = r.info;
+    out.push([r.layer, text(i.name), i.model_index, text(i.stack), i.kind, i.design, i.source, r.experts, i.identity_experts, r.topK,
+      num(r.tokens), num(r.maxVio), num(r.balancedness), num(r.cv), num(r.gini), num(r.normalizedEntropy), num(r.effectiveExperts),
+      r.zeroExperts, num(r.routerEntropy), num(r.zLoss), r.nan, r.inf, num(r.droppedTokens), num(r.msPerPass)].join(','));
   }
   out.push('', 'layer,expert,count');
-  for (let l = 0; l < a.layers; l++) for (let e = 0; e < a.experts; e++) out.push(`${l},${e},${a.window.counts[l * a.experts + e]}`);
+  for (const r of a.rows) for (let e = 0; e < r.experts; e++) out.push(`${r.layer},${e},${a.window.counts[r.offset + e]}`);
   return out.join('\n') + '\n';
 }
 
@@ -20,7 +28,7 @@ export function metricsJson(a: Analysis): string {
     pid: a.pid, model: a.model, passes: a.passes,
     window: { passes: a.window.passes, seconds: a.window.seconds, tokens: a.window.tokens, fromPass: a.window.fromPass, toPass: a.window.toPass },
     thresholds: a.thresholds,
-    layers: a.rows.map((r, l) => ({ ...r, counts: Array.from(a.window.counts.subarray(l * a.experts, (l + 1) * a.experts)) })),
+    layers: a.rows.map((r) => ({ ...r, counts: Array.from(a.window.counts.subarray(r.offset, r.offset + r.experts)) })),
     findings: a.findings,
     profile: a.profile,
   }, (_k, v) => (typeof v === 'number' && !Number.isFinite(v) ? null : v), 2);

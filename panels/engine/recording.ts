@@ -4,9 +4,12 @@
  * or foreign file is rejected as a whole with a message that says where and why.
  */
 import type { HostMessage } from '../../src/protocol/panel';
+import type { LayerInfo } from '../../src/protocol/probe';
+import { unknownLayer } from '../../src/analysis/layers';
 
 export const RECORDING_FORMAT = 'moe-devtools-recording';
-export const RECORDING_VERSION = 1;
+/** 2: updates carry per-layer widths and tokens, layers say how they are read. Version 1 files are upgraded on open. */
+export const RECORDING_VERSION = 2;
 
 export interface RecordingHeader {
   format: typeof RECORDING_FORMAT;
@@ -42,11 +45,16 @@ function invalidMessage(v: unknown): string | null {
       return isNum(m.pid) && Array.isArray(m.models) ? null : 'an "attached" message needs pid and models';
     case 'update': {
       if (!isNum(m.pid) || !isNum(m.model) || !isNum(m.passes) || !isNum(m.ts) || !isNum(m.dropped)) return 'an "update" needs pid, model, passes, ts and dropped numbers';
-      if (!Number.isInteger(m.layers) || !Number.isInteger(m.experts) || (m.layers as number) < 1 || (m.experts as number) < 1) return 'an "update" needs whole layers and experts';
-      if (!isNumArray(m.counts) || m.counts.length !== (m.layers as number) * (m.experts as number)) return `"counts" should hold layers x experts numbers`;
+      const widths = m.widths;
+      if (!Number.isInteger(m.layers) || (m.layers as number) < 1 || !isNumArray(widths) || widths.length !== m.layers ||
+        widths.some((w) => !Number.isInteger(w) || w < 1)) return 'an "update" needs whole layers and one whole width per layer';
+      if (!isNumArray(m.counts) || m.counts.length !== widths.reduce((a, b) => a + b, 0)) return '"counts" should hold one number per expert of every layer';
+      if (m.tokens !== undefined && (!isNumArray(m.tokens) || m.tokens.length !== m.layers)) return '"tokens" should hold one number per layer';
       for (const key of ['health', 'maxLogit', 'timeS'] as const) if (m[key] !== undefined && !isNumArray(m[key])) return `"${key}" should be a list of numbers`;
       return null;
     }
+    case 'layers':
+      return isNum(m.pid) && isNum(m.model) && Array.isArray(m.layers) ? null : 'a "layers" message needs pid, model and layers';
     case 'tokens': {
       if (!isNum(m.pid) || !isNum(m.model) || !isNum(m.pass)) return 'a "tokens" message needs pid, model and pass';
       if (!Array.isArray(m.layers)) return 'a "tokens" message needs layers';
@@ -75,7 +83,9 @@ export function parseRecording(text: string): Recording {
   }
   const h = header as Partial<RecordingHeader> | null;
   if (!h || typeof h !== 'object' || h.format !== RECORDING_FORMAT) throw new RecordingError('This is not a MoE DevTools recording (no recording header).');
-  if (h.version !== RECORDING_VERSION) throw new RecordingError(`Recording version ${String(h.version)} is not supported (this panel reads version ${RECORDING_VERSION}).`);
+  if (h.version !== RECORDING_VERSION && h.version !== 1) {
+    throw new RecordingError(`Recording version ${String(h.version)} is not supported (this panel reads versions 1 and ${RECORDING_VERSION}).`);
+  }
   if (!isNum(h.pid) || !isNum(h.started)) throw new RecordingError('The recording header lacks its pid or start time.');
   const messages: HostMessage[] = [];
   for (let i = 1; i < lines.length; i++) {
@@ -87,12 +97,39 @@ export function parseRecording(text: string): Recording {
     } catch {
       throw new RecordingError(`The recording is corrupt: line ${i + 1} is not valid JSON.`);
     }
+    if (h.version === 1) value = fromVersion1(value);
     const why = invalidMessage(value);
     if (why) throw new RecordingError(`The recording is corrupt: line ${i + 1}: ${why}.`);
     messages.push(value as HostMessage);
   }
   if (!messages.some((m) => m.type === 'update')) throw new RecordingError('The recording holds no routing counts.');
   return { header: h as RecordingHeader, messages };
+}
+
+/**
+ * A version-1 message as version 2 has it: one width for every layer (`experts`), no token
+ * totals (the analyses then count tokens as assignments / top-k, as version 1 did), and
+ * layers described by index only where the probe said less than it does now.
+ */
+function fromVersion1(value: unknown): unknown {
+  if (typeof value !== 'object' || value === null) return value;
+  const m = value as Record<string, unknown>;
+  if (m.type === 'update' && Number.isInteger(m.layers) && Number.isInteger(m.experts) && m.widths === undefined) {
+    const { experts, ...rest } = m;
+    return { ...rest, widths: new Array(m.layers as number).fill(experts) };
+  }
+  if (m.type === 'attached' && Array.isArray(m.models)) {
+    return {
+      ...m,
+      models: (m.models as Array<Record<string, unknown>>).map((model) => ({
+        ...model,
+        layers: Array.isArray(model.layers) ? (model.layers as Array<Partial<LayerInfo>>).map((l, i) => ({
+          ...unknownLayer(i, Number(l.experts) || 1, Number(l.top_k) || 1), ...l,
+        })) : [],
+      })),
+    };
+  }
+  return value;
 }
 
 /** The same messages with their pid replaced (a replayed job gets an id of its own). */

@@ -1,6 +1,7 @@
 /** The panel's layout: toolbar, jobs sidebar, view tabs over the selected job, status bar. */
 import { useEffect, useMemo, useRef, useState } from 'preact/hooks';
 import { metricsCsv, metricsJson } from '../engine/export';
+import { layerLabel, routingDescription } from '../../src/analysis';
 import type { Analysis } from '../engine/analyzer';
 import { VIEWS, type JobState, type Store } from '../store';
 import { Coactivation } from './Coactivation';
@@ -227,11 +228,11 @@ function JobView({ store, job, analysis: a }: { store: Store; job: JobState; ana
             Layer{' '}
             <select data-testid="layer-select" value={layer} onChange={(e) => store.selectLayer(Number((e.target as HTMLSelectElement).value))}>
               {model.layers.map((l) => (
-                <option value={l.index} key={l.index}>{l.index}: {l.name}</option>
+                <option value={l.index} key={l.index}>{layerLabel(l)}</option>
               ))}
             </select>
           </label>
-          {info && <span class="muted">{info.experts} experts · top-{info.top_k} · {info.arch}</span>}
+          {info && <span class="muted" data-testid="layer-routing">{routingDescription(info)}</span>}
         </div>
       )}
       {content ?? <p class="empty">Waiting for the job's next forward pass…</p>}

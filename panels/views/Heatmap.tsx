@@ -1,4 +1,8 @@
-/** Heatmap: layers x experts, each cell the expert's share of its layer's assignments in the window. */
+/**
+ * Heatmap: MoE layers x experts, each cell the expert's share of its layer's assignments in the
+ * window. Layers keep their own widths: a row stops at its layer's last expert, and the cells past
+ * it are drawn blank.
+ */
 import { useMemo, useState } from 'preact/hooks';
 import type { Analysis } from '../engine/analyzer';
 import { int, pct } from './format';
@@ -6,33 +10,52 @@ import { MatrixCanvas } from './MatrixCanvas';
 
 export function Heatmap({ a }: { a: Analysis }) {
   const [sorted, setSorted] = useState(false);
-  const { layers: L, experts: E } = a;
+  const { layers: L, widths, offsets, maxWidth: W } = a;
   const c = a.window.counts;
   const totals = useMemo(() => {
     const t = new Float64Array(L);
-    for (let l = 0; l < L; l++) for (let e = 0; e < E; e++) t[l]! += c[l * E + e]!;
+    for (let l = 0; l < L; l++) for (let e = 0; e < widths[l]!; e++) t[l]! += c[offsets[l]! + e]!;
     return t;
   }, [a]);
   const order = useMemo(() => {
     if (!sorted) return undefined;
-    const load = new Float64Array(E);
-    for (let l = 0; l < L; l++) for (let e = 0; e < E; e++) load[e]! += totals[l]! ? c[l * E + e]! / totals[l]! : 0;
-    return Array.from({ length: E }, (_, e) => e).sort((x, y) => load[y]! - load[x]! || x - y);
+    // an expert's mean share over the layers that have it
+    const load = new Float64Array(W);
+    const seen = new Float64Array(W);
+    for (let l = 0; l < L; l++) {
+      for (let e = 0; e < widths[l]!; e++) {
+        load[e]! += totals[l]! ? c[offsets[l]! + e]! / totals[l]! : 0;
+        seen[e]! += 1;
+      }
+    }
+    return Array.from({ length: W }, (_, e) => e).sort((x, y) => load[y]! / seen[y]! - load[x]! / seen[x]! || x - y);
   }, [a, sorted]);
-  // Colour: share relative to twice the fair share, so an even layer sits mid-scale and hot experts saturate.
-  const intensity = (l: number, e: number) => (totals[l]! ? (c[l * E + e]! / totals[l]!) * (E / 2) : 0);
-  const describe = (l: number, e: number) => {
-    const n = c[l * E + e]!;
-    return `Layer ${l}, expert ${e}: ${int(n)} assignments, ${pct(totals[l]! ? n / totals[l]! : 0)} of the layer (fair share ${pct(1 / E)}) over ${a.window.passes} passes`;
+  // Colour: share relative to twice the layer's fair share, so an even layer sits mid-scale and hot experts saturate.
+  const intensity = (l: number, e: number) => {
+    const width = widths[l]!;
+    if (e >= width) return NaN; // this layer has fewer experts
+    return totals[l]! ? (c[offsets[l]! + e]! / totals[l]!) * (width / 2) : 0;
   };
+  const describe = (l: number, e: number) => {
+    const row = a.rows[l]!;
+    if (e >= widths[l]!) return `${row.label} has ${widths[l]} experts (no expert ${e})`;
+    const n = c[offsets[l]! + e]!;
+    const identity = e >= widths[l]! - row.info.identity_experts ? ' (zero-compute)' : '';
+    return `${row.label}, expert ${e}${identity}: ${int(n)} assignments, ${pct(totals[l]! ? n / totals[l]! : 0)} of the layer ` +
+      `(fair share ${pct(1 / widths[l]!)}) over ${a.window.passes} passes`;
+  };
+  const mixed = widths.some((w) => w !== W);
   return (
     <div class="heatmap" data-testid="heatmap-view" data-passes={a.window.passes}>
       <div class="controls">
         <label><input type="checkbox" data-testid="heatmap-sort" checked={sorted} onChange={(e) => setSorted((e.target as HTMLInputElement).checked)} /> Sort experts by load</label>
-        <span class="muted">{L} layers × {E} experts · last {a.window.passes} passes · colour: share of the layer, full at 2× fair share</span>
+        <span class="muted">{L} layers × {mixed ? `up to ${W}` : W} experts · last {a.window.passes} passes · colour: share of the layer, full at 2× the layer's fair share</span>
       </div>
-      <MatrixCanvas rows={L} cols={E} intensity={intensity} order={order} describe={describe} rowLabel="layer" colLabel="expert" testid="heatmap" />
-      <div class="axis-note muted">rows: layers 0 (top) to {L - 1} · columns: experts {sorted ? 'busiest first' : `0 to ${E - 1}`}</div>
+      <MatrixCanvas rows={L} cols={W} intensity={intensity} order={order} describe={describe} rowLabel="layer" colLabel="expert" testid="heatmap" />
+      <div class="axis-note muted">
+        rows: MoE layers in model order, {a.rows[0]?.label} (top) to {a.rows[L - 1]?.label}
+        {' · '}columns: experts {sorted ? 'busiest first' : `0 to ${W - 1}`}{mixed ? ' · blank: past a layer’s last expert' : ''}
+      </div>
     </div>
   );
 }

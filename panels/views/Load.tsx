@@ -1,5 +1,6 @@
 /** Load: per-expert token share for the chosen layer, all layers as small multiples, imbalance over time. */
 import { useEffect, useMemo, useRef } from 'preact/hooks';
+import { shortLayerLabel } from '../../src/analysis';
 import type { Analysis } from '../engine/analyzer';
 import type { Store } from '../store';
 import { fmt } from './format';
@@ -52,20 +53,22 @@ function Spark({ counts }: { counts: Float64Array }) {
 }
 
 export function Load({ store, a, layer }: { store: Store; a: Analysis; layer: number }) {
-  const E = a.experts;
-  const counts = useMemo(() => Array.from(a.window.counts.subarray(layer * E, (layer + 1) * E)), [a, layer]);
+  const row = a.rows[layer];
+  const E = a.widths[layer] ?? 0;
+  const start = a.offsets[layer] ?? 0;
+  const counts = useMemo(() => Array.from(a.window.counts.subarray(start, start + E)), [a, layer]);
+  const identityFrom = E - (row?.info.identity_experts ?? 0);
   const total = counts.reduce((x, y) => x + y, 0);
   const vio = useMemo(() => {
     const t = a.timeline.map((p) => p.t);
     const byLayer = a.timeline.map((_, i) => a.timelineMaxVio[i * a.layers + layer] ?? NaN);
     return [t, byLayer, a.timeline.map((p) => p.maxVio)] as [number[], number[], number[]];
   }, [a.timeline, layer]);
-  const row = a.rows[layer];
   return (
     <div class="load">
       <div class="load-top">
         <div class="load-main">
-          <LoadChart counts={counts} title={`Tokens per expert, layer ${layer} (last ${a.window.passes} passes)`} />
+          <LoadChart counts={counts} title={`Tokens per expert, ${row?.label ?? `layer ${layer}`} (last ${a.window.passes} passes)`} />
           {row && <div class="muted stats-line">MaxVio {fmt(row.maxVio)} · CV {fmt(row.cv)} · Gini {fmt(row.gini)} · load entropy {fmt(row.normalizedEntropy)} · effective experts {fmt(row.effectiveExperts, 1)} of {E}</div>}
         </div>
         <div class="table-scroll expert-table-box">
@@ -74,7 +77,7 @@ export function Load({ store, a, layer }: { store: Store; a: Analysis; layer: nu
             <tbody>
               {counts.map((c, e) => (
                 <tr key={e} data-expert={e} class={c === 0 ? 'zero' : ''}>
-                  <td>{e}</td>
+                  <td>{e}{e >= identityFrom ? <span class="muted" title="zero-compute (identity) expert"> ∅</span> : null}</td>
                   <td class="num" data-testid="expert-count">{c}</td>
                   <td class="num">{total ? ((100 * c) / total).toFixed(1) : '0.0'}%</td>
                 </tr>
@@ -84,13 +87,14 @@ export function Load({ store, a, layer }: { store: Store; a: Analysis; layer: nu
         </div>
       </div>
       <LinePlot title="Imbalance over time (MaxVio, trailing 1 s)" testid="imbalance-plot" pan
-        lines={[{ label: `layer ${layer}`, color: '#1a73e8' }, { label: 'mean of layers', color: '#e37400' }]} data={vio} height={150} />
+        lines={[{ label: row ? shortLayerLabel(row.info) : `layer ${layer}`, color: '#1a73e8' }, { label: 'mean of layers', color: '#e37400' }]} data={vio} height={150} />
       <h3>All layers</h3>
       <div class="multiples" data-testid="small-multiples">
-        {Array.from({ length: a.layers }, (_, l) => (
-          <button key={l} class={`multiple ${l === layer ? 'selected' : ''}`} title={`Layer ${l}: MaxVio ${fmt(a.rows[l]?.maxVio ?? NaN)}`} onClick={() => store.selectLayer(l)}>
-            <Spark counts={a.window.counts.subarray(l * E, (l + 1) * E)} />
-            <span>L{l} · {fmt(a.rows[l]?.maxVio ?? NaN, 1)}</span>
+        {a.rows.map((r) => (
+          <button key={r.layer} class={`multiple ${r.layer === layer ? 'selected' : ''}`} data-layer={r.layer}
+            title={`${r.label}: ${r.experts} experts, MaxVio ${fmt(r.maxVio)}`} onClick={() => store.selectLayer(r.layer)}>
+            <Spark counts={a.window.counts.subarray(r.offset, r.offset + r.experts)} />
+            <span>{shortLayerLabel(r.info)} · {fmt(r.maxVio, 1)}</span>
           </button>
         ))}
       </div>

@@ -7,7 +7,7 @@ import { useEffect, useRef, useState } from 'preact/hooks';
 interface Props {
   rows: number;
   cols: number;
-  /** Value for (row, col) in [0, 1] for colour. */
+  /** Value for (row, col) in [0, 1] for colour; NaN for a cell that does not exist (drawn blank). */
   intensity: (row: number, col: number) => number;
   /** Column drawn at position x (for sorting); default identity. */
   order?: number[];
@@ -33,16 +33,22 @@ export function MatrixCanvas({ rows, cols, intensity, order, describe, rowLabel,
     const dark = document.documentElement.dataset.theme === 'dark';
     const lo = dark ? [32, 33, 36] : [255, 255, 255];
     const hi = dark ? [138, 180, 248] : [26, 115, 232];
+    const blank = dark ? [60, 64, 67] : [218, 220, 224];
     for (let r = 0; r < rows; r++) {
       for (let x = 0; x < cols; x++) {
         const col = order ? order[x]! : x;
-        let v = intensity(r, col);
-        if (!Number.isFinite(v)) v = 0;
-        v = Math.max(0, Math.min(1, v));
+        const raw = intensity(r, col);
         const p = (r * cols + x) * 4;
-        img.data[p] = lo[0]! + (hi[0]! - lo[0]!) * v;
-        img.data[p + 1] = lo[1]! + (hi[1]! - lo[1]!) * v;
-        img.data[p + 2] = lo[2]! + (hi[2]! - lo[2]!) * v;
+        if (Number.isNaN(raw)) {
+          img.data[p] = blank[0]!;
+          img.data[p + 1] = blank[1]!;
+          img.data[p + 2] = blank[2]!;
+        } else {
+          const v = Number.isFinite(raw) ? Math.max(0, Math.min(1, raw)) : 0;
+          img.data[p] = lo[0]! + (hi[0]! - lo[0]!) * v;
+          img.data[p + 1] = lo[1]! + (hi[1]! - lo[1]!) * v;
+          img.data[p + 2] = lo[2]! + (hi[2]! - lo[2]!) * v;
+        }
         img.data[p + 3] = 255;
       }
     }

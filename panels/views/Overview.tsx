@@ -1,5 +1,6 @@
 /** Overview: every layer's health at a glance, and the findings in plain words. */
-import type { Finding, FindingKind } from '../../src/analysis';
+import { routingDescription, type Finding, type FindingKind } from '../../src/analysis';
+import type { LayerInfo } from '../../src/protocol/probe';
 import type { Analysis } from '../engine/analyzer';
 import type { Store, ViewId } from '../store';
 import { fmt, int, pct } from './format';
@@ -42,6 +43,39 @@ function thresholdText(f: Finding, a: Analysis): string {
   }
 }
 
+/** How the layer's counts were read, in a table cell; what the panel could not see directly is marked. */
+const SOURCE_CELL: Record<LayerInfo['source'], string> = {
+  dispatched: 'as dispatched',
+  'expert-inputs': 'expert inputs',
+  router: 'router output',
+  recomputed: 'recomputed ⚠',
+};
+
+/**
+ * What each layer's numbers are: how its routing was read and, for designs that are not "k experts
+ * per token", what the counts show instead. Layers described alike share one line.
+ */
+function RoutingNotes({ a }: { a: Analysis }) {
+  const groups = new Map<string, string[]>();
+  for (const r of a.rows) {
+    const text = routingDescription(r.info);
+    groups.set(text, [...(groups.get(text) ?? []), r.label]);
+  }
+  return (
+    <section>
+      <h3>How routing is read</h3>
+      <ul class="routing-notes" data-testid="routing-notes">
+        {[...groups].map(([text, labels]) => (
+          <li key={text} data-testid="routing-note">
+            <span class="note-layers">{labels.length > 3 ? `${labels[0]} … ${labels[labels.length - 1]} (${labels.length} layers)` : labels.join(', ')}</span>
+            {': '}<span class="note-text">{text}</span>
+          </li>
+        ))}
+      </ul>
+    </section>
+  );
+}
+
 export function Overview({ store, a }: { store: Store; a: Analysis }) {
   const byLayer = new Map<number, Finding[]>();
   for (const f of a.findings) byLayer.set(f.layer, [...(byLayer.get(f.layer) ?? []), f]);
@@ -62,7 +96,8 @@ export function Overview({ store, a }: { store: Store; a: Analysis }) {
         ) : (
           <ul class="findings" data-testid="findings">
             {a.findings.map((f, i) => (
-              <li key={i} class={`finding ${f.kind}`} data-testid="finding" data-kind={f.kind} data-layer={f.layer} data-experts={(f.experts ?? []).join(',')}
+              <li key={i} class={`finding ${f.kind}`} data-testid="finding" data-kind={f.kind} data-layer={f.layer} data-name={a.rows[f.layer]?.info.name}
+                data-experts={(f.experts ?? []).join(',')}
                 data-value={f.value} data-threshold={f.threshold}>
                 <span class="finding-kind">{KIND_LABEL[f.kind]}</span>
                 <span class="finding-message">{f.message}</span>
@@ -73,19 +108,23 @@ export function Overview({ store, a }: { store: Store; a: Analysis }) {
           </ul>
         )}
       </section>
+      <RoutingNotes a={a} />
       <section>
         <h3>Layers</h3>
         <div class="table-scroll">
           <table class="grid health" data-testid="layer-health">
             <thead>
-              <tr><th>Layer</th><th>Tokens</th><th title="(max - mean) / mean">MaxVio</th><th title="H / ln E of the loads">Load entropy</th><th>Effective experts</th><th>Zero experts</th><th title="Mean normalized per-token router entropy">Router entropy</th><th>NaN/Inf</th><th>Dropped</th><th>Findings</th></tr>
+              <tr><th>Layer</th><th title="How the counts were read: from what the block handed its experts, the rows each expert received, the router's output, or recomputed from the router's logits">Read</th><th>Experts</th><th>Tokens</th><th title="(max - mean) / mean">MaxVio</th><th title="H / ln E of the loads">Load entropy</th><th>Effective experts</th><th>Zero experts</th><th title="Mean normalized per-token router entropy">Router entropy</th><th>NaN/Inf</th><th>Dropped</th><th>Findings</th></tr>
             </thead>
             <tbody>
               {a.rows.map((r) => {
                 const fs = byLayer.get(r.layer) ?? [];
                 return (
-                  <tr key={r.layer} data-layer={r.layer} class={fs.length ? 'bad' : ''} onClick={() => { store.selectLayer(r.layer); store.selectView('load'); }}>
-                    <td>{r.layer}</td>
+                  <tr key={r.layer} data-layer={r.layer} data-name={r.info.name} data-source={r.info.source} class={fs.length ? 'bad' : ''}
+                    title={routingDescription(r.info)} onClick={() => { store.selectLayer(r.layer); store.selectView('load'); }}>
+                    <td class="layer-name" data-testid="layer-label">{r.label}{r.info.design !== 'top-k' ? <span class="tag">{r.info.design}</span> : null}</td>
+                    <td class={r.info.source === 'recomputed' ? 'warn' : ''} data-testid="layer-source">{SOURCE_CELL[r.info.source]}</td>
+                    <td class="num">{r.experts}{r.info.identity_experts ? ` (${r.info.identity_experts} ∅)` : ''} · {r.info.design === 'top-k' ? `top-${r.topK}` : r.info.design}</td>
                     <td class="num">{int(r.tokens)}</td>
                     <td class={`num ${r.maxVio > a.thresholds.imbalanceMaxVio ? 'warn' : ''}`}>{fmt(r.maxVio)}</td>
                     <td class={`num ${r.normalizedEntropy < a.thresholds.collapseEntropy ? 'warn' : ''}`}>{fmt(r.normalizedEntropy)}</td>

@@ -22,7 +22,7 @@ export function Profiler({ a }: { a: Analysis }) {
           <tbody>
             {a.rows.map((r) => (
               <tr key={r.layer} data-layer={r.layer}>
-                <td>{r.layer}</td>
+                <td>{r.label}</td>
                 <td class="num">{fmt(r.msPerPass, 3)}</td>
                 <td class="num">{pct(p.blockMsPerPass > 0 ? r.msPerPass / p.blockMsPerPass : NaN)}</td>
                 <td class="bar-cell"><div class="bar" style={{ width: `${max > 0 ? (100 * r.msPerPass) / max : 0}%` }} /></td>

@@ -45,12 +45,17 @@ export function Tokens({ store, a }: { store: Store; a: Analysis }) {
   if (!rows.length) return <p class="empty" data-testid="tokens-empty">No token records yet: the probe samples a few passes per second.</p>;
   const row = (sel && (rows.find((r) => r.pass === sel.pass) ?? sel.row)) ?? null;
   const colourLayer = store.state.selectedLayer;
+  const labelOf = (layer: number) => a.rows[layer]?.label ?? `layer ${layer}`;
+  const hidden = a.rows.filter((r) => r.info.token_source === 'none');
+  const recomputed = a.rows.filter((r) => r.info.token_source === 'recomputed');
   return (
     <div class="tokens">
       <p class="muted">
         Last {rows.length} sampled passes ({a.tokenPassesKept} kept); each prompt starts a line and decoded tokens follow it.
-        Underline: top expert in layer {colourLayer} (choose the layer in Load). Click a token to see its path through the layers.
+        Underline: top expert in {labelOf(colourLayer)} (choose the layer in Load). Click a token to see its path through the layers.
       </p>
+      {hidden.length > 0 && <p class="muted" data-testid="tokens-hidden">Per-token choices are not visible for {hidden.map((r) => r.label).join(', ')} (counts only).</p>}
+      {recomputed.length > 0 && <p class="muted" data-testid="tokens-recomputed">Per-token choices recomputed from the router’s logits (top-k) for {recomputed.map((r) => r.label).join(', ')}.</p>}
       {streamLines(rows).map((line) => (
         <div class="token-pass" key={line.key} data-testid="token-pass" data-pass={line.key}>
           <div class="token-stream">
@@ -58,11 +63,12 @@ export function Tokens({ store, a }: { store: Store; a: Analysis }) {
               if ('gap' in item) return <span key={`g${n}`} class="tok-gap" title={`${item.gap} passes not sampled`}>…</span>;
               const { row: r, i } = item;
               const layer = r.layers.find((l) => l.layer === colourLayer) ?? r.layers[0];
-              const top = layer ? layer.ids[i * layer.k] : undefined;
+              const first = layer ? layer.ids[i * layer.k] : undefined;
+              const top = first !== undefined && first >= 0 ? first : undefined;
               return (
                 <span key={`${r.pass}:${i}`} class={`tok ${sel && sel.pass === r.pass && sel.index === i ? 'selected' : ''}`} data-testid="token"
                   data-pass={r.pass} data-index={i}
-                  title={`pass ${r.pass} (${r.phase}), token ${i}${r.tokenIds ? ` (id ${r.tokenIds[i]})` : ''}; layer ${layer?.layer ?? '?'} top expert ${top ?? '?'}`}
+                  title={`pass ${r.pass} (${r.phase}), token ${i}${r.tokenIds ? ` (id ${r.tokenIds[i]})` : ''}; ${layer ? labelOf(layer.layer) : '?'}: top expert ${top ?? 'none'}`}
                   style={top !== undefined ? { borderBottomColor: `hsl(${(top * 47) % 360} 70% 50%)` } : undefined}
                   onClick={() => store.selectToken({ pass: r.pass, index: i, row: r })}>
                   {tokenText(r, i)}
@@ -80,11 +86,12 @@ export function Tokens({ store, a }: { store: Store; a: Analysis }) {
             <tbody>
               {row.layers.map((l) => (
                 <tr key={l.layer} data-layer={l.layer}>
-                  <td>{l.layer}</td>
+                  <td>{labelOf(l.layer)}</td>
                   <td data-testid="token-experts">
                     {Array.from({ length: l.k }, (_, j) => {
-                      const id = l.ids[sel.index * l.k + j];
+                      const id = l.ids[sel.index * l.k + j]!;
                       const w = l.weights?.[sel.index * l.k + j];
+                      if (id < 0) return null; // an empty slot: this token took fewer experts
                       return <span class="chip" key={j}>{id}{w !== undefined ? ` (${w.toFixed(3)})` : ''}</span>;
                     })}
                   </td>

@@ -1,7 +1,9 @@
 /**
  * Plain-language findings about a model's routing, for the panel to list.
  */
+import type { RoutingDesign } from '../protocol/probe';
 import { routerCollapse } from './collapse';
+import { loadIsJudgeable, routerEntropyIsJudgeable } from './layers';
 import { DEFAULT_THRESHOLDS, resolveThresholds, type Thresholds } from './thresholds';
 import { smallestJudgeableWindow } from './window';
 
@@ -9,8 +11,14 @@ export { DEFAULT_THRESHOLDS, type Thresholds };
 
 /** What is known about one layer over the window being judged. */
 export interface LayerWindow {
-  /** Layer index shown in messages; default the position in the `layers` array. */
+  /** Layer index the finding refers to (the probe's index); default the position in the `layers` array. */
   layer?: number;
+  /** How messages name the layer (see layerLabel); default "Layer <layer>". */
+  label?: string;
+  /** How the layer routes (see RoutingDesign); default 'top-k'. Expert choice has no load verdicts. */
+  design?: RoutingDesign;
+  /** The router's scoring function when known; 'sigmoid' gates get no router-entropy verdict. */
+  gating?: string;
   /** Assignments per expert over the window (see load.ts). */
   counts: ArrayLike<number>;
   /** Router top-k. Default 1. */
@@ -51,6 +59,8 @@ export interface Finding {
  * tokens (LayerWindow.tokens, else sum(counts)/k), E experts, top-k routing:
  *
  * - nan_logits: nanLogits + infLogits > nonFiniteLogits. value: that count.
+ *   A layer with any NaN/Inf logit in the window gets no load finding (collapse,
+ *   dead_expert, imbalance): what its router did there is not a choice to judge.
  * - collapse: T >= minTokens, k < E, and (H/ln E < collapseEntropy or the k
  *   busiest experts' share of assignments >= collapseTopShare); see
  *   routerCollapse. value/threshold: the normalized entropy and collapseEntropy
@@ -63,7 +73,11 @@ export interface Finding {
  *   says more). experts: those above (1 + imbalanceMaxVio) * mean, busiest first.
  *   value: MaxVio.
  * - abnormal_entropy: routerEntropy given and < routerEntropyLow (saturated,
- *   near one-hot router) or > routerEntropyHigh (near-uniform router).
+ *   near one-hot router) or > routerEntropyHigh (near-uniform router); not for
+ *   hash or fixed routing or sigmoid gates, where the softmax of the logits is
+ *   not what chooses.
+ * - design 'expert-choice': no load findings (every expert takes the same number
+ *   of tokens by design).
  * - dropped_tokens: droppedTokens / T > droppedFraction (all dropped counts as 1
  *   when T = 0). value: the fraction.
  *
@@ -94,7 +108,8 @@ function judgeLayer(w: LayerWindow, position: number, th: Thresholds, out: Findi
     if (c === 0) zeros++;
   }
   const tokens = w.tokens ?? total / k;
-  const L = `Layer ${layer}`;
+  const L = w.label ?? `Layer ${layer}`;
+  const design = w.design ?? 'top-k';
 
   const nonFinite = (w.nanLogits ?? 0) + (w.infLogits ?? 0);
   if (nonFinite > th.nonFiniteLogits) {
@@ -103,12 +118,13 @@ function judgeLayer(w: LayerWindow, position: number, th: Thresholds, out: Findi
       layer,
       value: nonFinite,
       threshold: th.nonFiniteLogits,
-      message: `${L}: router logits contained ${fmtInt(w.nanLogits ?? 0)} NaN and ${fmtInt(w.infLogits ?? 0)} infinite values`,
+      message: `${L}: router logits contained ${fmtInt(w.nanLogits ?? 0)} NaN and ${fmtInt(w.infLogits ?? 0)} infinite values` +
+        ' (no collapse, dead-expert or imbalance verdict on this layer in this window)',
     });
   }
 
   let collapsed = false;
-  if (total > 0 && e > 0) {
+  if (total > 0 && e > 0 && nonFinite === 0 && loadIsJudgeable({ design })) {
     const verdict = routerCollapse(counts, {
       topK: k,
       tokens,
@@ -181,7 +197,7 @@ function judgeLayer(w: LayerWindow, position: number, th: Thresholds, out: Findi
   }
 
   const re = w.routerEntropy;
-  if (re !== undefined && Number.isFinite(re)) {
+  if (re !== undefined && Number.isFinite(re) && routerEntropyIsJudgeable({ design, gating: w.gating ?? '' })) {
     if (re < th.routerEntropyLow) {
       out.push({
         kind: 'abnormal_entropy',

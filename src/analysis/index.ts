@@ -12,4 +12,5 @@ export * from './locality';
 export * from './vocabulary';
 export * from './thresholds';
 export * from './health';
+export * from './layers';
 export { FINDING_KINDS, findings, fmtInt, type Finding, type FindingKind, type LayerWindow } from './findings';

@@ -7,7 +7,7 @@
  * UTF-8 JSON, on the host's stdin (requests) and stdout (messages). Send hello
  * first; closing stdin makes the host detach from every job and exit.
  */
-import { describeValue, type ModelInfo } from './probe';
+import { describeValue, type LayerInfo, type ModelInfo } from './probe';
 
 export const PANEL_PROTOCOL_VERSION = 1;
 /** Chrome disconnects a native host that sends a message over 1 MiB. */
@@ -77,9 +77,12 @@ export interface JobUpdate {
   /** Passes (root forward calls) completed since attach, as of these counts. */
   passes: number;
   layers: number;
-  experts: number;
-  /** Cumulative tokens routed to each (layer, expert) since attach; row-major, layers * experts. */
+  /** Experts of each layer; layers may differ (see layerOffsets in protocol/probe.ts). */
+  widths: number[];
+  /** Cumulative assignments to each (layer, expert) since attach: layer 0's experts, then layer 1's, ... (sum(widths) values). */
   counts: number[];
+  /** Cumulative tokens routed through each layer since attach (absent in version-1 recordings). */
+  tokens?: number[];
   /** Probe wall-clock time of the snapshot, seconds since the epoch. */
   ts: number;
   /** Snapshots dropped on the way (probe queue full or host coalescing). */
@@ -110,7 +113,7 @@ export interface TokenUpdate {
   tokenIds: number[] | null;
   /** The tokenizer's string per token, when the job has a tokenizer alive. */
   texts: string[] | null;
-  /** Per MoE layer: expert ids [n x k] and weights [n x k], row-major. */
+  /** Per MoE layer: expert ids [n x k] (-1: an empty slot of a variable-k layer) and weights [n x k], row-major. */
   layers: Array<{ layer: number; n: number; k: number; ids: number[]; weights: number[] | null }>;
 }
 
@@ -135,6 +138,8 @@ export type HostMessage =
     }
   | JobUpdate
   | TokenUpdate
+  /** A model's layers as the probe now understands them (after the first calls showed how routing is read). */
+  | { type: 'layers'; pid: number; model: number; layers: LayerInfo[] }
   /** Answer to a history request; long answers come in several parts, the last with done. */
   | { type: 'history'; pid: number; layer?: number; updates: JobUpdate[]; part: number; done: boolean }
   /** Once a second: the host's own memory and what it had to drop. */

@@ -11,15 +11,63 @@
  * for JAX, TensorFlow or ONNX Runtime speak the same frames.
  */
 
-export const PROBE_PROTOCOL_VERSION = 1;
+export const PROBE_PROTOCOL_VERSION = 2;
 export const MAX_PROBE_FRAME_BYTES = 16 * 1024 * 1024;
 
+/** 'attention': a mixture-of-attention layer (routed query/output projections, JetMoE); else an MoE MLP. */
+export const LAYER_KINDS = ['mlp', 'attention'] as const;
+export type LayerKind = (typeof LAYER_KINDS)[number];
+
+/**
+ * How a layer chooses experts:
+ * - top-k: each token picks top_k experts;
+ * - variable-k: each token picks as many as a threshold or top-p lets through (top_k = the most possible);
+ * - expert-choice: each expert picks its tokens (equal loads by design; a token may get none);
+ * - soft: every token is a weighted mix of all experts (counts: each token's largest-weight expert);
+ * - hash: experts looked up from the token id in a fixed table (the router only weights them);
+ * - fixed: the expert is given from outside the model (e.g. a dataset index per sample).
+ */
+export const ROUTING_DESIGNS = ['top-k', 'variable-k', 'expert-choice', 'soft', 'hash', 'fixed'] as const;
+export type RoutingDesign = (typeof ROUTING_DESIGNS)[number];
+
+/**
+ * Where the counts come from:
+ * - dispatched: what the block handed its experts (the ids they received);
+ * - expert-inputs: the rows each separately called expert received (exact loads, no per-token ids);
+ * - router: the ids in the router's (or routing function's) output;
+ * - recomputed: top-k of the router's logits, recomputed by the probe (nothing else shows the choice).
+ */
+export const ROUTING_SOURCES = ['dispatched', 'expert-inputs', 'router', 'recomputed'] as const;
+export type RoutingSource = (typeof ROUTING_SOURCES)[number];
+/** Where per-token ids (token records) come from; 'none' when the layer shows no per-token choices. */
+export const TOKEN_SOURCES = [...ROUTING_SOURCES, 'none'] as const;
+export type TokenSource = (typeof TOKEN_SOURCES)[number];
+
 export interface LayerInfo {
+  /** Position among the model's MoE layers: the probe's id for the layer in every frame. */
   index: number;
+  /** Module path inside the model, e.g. "model.layers.2.mlp". */
   name: string;
+  /** How the probe found it: moe-block, router, embedding-experts. */
   arch: string;
+  /** Width of this layer: the experts its router chooses among (identity experts included). */
   experts: number;
+  /** Experts per token (top-k); for other designs the most one token can get. */
   top_k: number;
+  /** The model's own layer number (the outermost number in the path), -1 when the path has none. */
+  model_index: number;
+  /** The stack holding the layer, e.g. "model.layers", "encoder.block", "decoder.block"; "" when none. */
+  stack: string;
+  kind: LayerKind;
+  design: RoutingDesign;
+  source: RoutingSource;
+  token_source: TokenSource;
+  /** Zero-compute (identity/skip) experts: the last identity_experts of the layer's experts. */
+  identity_experts: number;
+  /** Always-on shared experts beside the routed ones (not counted: every token goes there). */
+  shared_experts: number;
+  /** The router's scoring function when the model says ("sigmoid", "softmax"); "" when unknown. */
+  gating: string;
 }
 
 export interface ModelInfo {
@@ -64,15 +112,21 @@ export interface ProbeCounts {
   ts: number;
   passes: number;
   layers: number;
-  experts: number;
-  /** int64 little-endian, layers * experts values, row-major by layer. */
+  /** Experts of each layer (layers may differ): layer l's counts start at the sum of the widths before it. */
+  widths: number[];
+  /** int64 little-endian, sum(widths) values: layer 0's experts, then layer 1's, ... */
   counts: Uint8Array;
+  /** int64 little-endian [layers]: tokens routed through each layer, cumulative. */
+  tokens: Uint8Array;
   /** Snapshots the probe dropped because its queue was full (cumulative). */
   dropped: number;
   /**
    * Router health, float64 little-endian [layers x HEALTH_COLUMNS], cumulative: tokens whose
    * logits were measured, sums of softmax entropy (nats) and of logsumexp^2, NaN and Inf
-   * logit counts, tokens dropped by expert capacity. Absent when the probe measures none.
+   * logit counts, assignments dropped by expert capacity (tokens for top-1 layers; for layers read
+   * from the rows each expert received, token-expert assignments no expert served; for expert
+   * choice, tokens no expert took). Entropy is of the softmax of the logits, or of the row itself
+   * when the router hands out probabilities. Absent when the probe measures none.
    */
   health?: Uint8Array;
   /** Largest finite router logit seen per layer, float64 little-endian [layers]. */
@@ -127,7 +181,14 @@ export interface ProbeBye {
   reason: string;
 }
 
-export type ProbeFrame = ProbeHello | ProbeCounts | ProbeTokens | ProbeFailure | ProbeBye;
+/** A model's layers again, when the first calls showed more than structure did (how ids are read, the design). */
+export interface ProbeLayers {
+  t: 'layers';
+  model: number;
+  layers: LayerInfo[];
+}
+
+export type ProbeFrame = ProbeHello | ProbeCounts | ProbeTokens | ProbeFailure | ProbeBye | ProbeLayers;
 
 export class ProtocolError extends Error {
   constructor(message: string) {
@@ -162,10 +223,13 @@ function field<T>(obj: Obj, key: string, check: (v: unknown) => v is T, what: st
 
 const isStr = (v: unknown): v is string => typeof v === 'string';
 const isNat = (v: unknown): v is number => typeof v === 'number' && Number.isInteger(v) && v >= 0;
+const isInt = (v: unknown): v is number => typeof v === 'number' && Number.isInteger(v);
 const isNum = (v: unknown): v is number => typeof v === 'number' && Number.isFinite(v);
 const isBytes = (v: unknown): v is Uint8Array => v instanceof Uint8Array;
 const isStrArray = (v: unknown): v is string[] => Array.isArray(v) && v.every(isStr);
 const isNumArray = (v: unknown): v is number[] => Array.isArray(v) && v.every(isNum);
+const isNatArray = (v: unknown): v is number[] => Array.isArray(v) && v.every(isNat);
+const oneOf = <T extends string>(values: readonly T[]) => (v: unknown): v is T => typeof v === 'string' && (values as readonly string[]).includes(v);
 
 function optional<T>(obj: Obj, key: string, check: (v: unknown) => v is T, what: string): T | undefined {
   return obj[key] === undefined || obj[key] === null ? undefined : field(obj, key, check, what);
@@ -199,26 +263,44 @@ function parseLayer(value: unknown): LayerInfo {
   const experts = field(value, 'experts', isNat, 'a whole number');
   const topK = field(value, 'top_k', isNat, 'a whole number');
   if (experts < 1 || topK < 1 || topK > experts) throw new ProtocolError(`layer has ${experts} experts and top_k ${topK}`);
+  const identity = field(value, 'identity_experts', isNat, 'a whole number');
+  if (identity >= experts) throw new ProtocolError(`layer has ${experts} experts, ${identity} of them zero-compute`);
   return {
     index: field(value, 'index', isNat, 'a whole number'),
     name: field(value, 'name', isStr, 'a string'),
     arch: field(value, 'arch', isStr, 'a string'),
     experts,
     top_k: topK,
+    model_index: field(value, 'model_index', isInt, 'a whole number (-1 when none)'),
+    stack: field(value, 'stack', isStr, 'a string'),
+    kind: field(value, 'kind', oneOf(LAYER_KINDS), `one of ${LAYER_KINDS.join(', ')}`),
+    design: field(value, 'design', oneOf(ROUTING_DESIGNS), `one of ${ROUTING_DESIGNS.join(', ')}`),
+    source: field(value, 'source', oneOf(ROUTING_SOURCES), `one of ${ROUTING_SOURCES.join(', ')}`),
+    token_source: field(value, 'token_source', oneOf(TOKEN_SOURCES), `one of ${TOKEN_SOURCES.join(', ')}`),
+    identity_experts: identity,
+    shared_experts: field(value, 'shared_experts', isNat, 'a whole number'),
+    gating: field(value, 'gating', isStr, 'a string'),
   };
+}
+
+function parseLayers(value: unknown): LayerInfo[] {
+  if (!Array.isArray(value)) throw new ProtocolError('field "layers" should be a list');
+  const layers = value.map(parseLayer);
+  layers.forEach((l, i) => {
+    if (l.index !== i) throw new ProtocolError(`layer ${i} says it is layer ${l.index}`);
+  });
+  return layers;
 }
 
 function parseModel(value: unknown): ModelInfo {
   if (!isObj(value)) throw new ProtocolError('model should be a map');
-  const layers = value.layers;
-  if (!Array.isArray(layers)) throw new ProtocolError('field "layers" should be a list');
   return {
     id: field(value, 'id', isNat, 'a whole number'),
     class: field(value, 'class', isStr, 'a string'),
     model_type: field(value, 'model_type', isStr, 'a string'),
     device: field(value, 'device', isStr, 'a string'),
     dtype: field(value, 'dtype', isStr, 'a string'),
-    layers: layers.map(parseLayer),
+    layers: parseLayers(value.layers),
   };
 }
 
@@ -270,11 +352,16 @@ export function parseProbeFrame(value: unknown): ProbeFrame {
     }
     case 'counts': {
       const layers = field(value, 'layers', isNat, 'a whole number');
-      const experts = field(value, 'experts', isNat, 'a whole number');
+      const widths = field(value, 'widths', isNatArray, 'a list of whole numbers');
+      if (widths.length !== layers) throw new ProtocolError(`field "widths" has ${widths.length} values for ${layers} layers`);
+      if (widths.some((w) => w < 1)) throw new ProtocolError('field "widths": every layer has at least one expert');
+      const total = widths.reduce((a, b) => a + b, 0);
       const counts = field(value, 'counts', isBytes, 'binary data');
-      if (counts.byteLength !== layers * experts * 8) {
-        throw new ProtocolError(`counts holds ${counts.byteLength} bytes, expected ${layers}x${experts} int64 values`);
+      if (counts.byteLength !== total * 8) {
+        throw new ProtocolError(`counts holds ${counts.byteLength} bytes, expected ${total} int64 values (the sum of the widths)`);
       }
+      const tokens = sizedBytes(value, 'tokens', layers * 8);
+      if (!tokens) throw new ProtocolError('field "tokens" should be binary data');
       const frame: ProbeCounts = {
         t,
         model: field(value, 'model', isNat, 'a whole number'),
@@ -282,8 +369,9 @@ export function parseProbeFrame(value: unknown): ProbeFrame {
         ts: field(value, 'ts', isNum, 'a number'),
         passes: field(value, 'passes', isNat, 'a whole number'),
         layers,
-        experts,
+        widths,
         counts,
+        tokens,
         dropped: field(value, 'dropped', isNat, 'a whole number'),
       };
       const health = sizedBytes(value, 'health', layers * HEALTH_COLUMNS.length * 8);
@@ -335,6 +423,8 @@ export function parseProbeFrame(value: unknown): ProbeFrame {
     }
     case 'bye':
       return { t, reason: field(value, 'reason', isStr, 'a string') };
+    case 'layers':
+      return { t, model: field(value, 'model', isNat, 'a whole number'), layers: parseLayers(value.layers) };
     default:
       throw new ProtocolError(`unknown frame type ${describeValue(t)}`);
   }
@@ -356,6 +446,17 @@ export function int32s(bytes: Uint8Array): number[] {
 export function float32s(bytes: Uint8Array): number[] {
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   return Array.from({ length: bytes.byteLength / 4 }, (_, i) => view.getFloat32(i * 4, true));
+}
+
+/** Where each layer's experts start in a counts array: offsets[l] = widths[0] + ... + widths[l-1]. */
+export function layerOffsets(widths: readonly number[]): number[] {
+  const out = new Array<number>(widths.length);
+  let sum = 0;
+  for (let l = 0; l < widths.length; l++) {
+    out[l] = sum;
+    sum += widths[l]!;
+  }
+  return out;
 }
 
 /** Decode a counts frame's int64 payload into plain numbers (exact below 2^53). */

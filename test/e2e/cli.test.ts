@@ -110,7 +110,7 @@ describe('moe-devtools command line', () => {
     const bad = await cli(['report', faultyRec, '--fail-on', 'dead_expert']);
     const good = await cli(['report', healthyRec, '--fail-on', 'dead_expert']);
     console.log(`report of the faulty job:\n${bad.stdout}`);
-    expect(bad.stdout).toMatch(/dead_expert\s+Layer 1: expert 5 received no tokens/);
+    expect(bad.stdout).toMatch(/dead_expert\s+model\.layers\.1\.mlp \(layer 1\): expert 5 received no tokens/);
     expect(bad.stderr).toBe('moe-devtools: 1 finding of a kind named in --fail-on (dead_expert)\n');
     expect(bad.code).toBe(1);
     expect(good.code, good.stdout + good.stderr).toBe(0);

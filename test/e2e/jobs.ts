@@ -70,6 +70,16 @@ export async function startDemoJob(args: string[] = [], minPasses = 8, opts: { p
   return startLoggingJob(opts.python ?? pythonPath(), argv, log, minPasses, opts.env);
 }
 
+/**
+ * Start test/jobs/mixed_moe_job.py: a hand-written model whose MoE layers differ (attention experts,
+ * 4 and 8 experts, zero-compute experts, a ModuleList block); `--nan` puts a NaN in one gate.
+ * It never imports the probe and logs what each block dispatched, like the tiny job.
+ */
+export async function startMixedJob(args: string[] = [], minPasses = 8): Promise<Job> {
+  const log = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'moe-mixed-job-')), 'job.jsonl');
+  return startLoggingJob(pythonPath(), [path.join(ROOT, 'test/jobs/mixed_moe_job.py'), '--log', log, ...args], log, minPasses);
+}
+
 /** Spawn a job that appends one JSON line per pass to `log`, and wait until it has logged `minPasses`. */
 async function startLoggingJob(python: string, argv: string[], log: string, minPasses: number, env: NodeJS.ProcessEnv = {}): Promise<Job> {
   const child = spawn(python, argv, { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, ...env } });

@@ -39,10 +39,10 @@ async function heatmapRow(panel: Frame, layer: number, experts: number) {
   const counts: number[] = [];
   for (let e = 0; e < experts; e++) {
     const text = (await hoverHeatmap(panel, layer, e)) as string;
-    const m = /Layer (\d+), expert (\d+): ([\d,]+) assignments/.exec(text);
+    const m = /^model\.layers\.(\d+)\.mlp \(layer (\d+)\), expert (\d+): ([\d,]+) assignments/.exec(text);
     expect(m, text).not.toBeNull();
-    expect([Number(m![1]), Number(m![2])]).toEqual([layer, e]);
-    counts.push(Number(m![3]!.replace(/,/g, '')));
+    expect([Number(m![1]), Number(m![2]), Number(m![3])]).toEqual([layer, layer, e]);
+    counts.push(Number(m![4]!.replace(/,/g, '')));
   }
   return { passes, counts };
 }
@@ -108,7 +108,8 @@ describe('MoE panel findings on jobs with planted faults', () => {
     const collapse = ((await readFindings(panel)) as Finding[]).filter((f) => f.kind === 'collapse');
     expect(collapse.map((f) => f.layer)).toEqual([2]);
     expect(collapse[0]!.experts.sort()).toEqual([0, 1]);
-    expect(collapse[0]!.text).toMatch(/Layer 2/);
+    // named as the model names the layer: its module path and its own layer number
+    expect(collapse[0]!.text).toMatch(/model\.layers\.2\.mlp \(layer 2\): routing has collapsed onto experts 0 and 1/);
     // Thresholds are shown beside each finding, and each links to its view.
     expect(await panel.$eval('[data-testid="finding"][data-kind="dead_expert"] .finding-threshold', (el: Element) => el.textContent)).toMatch(/judged from 200/);
 

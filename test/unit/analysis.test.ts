@@ -691,12 +691,41 @@ describe('findings', () => {
     const even = [300, 300, 300, 300];
     const f = findings([{ layer: 4, counts: even, nanLogits: 3, infLogits: 1 }]);
     expect(f).toEqual([
-      { kind: 'nan_logits', layer: 4, value: 4, threshold: 0, message: 'Layer 4: router logits contained 3 NaN and 1 infinite values' },
+      {
+        kind: 'nan_logits', layer: 4, value: 4, threshold: 0,
+        message: 'Layer 4: router logits contained 3 NaN and 1 infinite values (no collapse, dead-expert or imbalance verdict on this layer in this window)',
+      },
     ]);
     // tolerated up to an overridden count of 4
     expect(findings([{ counts: even, nanLogits: 3, infLogits: 1 }], { nonFiniteLogits: 4 })).toEqual([]);
     // reported even when nothing was counted
     expect(findings([{ counts: [0, 0], nanLogits: 1 }]).map((x) => x.kind)).toEqual(['nan_logits']);
+  });
+
+  it('draws no collapse, dead-expert or imbalance finding from a layer whose routing was not finite', () => {
+    // All tokens on expert 3: a collapse with three dead experts, were the logits finite.
+    const collapsed = [0, 0, 0, 4000];
+    expect(findings([{ counts: collapsed }]).map((x) => x.kind)).toEqual(['collapse', 'dead_expert']);
+    expect(findings([{ counts: collapsed, nanLogits: 4000 }]).map((x) => x.kind)).toEqual(['nan_logits']);
+    expect(findings([{ counts: collapsed, infLogits: 1 }]).map((x) => x.kind)).toEqual(['nan_logits']);
+    // even when the NaN count is tolerated as a finding, its layer's load is not judged
+    expect(findings([{ counts: collapsed, nanLogits: 2 }], { nonFiniteLogits: 5 })).toEqual([]);
+  });
+
+  it('names layers as the model does, and judges each design by what its counts mean', () => {
+    const collapsed = [0, 0, 0, 4000];
+    const named = findings([{ layer: 1, label: 'model.layers.2.mlp (layer 2)', counts: collapsed }]);
+    expect(named.map((x) => [x.layer, x.message.split(':')[0]])).toEqual([[1, 'model.layers.2.mlp (layer 2)'], [1, 'model.layers.2.mlp (layer 2)']]);
+    // expert choice: every expert takes the same number by design, so loads are not judged
+    expect(findings([{ counts: collapsed, design: 'expert-choice' }])).toEqual([]);
+    // hash tables, fixed routing and sigmoid gates: the softmax of the logits is not what chooses
+    const saturated = { counts: [1000, 1000, 1000, 1000], routerEntropy: 0.001 };
+    expect(findings([saturated]).map((x) => x.kind)).toEqual(['abnormal_entropy']);
+    expect(findings([{ ...saturated, design: 'hash' }])).toEqual([]);
+    expect(findings([{ ...saturated, design: 'fixed' }])).toEqual([]);
+    expect(findings([{ ...saturated, gating: 'sigmoid' }])).toEqual([]);
+    // a hash layer's load is still judged: an expert its table never names is dead
+    expect(findings([{ counts: [0, 1400, 1300, 1300], design: 'hash' }]).map((x) => x.kind)).toEqual(['dead_expert']);
   });
 
   it('abnormal router entropy, low and high', () => {
@@ -743,14 +772,17 @@ describe('findings', () => {
   it('orders findings by layer, then nan, collapse, dead, imbalance, entropy, dropped', () => {
     const f = findings([
       { layer: 0, counts: [300, 300, 300, 300], droppedTokens: 100, routerEntropy: 0.001 },
-      { layer: 1, counts: [0, 0, 2000, 0, 0, 0, 2000, 0], topK: 2, nanLogits: 1 },
+      { layer: 1, counts: [0, 0, 2000, 0, 0, 0, 2000, 0], topK: 2, routerEntropy: 0.001 },
+      { layer: 2, counts: [0, 0, 2000, 0, 0, 0, 2000, 0], topK: 2, nanLogits: 1, droppedTokens: 100 },
     ]);
     expect(f.map((x) => `${x.layer}:${x.kind}`)).toEqual([
       '0:abnormal_entropy',
       '0:dropped_tokens',
-      '1:nan_logits',
       '1:collapse',
       '1:dead_expert',
+      '1:abnormal_entropy',
+      '2:nan_logits',
+      '2:dropped_tokens',
     ]);
   });
 

@@ -60,7 +60,7 @@ describe('routing report of a recording', () => {
   it('reads as text and as JSON (no NaN, no per-expert series)', () => {
     const text = reportText(report, 'run.moerec');
     expect(text).toMatch(/^run\.moerec: process 4242 \(train\.py --moe\)/);
-    expect(text).toContain('dead_expert  Layer 1: expert 3 received no tokens in the last 3,200 tokens');
+    expect(text).toContain('dead_expert  model.layers.1.mlp (layer 1): expert 3 received no tokens in the last 3,200 tokens');
     expect(text).toMatch(/\n\s+1\s+4\s+2\s+3,200\s+0\.500\s+1\.000\s+0\.\d{3}\s+0\.250\s+4\.00\s+3\s+6\.000\s+model\.layers\.1\.mlp/);
     expect(text).toMatch(/\n\s+0\s+4\s+2\s+3,200\s+1\.000\s+0\.000\s+1\.000\s+0\.500\s+9\.00\s+none\s+2\.000\s+model\.layers\.0\.mlp/);
     const json = JSON.parse(reportJson(report));

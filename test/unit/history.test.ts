@@ -4,7 +4,10 @@ import { History } from '../../native-host/src/history';
 
 function counts(ts: number, layers = 2, experts = 4, backing?: Uint8Array): ProbeCounts {
   const bytes = backing ?? new Uint8Array(layers * experts * 8);
-  return { t: 'counts', model: 0, seq: ts, ts, passes: ts, layers, experts, counts: bytes.subarray(0, layers * experts * 8), dropped: 0 };
+  return {
+    t: 'counts', model: 0, seq: ts, ts, passes: ts, layers, widths: new Array(layers).fill(experts), counts: bytes.subarray(0, layers * experts * 8),
+    tokens: new Uint8Array(layers * 8), dropped: 0,
+  };
 }
 
 function tokens(pass: number): ProbeTokens {
@@ -13,10 +16,11 @@ function tokens(pass: number): ProbeTokens {
 
 describe('History', () => {
   it('never holds more than its cap, evicting the oldest entries first and counting them', () => {
-    // Each counts entry: 2 x 4 int64 = 64 payload bytes + 256 bookkeeping = 320 bytes.
-    const history = new History(1000);
+    // Each counts entry: 2 x 4 int64 counts (64 bytes), 2 int64 tokens (16), 2 widths (16)
+    // + 256 bookkeeping = 352 bytes.
+    const history = new History(1100);
     for (let ts = 1; ts <= 10; ts++) history.addCounts(7, counts(ts));
-    expect(history.used).toBe(3 * 320);
+    expect(history.used).toBe(3 * 352);
     expect(history.size).toBe(3);
     expect(history.evicted).toBe(7);
     expect(history.query(7, 'counts').map((e) => e.ts)).toEqual([8, 9, 10]);
@@ -48,7 +52,7 @@ describe('History', () => {
   it('lowering the cap evicts at once; an entry larger than the cap is refused and counted', () => {
     const history = new History(10_000);
     for (let ts = 1; ts <= 5; ts++) history.addCounts(1, counts(ts));
-    history.setCap(700);
+    history.setCap(750);
     expect(history.size).toBe(2);
     history.addCounts(1, counts(6, 64, 512));
     expect(history.size).toBe(2);

@@ -4,15 +4,19 @@ import { HEALTH_COLUMNS } from '../../src/protocol/probe';
 import { Analyzer, recentTokenRows } from '../../panels/engine/analyzer';
 import { Ring } from '../../panels/engine/ring';
 import { metricsCsv, metricsJson } from '../../panels/engine/export';
+import { layerInfo } from './layer-fixture';
 
 const L = 2;
 const E = 4;
-const models = [{ id: 0, class: 'M', model_type: 'm', device: 'cpu', dtype: 'f32', layers: [0, 1].map((i) => ({ index: i, name: `l${i}`, arch: 'x', experts: E, top_k: 2 })) }];
+const models = [{ id: 0, class: 'M', model_type: 'm', device: 'cpu', dtype: 'f32', layers: [0, 1].map((i) => layerInfo(i, E, 2)) }];
 const attached: HostMessage = { type: 'attached', pid: 7, method: 'socket', ms: 1, python: '3', framework: 'torch', frameworkVersion: '2', argv: [], models };
 
 /** Cumulative update after `passes` passes where each pass routes `perPass` (layers x experts) and takes 0.25 s. */
 function update(passes: number, perPass: number[], extra: Partial<JobUpdate> = {}): JobUpdate {
-  return { type: 'update', pid: 7, model: 0, passes, layers: L, experts: E, counts: perPass.map((c) => c * passes), ts: 1000 + passes * 0.25, dropped: 0, ...extra };
+  return {
+    type: 'update', pid: 7, model: 0, passes, layers: L, widths: [E, E], counts: perPass.map((c) => c * passes), tokens: [16 * passes, 16 * passes],
+    ts: 1000 + passes * 0.25, dropped: 0, ...extra,
+  };
 }
 
 describe('Ring', () => {
@@ -77,7 +81,9 @@ describe('Analyzer', () => {
     expect(r.rows[0]!.msPerPass).toBeCloseTo(2);
     expect(r.profile.probeShare).toBeCloseTo(0.1);
     expect(r.timeline.length).toBeGreaterThan(0);
-    expect(metricsCsv(r).split('\n')[0]).toMatch(/^layer,experts,top_k,tokens,max_vio/);
+    const csv = metricsCsv(r).split('\n');
+    expect(csv[0]).toMatch(/^layer,name,model_layer,stack,kind,design,source,experts,identity_experts,top_k,tokens,max_vio/);
+    expect(csv[2]).toMatch(/^1,model\.layers\.1\.mlp,1,model\.layers,mlp,top-k,dispatched,4,0,2,/);
     expect(JSON.parse(metricsJson(r)).layers[1].counts).toEqual([160, 100, 60, 0]);
   });
 
@@ -139,5 +145,71 @@ describe('recentTokenRows', () => {
     // A single pass over the budget is still shown.
     expect(recentTokenRows(rows(1, 500), 10, 400).map((r) => r.pass)).toEqual([2]);
     expect(recentTokenRows([], 10, 400)).toEqual([]);
+  });
+});
+
+describe('Analyzer with layers of different widths', () => {
+  // JetMoE-like: 8 attention experts in layer 0 beside 4 MLP experts in layer 1, and a LongCat-like
+  // layer 2 of 10 experts whose last 2 are zero-compute. Every layer is healthy: even routing.
+  const infos = [
+    layerInfo(0, 8, 2, { name: 'model.layers.0.self_attention.experts', kind: 'attention', model_index: 0 }),
+    layerInfo(1, 4, 2, { name: 'model.layers.0.mlp', model_index: 0 }),
+    layerInfo(2, 10, 2, { name: 'model.layers.2.mlp', model_index: 2, identity_experts: 2 }),
+  ];
+  const widths = [8, 4, 10];
+  const perPass = [...new Array(8).fill(4), ...new Array(4).fill(8), ...new Array(10).fill(3), 0, 0].slice(0, 22);
+  perPass[20] = 1; // a few tokens skip compute in layer 2
+  perPass[21] = 1;
+  const mixedAttached: HostMessage = { ...attached, models: [{ ...models[0]!, layers: infos }] };
+  const mixedUpdate = (passes: number): JobUpdate => ({
+    type: 'update', pid: 7, model: 0, passes, layers: 3, widths, counts: perPass.map((c) => c * passes), tokens: [16 * passes, 16 * passes, 16 * passes],
+    ts: 1000 + passes * 0.25, dropped: 0,
+  });
+
+  it('keeps each layer at its own width: no empty experts that do not exist, entropy over its own ln E', () => {
+    const a = new Analyzer();
+    a.ingest(mixedAttached);
+    for (let p = 1; p <= 200; p++) a.ingest(mixedUpdate(p));
+    const r = a.analyze(7, { windowMode: 'all' })!;
+    expect(r.widths).toEqual(widths);
+    expect(r.offsets).toEqual([0, 8, 12]);
+    expect(r.maxWidth).toBe(10);
+    expect(r.rows.map((x) => [x.experts, x.zeroExperts])).toEqual([[8, 0], [4, 0], [10, 0]]);
+    expect(r.rows[0]!.normalizedEntropy).toBeCloseTo(1, 10); // ln 8 / ln 8, not ln 8 / ln 10
+    expect(r.rows[1]!.normalizedEntropy).toBeCloseTo(1, 10);
+    expect(Array.from(r.window.counts.subarray(8, 12))).toEqual([1600, 1600, 1600, 1600]);
+    expect(r.rows.map((x) => x.tokens)).toEqual([3200, 3200, 3200]);
+    expect(r.findings).toEqual([]);
+    expect(r.rows.map((x) => x.label)).toEqual([
+      'model.layers.0.self_attention.experts (layer 0, attention experts)', 'model.layers.0.mlp (layer 0)', 'model.layers.2.mlp (layer 2)',
+    ]);
+    const csv = metricsCsv(r).split('\n');
+    expect(csv.filter((line) => /^1,\d+,\d+$/.test(line))).toHaveLength(4); // layer 1's experts only
+    expect(JSON.parse(metricsJson(r)).layers.map((l: { counts: number[] }) => l.counts.length)).toEqual(widths);
+  });
+
+  it('names findings by module path and model layer, and learns how a layer is read from a layers message', () => {
+    const a = new Analyzer();
+    a.ingest(mixedAttached);
+    const dead = perPass.slice();
+    dead[12] = 0; // layer 2, expert 0 never chosen
+    for (let p = 1; p <= 200; p++) a.ingest({ ...mixedUpdate(p), counts: dead.map((c) => c * p) });
+    const f = a.analyze(7, { windowMode: 'all' })!.findings;
+    expect(f.map((x) => [x.kind, x.layer, x.experts])).toEqual([['dead_expert', 2, [0]]]);
+    expect(f[0]!.message).toMatch(/^model\.layers\.2\.mlp \(layer 2\): expert 0 received no tokens/);
+    a.ingest({ type: 'layers', pid: 7, model: 0, layers: [infos[0]!, infos[1]!, { ...infos[2]!, design: 'expert-choice', source: 'dispatched', token_source: 'none' }] });
+    const r = a.analyze(7, { windowMode: 'all' })!;
+    expect(r.rows[2]!.info.design).toBe('expert-choice');
+    expect(r.findings).toEqual([]); // expert choice: equal loads by design, nothing to judge
+  });
+
+  it('starts over when a layer changes width (a new model in the same process)', () => {
+    const a = new Analyzer();
+    a.ingest(mixedAttached);
+    a.ingest(mixedUpdate(1));
+    a.ingest(update(1, [1, 1, 1, 1, 1, 1, 1, 1]));
+    const r = a.analyze(7, { windowMode: 'all' })!;
+    expect(r.widths).toEqual([E, E]);
+    expect(r.rows[0]!.label).toBe('layer 0'); // no description for this shape: named by index
   });
 });

@@ -3,10 +3,11 @@ import type { HostMessage, JobUpdate, PanelRequest } from '../../src/protocol/pa
 import { Analyzer } from '../../panels/engine/analyzer';
 import { parseRecording, serializeRecording } from '../../panels/engine/recording';
 import { Store } from '../../panels/store';
+import { layerInfo } from './layer-fixture';
 
-const models = [{ id: 0, class: 'M', model_type: 'm', device: 'cpu', dtype: 'f32', layers: [{ index: 0, name: 'l0', arch: 'x', experts: 2, top_k: 1 }] }];
+const models = [{ id: 0, class: 'M', model_type: 'm', device: 'cpu', dtype: 'f32', layers: [layerInfo(0, 2, 1)] }];
 const attached = (pid: number): HostMessage => ({ type: 'attached', pid, method: 'socket', ms: 1, python: '3', framework: 'torch', frameworkVersion: '2', argv: [], models });
-const update = (pid: number, passes: number): JobUpdate => ({ type: 'update', pid, model: 0, passes, layers: 1, experts: 2, counts: [3 * passes, passes], ts: 100 + passes, dropped: 0 });
+const update = (pid: number, passes: number): JobUpdate => ({ type: 'update', pid, model: 0, passes, layers: 1, widths: [2], counts: [3 * passes, passes], tokens: [4 * passes], ts: 100 + passes, dropped: 0 });
 
 function setup() {
   const sent: PanelRequest[] = [];
@@ -68,12 +69,27 @@ describe('panel store', () => {
     store.receive(attached(5));
     const before = store.state.jobs;
     const good = serializeRecording(5, 0, [attached(5), update(5, 1)]);
-    for (const text of ['', 'PK\u0003\u0004 zip', '{"format":"other"}', good.replace('"counts":[3,1]', '"counts":[3]'), good + '{not json\n', good.replace(/"version":1/, '"version":9')]) {
+    for (const text of ['', 'PK\u0003\u0004 zip', '{"format":"other"}', good.replace('"counts":[3,1]', '"counts":[3]'), good + '{not json\n', good.replace(/"version":2/, '"version":9')]) {
       expect(await store.openRecording('bad.moerec', text)).toBe(false);
     }
     expect(store.state.jobs).toBe(before);
     expect(store.state.notices.length).toBeGreaterThan(0);
     expect(store.state.notices.every((n) => n.code === 'bad_recording')).toBe(true);
     expect(store.state.notices.at(-1)!.message).toMatch(/version 9/);
+  });
+
+  it('opens a version-1 recording (one width for every layer, no token totals) with the same numbers', async () => {
+    const { store } = setup();
+    const v1Attached = { ...attached(5), models: [{ ...models[0]!, layers: [{ index: 0, name: 'l0', arch: 'x', experts: 2, top_k: 1 }] }] };
+    const v1Update = { type: 'update', pid: 5, model: 0, passes: 3, layers: 1, experts: 2, counts: [9, 3], ts: 103, dropped: 0 };
+    const text = [JSON.stringify({ format: 'moe-devtools-recording', version: 1, pid: 5, started: 0 }),
+      JSON.stringify(v1Attached), JSON.stringify(v1Update)].join('\n') + '\n';
+    expect(await store.openRecording('old.moerec', text)).toBe(true);
+    const job = [...store.state.jobs.values()].find((j) => j.replay)!;
+    expect(job.models[0]!.layers[0]).toMatchObject({ name: 'l0', experts: 2, top_k: 1, design: 'top-k', model_index: -1 });
+    const analysis = store.state.analyses.get(job.pid)!;
+    expect(analysis.widths).toEqual([2]);
+    expect(Array.from(analysis.window.counts)).toEqual([9, 3]);
+    expect(analysis.rows[0]!.tokens).toBe(12); // assignments / top-1, as version 1 counted tokens
   });
 });

@@ -2,6 +2,7 @@ import { Packr } from 'msgpackr';
 import { describe, expect, it } from 'vitest';
 import { MAX_PROBE_FRAME_BYTES, ProtocolError, type ProbeFrame } from '../../src/protocol/probe';
 import { ProbeFrameReader, decodeProbeFrameBody, encodeFrameHeader } from '../../native-host/src/probe-frames';
+import { int64Bytes, layerInfo } from './layer-fixture';
 import { prng } from './prng';
 
 const packr = new Packr({ useRecords: false, variableMapSize: true });
@@ -9,13 +10,13 @@ const packr = new Packr({ useRecords: false, variableMapSize: true });
 function counts(seq: number): Record<string, unknown> {
   const payload = Buffer.alloc(2 * 3 * 8);
   for (let i = 0; i < 6; i++) payload.writeBigInt64LE(BigInt(seq * 10 + i), i * 8);
-  return { t: 'counts', model: 0, seq, ts: 1700000000.5 + seq, passes: seq, layers: 2, experts: 3, counts: payload, dropped: 0 };
+  return { t: 'counts', model: 0, seq, ts: 1700000000.5 + seq, passes: seq, layers: 2, widths: [3, 3], counts: payload, tokens: int64Bytes([seq, seq]), dropped: 0 };
 }
 
 const hello = {
-  t: 'hello', v: 1, pid: 42, mode: 'injected', framework: 'torch', framework_version: '2.13.0', python: '3.12.1', argv: ['job.py'],
+  t: 'hello', v: 2, pid: 42, mode: 'injected', framework: 'torch', framework_version: '2.13.0', python: '3.12.1', argv: ['job.py'],
   models: [{ id: 0, class: 'M', model_type: 'mixtral', device: 'cpu', dtype: 'float32',
-    layers: [{ index: 0, name: 'a', arch: 'topk-router', experts: 3, top_k: 2 }, { index: 1, name: 'b', arch: 'topk-router', experts: 3, top_k: 2 }] }],
+    layers: [layerInfo(0, 3, 2), layerInfo(1, 3, 2)] }],
 };
 
 const values: Record<string, unknown>[] = [hello, counts(1), counts(2), { t: 'error', code: 'probe_failed', message: 'boom', detail: 'trace' }, counts(3), { t: 'bye', reason: 'detached' }];

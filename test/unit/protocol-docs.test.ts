@@ -15,7 +15,8 @@ describe('docs/protocol.md', () => {
     for (const type of ['hello', 'list', 'attach', 'detach', 'history', 'token-pass', 'connect', 'configure', 'host-stats', 'detached', 'error']) {
       expect(doc).toContain(`#### \`type: "${type}"\``);
     }
-    expect(doc).toContain('| `counts` | `number[]` | yes | Cumulative tokens routed to each (layer, expert) since attach; row-major, layers * experts. |');
+    expect(doc).toContain("| `counts` | `number[]` | yes | Cumulative assignments to each (layer, expert) since attach: layer 0's experts, then layer 1's, ... (sum(widths) values). |");
+    expect(doc).toContain('| `widths` | `number[]` | yes | Experts of each layer (layers may differ): layer l\'s counts start at the sum of the widths before it. |');
     expect(doc).toContain('| `HEALTH_COLUMNS` | `["logit_tokens", "entropy_sum", "zloss_sum", "nan", "inf", "dropped"]` |');
   });
 });

@@ -12,6 +12,7 @@
 import type { HostMessage, JobUpdate } from '../../src/protocol/panel';
 import { HEALTH_COLUMNS } from '../../src/protocol/probe';
 import { serializeRecording, parseRecording, type Recording } from '../../panels/engine/recording';
+import { layerInfo } from './layer-fixture';
 
 export const PID = 4242;
 export const L = 2;
@@ -32,7 +33,7 @@ export const attached: HostMessage = {
   argv: ['train.py', '--moe'],
   models: [{
     id: 0, class: 'TinyMoE', model_type: 'tiny', device: 'cpu', dtype: 'float32',
-    layers: [0, 1].map((i) => ({ index: i, name: `model.layers.${i}.mlp`, arch: 'mixtral', experts: E, top_k: TOP_K })),
+    layers: [0, 1].map((i) => layerInfo(i, E, TOP_K)),
   }],
 };
 
@@ -48,8 +49,8 @@ export function update(i: number): JobUpdate {
     health.push(...row);
   }
   return {
-    type: 'update', pid: PID, model: 0, passes, layers: L, experts: E,
-    counts: PER_PASS.flat().map((c) => c * passes), ts: T0 + UPDATE_EVERY_S * i, dropped: 0, health,
+    type: 'update', pid: PID, model: 0, passes, layers: L, widths: new Array(L).fill(E),
+    counts: PER_PASS.flat().map((c) => c * passes), tokens: new Array(L).fill(tokens), ts: T0 + UPDATE_EVERY_S * i, dropped: 0, health,
     timeS: BLOCK_MS_PER_PASS.map((ms) => (ms / 1000) * passes), probeS: 0, prefill: passes, decode: 0,
   };
 }
