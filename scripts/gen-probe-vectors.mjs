@@ -142,6 +142,29 @@ const valid = [
     },
   },
   {
+    name: 'hello_expert_parallel_rank',
+    frame: {
+      // Rank 1 of 4 of a torchrun job; it holds experts 2 and 3 of each layer's 8 (expert parallel),
+      // so its counts are at global ids; the router of the last layer is read on every rank alike.
+      t: 'hello', v: 2, pid: 90210, mode: 'injected', framework: 'torch', framework_version: '2.13.0+cpu',
+      python: '3.11.7', argv: ['ep_moe_job.py', '--mode', 'ep'],
+      models: [{
+        id: 0, class: 'Model', model_type: '', device: 'cpu', dtype: 'float32',
+        layers: [
+          layer(0, 8, 2, { name: 'layers.0.mlp', stack: 'layers', source: 'expert-inputs', token_source: 'recomputed', held: [2, 3] }),
+          layer(1, 8, 2, { name: 'layers.1.mlp', stack: 'layers', source: 'expert-inputs', token_source: 'recomputed', held: [2, 3] }),
+          layer(2, 4, 1, { name: 'layers.2.mlp', stack: 'layers' }),
+        ],
+      }],
+      settings: { flush_interval_s: 0.03, token_sample: 128, token_passes_per_s: 50.5, token_bytes_per_s: 2000000, health_passes_per_s: 50.5 },
+      warnings: [],
+      dist: {
+        rank: 1, world_size: 4, local_rank: 1, node: 'gpu-node-7', run_id: 'a3f9c1d2-moe', master: '10.1.0.7:29500',
+        backend: 'gloo', source: 'torch.distributed',
+      },
+    },
+  },
+  {
     name: 'hello_error',
     frame: {
       t: 'hello', v: 2, pid: 77, mode: 'injected', framework: 'torch', framework_version: '2.13.0+cpu',
@@ -253,6 +276,21 @@ const invalid = [
     name: 'hello_layer_missing_source',
     frame: { ...hello, models: [{ ...hello.models[0], layers: [without(layer(0, 4, 2), 'source')] }] },
     expect_error: 'field "source" should be one of dispatched, expert-inputs, router, recomputed',
+  },
+  {
+    name: 'hello_held_out_of_range',
+    frame: { ...hello, models: [{ ...hello.models[0], layers: [layer(0, 8, 2, { held: [6, 8] })] }] },
+    expect_error: 'field "held" should name distinct experts below 8, got [6,8]',
+  },
+  {
+    name: 'hello_held_twice',
+    frame: { ...hello, models: [{ ...hello.models[0], layers: [layer(0, 8, 2, { held: [3, 3] })] }] },
+    expect_error: 'field "held" should name distinct experts below 8, got [3,3]',
+  },
+  {
+    name: 'hello_rank_not_below_world',
+    frame: { ...byName('hello_expert_parallel_rank'), dist: { ...byName('hello_expert_parallel_rank').dist, rank: 4 } },
+    expect_error: 'rank 4 is not below the world size 4',
   },
   {
     name: 'layers_out_of_order',
