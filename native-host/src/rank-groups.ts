@@ -1,0 +1,281 @@
+/**
+ * Distributed jobs shown as one: the host groups the ranks it is attached to (here, or behind
+ * relays on other nodes) by the job they say they belong to, and sends the panel one job per
+ * group: its logical model (global expert ids), counts that are the sum over its ranks, and each
+ * rank's own figures beside them (JobUpdate.ranks). A rank that dies, disappears with its node or
+ * does not agree with the others (another model, a conflicting expert map) is named; the others
+ * keep streaming.
+ *
+ * Ranks come in as JobUpdates with their own process ids or relay handles; the merging and
+ * checking are the pure functions of src/analysis/ranks.ts.
+ */
+import type { AttachMethod, HostMessage, JobUpdate, RankInfo, TokenUpdate } from '../../src/protocol/panel';
+import type { LayerInfo, ModelInfo } from '../../src/protocol/probe';
+import {
+  expertMapConflict, heldByLayer, mergeRankUpdates, modelMismatch, rankList, rankName, rankSample, uncoveredExperts,
+} from '../../src/analysis/ranks';
+
+/** A rank joining its job: what its probe said, and where it is. */
+export interface RankJoin {
+  /** Its id in messages: its pid here, a relay handle otherwise. */
+  handle: number;
+  pid: number;
+  node: string;
+  /** The relay it came through, "" when local. */
+  via: string;
+  rank: number;
+  worldSize: number;
+  /** The job it belongs to (dist-discovery.ts jobKey, or what discovery said before attaching). */
+  key: string;
+  label: string;
+  model: ModelInfo | undefined;
+  method: AttachMethod;
+  ms: number;
+  python: string;
+  framework: string;
+  frameworkVersion: string;
+  argv: string[];
+}
+
+interface Member extends RankJoin {
+  status: RankInfo['status'];
+  message?: string;
+  latest: JobUpdate | null;
+}
+
+interface Group {
+  handle: number;
+  key: string;
+  label: string;
+  worldSize: number;
+  /** The logical model: the first rank's, without what only that rank holds. */
+  model: ModelInfo;
+  members: Map<number, Member>;
+  /** The layer whose per-rank, per-expert counts the updates carry. */
+  detailLayer: number;
+  dirty: boolean;
+  ended: boolean;
+  /** Whether the panel asked to detach (then ranks ending is no news). */
+  detaching: boolean;
+  /** Merged passes as of the last update, and the token-record passes given out since. */
+  passes: number;
+  lastTokenPass: number;
+  tokenPasses: Map<string, number>;
+  coverageChecked: boolean;
+}
+
+const capitalized = (text: string) => text.charAt(0).toUpperCase() + text.slice(1);
+
+/** The logical model of a job: a rank's model without the experts only that rank holds. */
+function logicalModel(model: ModelInfo): ModelInfo {
+  return { ...model, layers: model.layers.map(stripHeld) };
+}
+
+function stripHeld(layer: LayerInfo): LayerInfo {
+  const { held: _held, ...rest } = layer;
+  return rest;
+}
+
+export class RankGroups {
+  private groups = new Map<number, Group>();
+  private live = new Map<string, number>();
+  private memberOf = new Map<number, number>();
+
+  constructor(
+    private readonly send: (message: HostMessage) => void,
+    private readonly newHandle: () => number,
+  ) {}
+
+  /** The group a rank belongs to, if any. */
+  groupOf(handle: number): number | undefined {
+    return this.memberOf.get(handle);
+  }
+
+  isGroup(handle: number): boolean {
+    return this.groups.has(handle);
+  }
+
+  /** The ranks of a group still attached: their handles and where they are. */
+  liveMembers(group: number): Array<{ handle: number; via: string }> {
+    const g = this.groups.get(group);
+    return g ? [...g.members.values()].filter((m) => m.status === 'attached').map((m) => ({ handle: m.handle, via: m.via })) : [];
+  }
+
+  /**
+   * Add a rank to its job (a new job on its first rank). Returns the group, and why the rank is
+   * left out when it does not agree with the ranks already there (the caller then detaches it).
+   */
+  join(j: RankJoin): { group: number; excluded?: string } {
+    let g = this.groups.get(this.live.get(j.key) ?? -1);
+    if (!g) {
+      if (!j.model) return { group: -1, excluded: 'its probe found no MoE model' };
+      g = {
+        handle: this.newHandle(), key: j.key, label: j.label, worldSize: j.worldSize, model: logicalModel(j.model),
+        members: new Map(), detailLayer: 0, dirty: false, ended: false, detaching: false, passes: 0, lastTokenPass: 0,
+        tokenPasses: new Map(), coverageChecked: false,
+      };
+      this.groups.set(g.handle, g);
+      this.live.set(j.key, g.handle);
+      this.send({
+        type: 'attached', pid: g.handle, method: 'ranks', ms: j.ms, python: j.python, framework: j.framework,
+        frameworkVersion: j.frameworkVersion, argv: j.argv, models: [g.model], warnings: [],
+        job: { key: g.key, label: g.label, worldSize: g.worldSize },
+      });
+    }
+    const excluded = this.disagreement(g, j);
+    const member: Member = { ...j, status: excluded ? 'excluded' : 'attached', latest: null, ...(excluded ? { message: excluded } : {}) };
+    g.members.set(j.handle, member);
+    this.memberOf.set(j.handle, g.handle);
+    if (excluded) {
+      this.send({
+        type: 'error', pid: g.handle, code: 'rank_conflict',
+        message: `${capitalized(rankName(member))} is left out of the job's view and detached: ${excluded}. The other ranks go on.`,
+        hint: 'Every rank of a job must run the same model; an expert-parallel rank says which experts it holds (moe_probe.attach(model, expert_map=...)).',
+      });
+    }
+    this.sendRanks(g);
+    this.checkCoverage(g);
+    return { group: g.handle, ...(excluded ? { excluded } : {}) };
+  }
+
+  private disagreement(g: Group, j: RankJoin): string | null {
+    if (!j.model) return 'its probe found no MoE model';
+    if (j.worldSize !== g.worldSize) return `it says the world has ${j.worldSize} ranks, the job ${g.worldSize}`;
+    const same = [...g.members.values()].find((m) => m.status === 'attached' && m.rank === j.rank);
+    if (same) return `${rankName(same)} already is rank ${j.rank} of this job`;
+    const mismatch = modelMismatch(g.model, j.model);
+    if (mismatch) return `it reports a different model: ${mismatch}`;
+    const others = [...g.members.values()].filter((m) => m.status !== 'excluded' && m.model)
+      .map((m) => ({ rank: m.rank, held: heldByLayer(m.model!) }));
+    const conflict = expertMapConflict(g.model.layers, others, { rank: j.rank, held: heldByLayer(j.model) });
+    return conflict ? `its expert map conflicts with another rank's: ${conflict}` : null;
+  }
+
+  /** Once every rank of the world is here: experts no rank holds are a map that cannot be right. */
+  private checkCoverage(g: Group) {
+    const merged = [...g.members.values()].filter((m) => m.status !== 'excluded' && m.model);
+    if (g.coverageChecked || merged.length < g.worldSize) return;
+    g.coverageChecked = true;
+    const missing = uncoveredExperts(g.model.layers.map((l) => l.experts), merged.map((m) => heldByLayer(m.model!)));
+    if (!missing.length) return;
+    const what = missing.slice(0, 3).map((m) => `experts ${m.experts.join(', ')} of ${g.model.layers[m.layer]!.name}`).join('; ');
+    this.send({
+      type: 'error', pid: g.handle, code: 'rank_conflict',
+      message: `All ${g.worldSize} ranks are attached, yet no rank says it holds ${what}: their expert maps do not cover the model, so that load is not seen.`,
+      hint: 'Check the expert map each rank gives (moe_probe.attach(model, expert_map=...)) or declares (local_expert_indices).',
+    });
+  }
+
+  /** A rank's latest cumulative counts (its own update, by its own handle). */
+  counts(handle: number, update: JobUpdate) {
+    const g = this.groups.get(this.memberOf.get(handle) ?? -1);
+    const m = g?.members.get(handle);
+    if (!g || !m || m.status === 'excluded' || update.model !== m.model?.id) return;
+    if (update.layers !== g.model.layers.length || update.widths.some((w, l) => w !== g.model.layers[l]!.experts)) return;
+    m.latest = update;
+    g.dirty = true;
+  }
+
+  /** What a rank's probe learned about its layers; the job's model follows its first rank. */
+  layers(handle: number, model: number, layers: LayerInfo[]) {
+    const g = this.groups.get(this.memberOf.get(handle) ?? -1);
+    const m = g?.members.get(handle);
+    if (!g || !m?.model || m.model.id !== model) return;
+    m.model = { ...m.model, layers };
+    if (this.lead(g) === m && layers.length === g.model.layers.length) {
+      g.model = { ...g.model, layers: layers.map(stripHeld) };
+      this.send({ type: 'layers', pid: g.handle, model: g.model.id, layers: g.model.layers });
+    }
+  }
+
+  /** Token records of the job: those of its lowest live rank, numbered on the job's pass count. */
+  tokens(handle: number, update: TokenUpdate) {
+    const g = this.groups.get(this.memberOf.get(handle) ?? -1);
+    if (!g || this.lead(g)?.handle !== handle) return;
+    const key = `${handle}:${update.pass}`;
+    let pass = g.tokenPasses.get(key);
+    if (pass === undefined) {
+      // after the passes already counted, and after every record given out before (parts of one
+      // pass, split by layers, keep one number)
+      pass = Math.max(g.lastTokenPass + 1, g.passes + 1);
+      g.lastTokenPass = pass;
+      g.tokenPasses.set(key, pass);
+      if (g.tokenPasses.size > 64) g.tokenPasses.delete(g.tokenPasses.keys().next().value!);
+    }
+    this.send({ ...update, pid: g.handle, pass });
+  }
+
+  private lead(g: Group): Member | undefined {
+    let best: Member | undefined;
+    for (const m of g.members.values()) if (m.status === 'attached' && (!best || m.rank < best.rank)) best = m;
+    return best;
+  }
+
+  setDetailLayer(group: number, layer: number) {
+    const g = this.groups.get(group);
+    if (!g || layer >= g.model.layers.length) return;
+    g.detailLayer = layer;
+    g.dirty = true;
+  }
+
+  /** The panel asked to detach the whole job: ranks ending now is what it asked for. */
+  detaching(group: number) {
+    const g = this.groups.get(group);
+    if (g) g.detaching = true;
+  }
+
+  /** A rank stopped streaming: detached, exited, or lost with its node. */
+  end(handle: number, status: Exclude<RankInfo['status'], 'attached' | 'excluded'>, message: string) {
+    const g = this.groups.get(this.memberOf.get(handle) ?? -1);
+    const m = g?.members.get(handle);
+    if (!g || !m || m.status !== 'attached') return;
+    m.status = status;
+    m.message = message;
+    g.dirty = true;
+    this.flushGroup(g); // its last counts stay in the job's (what it routed did happen)
+    this.sendRanks(g);
+    const going = [...g.members.values()].filter((x) => x.status === 'attached').map((x) => x.rank);
+    if (!g.detaching && status !== 'detached') {
+      this.send({
+        type: 'error', pid: g.handle, code: 'rank_lost',
+        message: `${capitalized(rankName(m))} ${message}; ${going.length ? `${rankList(going)} go on` : 'no rank of the job is left'}.`,
+      });
+    }
+    if (!going.length) {
+      g.ended = true;
+      this.live.delete(g.key);
+      this.send({
+        type: 'detached', pid: g.handle, reason: g.detaching ? 'requested' : status === 'exited' ? 'process_exited' : 'probe_closed',
+        message: g.detaching ? undefined : `No rank of the job is left: the last, ${rankName(m)}, ${message}.`,
+      });
+    }
+  }
+
+  /** Send each job whose ranks sent something new its merged update. */
+  flush() {
+    for (const g of this.groups.values()) if (g.dirty) this.flushGroup(g);
+  }
+
+  private flushGroup(g: Group) {
+    g.dirty = false;
+    const merged = [...g.members.values()].filter((m) => m.latest && m.status !== 'excluded');
+    if (!merged.length) return;
+    const widths = g.model.layers.map((l) => l.experts);
+    const sum = mergeRankUpdates(merged.map((m) => m.latest!), widths);
+    g.passes = sum.passes;
+    this.send({
+      type: 'update', pid: g.handle, model: g.model.id, ts: Date.now() / 1000, ...sum,
+      ranks: merged.map((m) => rankSample(m.handle, m.rank, m.latest!, g.detailLayer)), rankLayer: g.detailLayer,
+    });
+  }
+
+  private sendRanks(g: Group) {
+    this.send({
+      type: 'ranks', pid: g.handle, key: g.key, label: g.label, worldSize: g.worldSize,
+      ranks: [...g.members.values()].sort((a, b) => a.rank - b.rank).map((m) => ({
+        handle: m.handle, pid: m.pid, rank: m.rank, node: m.node, via: m.via, status: m.status,
+        held: m.model ? heldByLayer(m.model) : [], ...(m.message ? { message: m.message } : {}),
+      })),
+    });
+  }
+}
