@@ -12,7 +12,7 @@
 import type { AttachMethod, HostMessage, JobUpdate, RankInfo, TokenUpdate } from '../../src/protocol/panel';
 import type { LayerInfo, ModelInfo } from '../../src/protocol/probe';
 import {
-  expertMapConflict, heldByLayer, mergeRankUpdates, modelMismatch, rankList, rankName, rankSample, uncoveredExperts,
+  capitalized, expertMapConflict, heldByLayer, mergeRankUpdates, modelMismatch, rankList, rankName, rankSample, uncoveredExperts,
 } from '../../src/analysis/ranks';
 
 /** A rank joining its job: what its probe said, and where it is. */
@@ -63,8 +63,6 @@ interface Group {
   tokenPasses: Map<string, number>;
   coverageChecked: boolean;
 }
-
-const capitalized = (text: string) => text.charAt(0).toUpperCase() + text.slice(1);
 
 /** The logical model of a job: a rank's model without the experts only that rank holds. */
 function logicalModel(model: ModelInfo): ModelInfo {
@@ -226,28 +224,42 @@ export class RankGroups {
 
   /** A rank stopped streaming: detached, exited, or lost with its node. */
   end(handle: number, status: Exclude<RankInfo['status'], 'attached' | 'excluded'>, message: string) {
-    const g = this.groups.get(this.memberOf.get(handle) ?? -1);
-    const m = g?.members.get(handle);
-    if (!g || !m || m.status !== 'attached') return;
-    m.status = status;
-    m.message = message;
-    g.dirty = true;
-    this.flushGroup(g); // its last counts stay in the job's (what it routed did happen)
-    this.sendRanks(g);
-    const going = [...g.members.values()].filter((x) => x.status === 'attached').map((x) => x.rank);
-    if (!g.detaching && status !== 'detached') {
-      this.send({
-        type: 'error', pid: g.handle, code: 'rank_lost',
-        message: `${capitalized(rankName(m))} ${message}; ${going.length ? `${rankList(going)} go on` : 'no rank of the job is left'}.`,
-      });
+    this.endAll([handle], status, message);
+  }
+
+  /** Ranks that stopped together (a node lost with its relay): said in one message per job. */
+  endAll(handles: number[], status: Exclude<RankInfo['status'], 'attached' | 'excluded'>, message: string) {
+    const byGroup = new Map<Group, Member[]>();
+    for (const handle of handles) {
+      const g = this.groups.get(this.memberOf.get(handle) ?? -1);
+      const m = g?.members.get(handle);
+      if (!g || !m || m.status !== 'attached') continue;
+      m.status = status;
+      m.message = message;
+      byGroup.set(g, [...(byGroup.get(g) ?? []), m]);
     }
-    if (!going.length) {
-      g.ended = true;
-      this.live.delete(g.key);
-      this.send({
-        type: 'detached', pid: g.handle, reason: g.detaching ? 'requested' : status === 'exited' ? 'process_exited' : 'probe_closed',
-        message: g.detaching ? undefined : `No rank of the job is left: the last, ${rankName(m)}, ${message}.`,
-      });
+    for (const [g, ended] of byGroup) {
+      g.dirty = true;
+      this.flushGroup(g); // their last counts stay in the job's (what they routed did happen)
+      this.sendRanks(g);
+      const going = [...g.members.values()].filter((x) => x.status === 'attached').map((x) => x.rank);
+      if (!g.detaching && status !== 'detached') {
+        const who = ended.length === 1 ? capitalized(rankName(ended[0]!))
+          : `${capitalized(rankList(ended.map((m) => m.rank)))} (pids ${ended.map((m) => m.pid).join(', ')} on ${[...new Set(ended.map((m) => m.node))].join(', ')})`;
+        this.send({
+          type: 'error', pid: g.handle, code: 'rank_lost',
+          message: `${who} ${message}; ${going.length ? `${rankList(going)} go on` : 'no rank of the job is left'}.`,
+        });
+      }
+      if (!going.length) {
+        g.ended = true;
+        this.live.delete(g.key);
+        const last = ended[ended.length - 1]!;
+        this.send({
+          type: 'detached', pid: g.handle, reason: g.detaching ? 'requested' : status === 'exited' ? 'process_exited' : 'probe_closed',
+          message: g.detaching ? undefined : `No rank of the job is left: the last, ${rankName(last)}, ${message}.`,
+        });
+      }
     }
   }
 

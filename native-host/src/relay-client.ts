@@ -110,7 +110,7 @@ export class RelayLinks {
         link.pids.set(mine, m.pid);
         this.byHandle.set(mine, link);
         const joined = this.groups.join({
-          handle: mine, pid: m.pid, node: m.rank.node || link.node, via: link.address, rank: m.rank.rank, worldSize: m.rank.worldSize,
+          handle: mine, pid: m.pid, node: link.node, via: link.address, rank: m.rank.rank, worldSize: m.rank.worldSize,
           key: m.rank.job, label: m.rank.label, model: m.models[0], method: 'relay', ms: m.ms, python: m.python,
           framework: m.framework, frameworkVersion: m.frameworkVersion, argv: m.argv,
         });
@@ -163,10 +163,9 @@ export class RelayLinks {
     clearInterval(link.timer);
     link.socket.destroy();
     this.links.delete(link.address);
-    for (const handle of [...link.pids.keys()]) {
-      this.groups.end(handle, 'lost', `stopped streaming: lost the relay at ${link.address} (node ${link.node}): ${why}`);
-      this.forget(link, handle);
-    }
+    const handles = [...link.pids.keys()];
+    this.groups.endAll(handles, 'lost', `stopped streaming: lost the relay at ${link.address} (node ${link.node}): ${why}`);
+    for (const handle of handles) this.forget(link, handle);
     this.send({ type: 'relay', address: link.address, node: link.node, status: 'closed', message: why });
   }
 

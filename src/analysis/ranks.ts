@@ -140,6 +140,9 @@ export function rankName(r: Pick<RankInfo, 'rank' | 'pid' | 'node'>): string {
   return `rank ${r.rank} (pid ${r.pid}${r.node ? ` on ${r.node}` : ''})`;
 }
 
+/** "Rank 2 (pid ...)" from "rank 2 (pid ...)": messages start with a capital. */
+export const capitalized = (text: string) => text.charAt(0).toUpperCase() + text.slice(1);
+
 /** "ranks 0, 1 and 3" */
 export function rankList(ranks: readonly number[]): string {
   const sorted = [...ranks].sort((a, b) => a - b);
@@ -251,7 +254,7 @@ export function rankFindings(rows: readonly RankRow[], overrides: Partial<RankTh
   const others = (r: RankRow) => rankList(live.filter((x) => x !== r).map((x) => x.rank));
   for (const r of rows) {
     if (r.status === 'excluded') out.push({ kind: 'rank_excluded', rank: r.rank, message: `Rank ${r.rank} is left out of the job's view: ${r.message ?? 'it does not agree with the other ranks'}.` });
-    else if (r.status !== 'attached') out.push({ kind: 'rank_ended', rank: r.rank, message: `${rankName(r).replace(/^r/, 'R')} ${r.message ?? r.status}; ${others(r)} go on.` });
+    else if (r.status !== 'attached') out.push({ kind: 'rank_ended', rank: r.rank, message: `${capitalized(rankName(r))} ${r.message ?? r.status}; ${live.length ? `${others(r)} go on` : 'no rank is left'}.` });
   }
   const busiest = Math.max(0, ...live.map((r) => r.passes));
   for (const r of live) {
