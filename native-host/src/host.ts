@@ -76,7 +76,7 @@ export class Host {
   ) {
     this.dir = opts.socketDir ?? socketDir();
     this.history = new History(opts.historyBytes ?? DEFAULT_HISTORY_BYTES);
-    this.groups = new RankGroups(send, () => this.nextHandle++);
+    this.groups = new RankGroups(send, () => this.nextHandle++, (handle, via) => void (via ? this.relays.detach(handle) : this.detach(handle)));
     this.relays = new RelayLinks(send, this.groups, () => this.nextHandle++);
     this.timer = setInterval(() => this.flushUpdates(), 1000 / (opts.updateHz ?? 30));
     // A job killed hard may leave its socket open for a moment; poll so the panel hears within a second.

@@ -82,6 +82,8 @@ export class RankGroups {
   constructor(
     private readonly send: (message: HostMessage) => void,
     private readonly newHandle: () => number,
+    /** Take the probe out of a rank left out of its job (here, or through its relay). */
+    private readonly detachRank: (handle: number, via: string) => void = () => {},
   ) {}
 
   /** The group a rank belongs to, if any. */
@@ -120,33 +122,67 @@ export class RankGroups {
         job: { key: g.key, label: g.label, worldSize: g.worldSize },
       });
     }
-    const excluded = this.disagreement(g, j);
-    const member: Member = { ...j, status: excluded ? 'excluded' : 'attached', latest: null, ...(excluded ? { message: excluded } : {}) };
+    const member: Member = { ...j, status: 'attached', latest: null };
+    const excluded = this.basicDisagreement(g, j) ?? this.settle(g, member);
     g.members.set(j.handle, member);
     this.memberOf.set(j.handle, g.handle);
-    if (excluded) {
-      this.send({
-        type: 'error', pid: g.handle, code: 'rank_conflict',
-        message: `${capitalized(rankName(member))} is left out of the job's view and detached: ${excluded}. The other ranks go on.`,
-        hint: 'Every rank of a job must run the same model; an expert-parallel rank says which experts it holds (moe_probe.attach(model, expert_map=...)).',
-      });
-    }
+    if (excluded) this.exclude(g, member, excluded);
     this.sendRanks(g);
     this.checkCoverage(g);
     return { group: g.handle, ...(excluded ? { excluded } : {}) };
   }
 
-  private disagreement(g: Group, j: RankJoin): string | null {
+  private basicDisagreement(g: Group, j: RankJoin): string | null {
     if (!j.model) return 'its probe found no MoE model';
     if (j.worldSize !== g.worldSize) return `it says the world has ${j.worldSize} ranks, the job ${g.worldSize}`;
     const same = [...g.members.values()].find((m) => m.status === 'attached' && m.rank === j.rank);
     if (same) return `${rankName(same)} already is rank ${j.rank} of this job`;
-    const mismatch = modelMismatch(g.model, j.model);
-    if (mismatch) return `it reports a different model: ${mismatch}`;
-    const others = [...g.members.values()].filter((m) => m.status !== 'excluded' && m.model)
-      .map((m) => ({ rank: m.rank, held: heldByLayer(m.model!) }));
-    const conflict = expertMapConflict(g.model.layers, others, { rank: j.rank, held: heldByLayer(j.model) });
-    return conflict ? `its expert map conflicts with another rank's: ${conflict}` : null;
+    return null;
+  }
+
+  /** Why two ranks cannot both be in one job's view: another model, or expert maps that conflict. */
+  private conflict(a: Member, b: Member): string | null {
+    const mismatch = modelMismatch(a.model!, b.model!);
+    if (mismatch) return `it reports a different model than rank ${a.rank}: ${mismatch.replace(/the job/g, `rank ${a.rank}`)}`;
+    const clash = expertMapConflict(a.model!.layers, [{ rank: a.rank, held: heldByLayer(a.model!) }], { rank: b.rank, held: heldByLayer(b.model!) });
+    return clash ? `its expert map conflicts with rank ${a.rank}'s: ${clash}` : null;
+  }
+
+  /**
+   * Settle a newcomer against the ranks already in: where two ranks disagree, the lower rank's
+   * word holds (rank 0 is the job's reference), whatever order they were attached in. Returns why
+   * the newcomer is left out, or null; ranks above it that disagree with it are left out instead,
+   * and the job's model becomes the newcomer's when it was theirs.
+   */
+  private settle(g: Group, j: Member): string | null {
+    const rivals = [...g.members.values()].filter((m) => m.status === 'attached').map((m) => ({ m, why: this.conflict(m, j) })).filter((r) => r.why);
+    const lower = rivals.filter((r) => r.m.rank < j.rank).sort((a, b) => a.m.rank - b.m.rank)[0];
+    if (lower) return lower.why;
+    for (const { m } of rivals) {
+      this.exclude(g, m, this.conflict(j, m)!);
+      this.detachRank(m.handle, m.via);
+    }
+    if (modelMismatch(g.model, j.model!)) {
+      g.model = logicalModel(j.model!);
+      this.send({
+        type: 'attached', pid: g.handle, method: 'ranks', ms: j.ms, python: j.python, framework: j.framework,
+        frameworkVersion: j.frameworkVersion, argv: j.argv, models: [g.model], warnings: [],
+        job: { key: g.key, label: g.label, worldSize: g.worldSize },
+      });
+    }
+    return null;
+  }
+
+  private exclude(g: Group, m: Member, why: string) {
+    m.status = 'excluded';
+    m.message = why;
+    m.latest = null;
+    g.dirty = true;
+    this.send({
+      type: 'error', pid: g.handle, code: 'rank_conflict',
+      message: `${capitalized(rankName(m))} is left out of the job's view and detached: ${why}. The other ranks go on.`,
+      hint: 'Every rank of a job must run the same model; an expert-parallel rank says which experts it holds (moe_probe.attach(model, expert_map=...)).',
+    });
   }
 
   /** Once every rank of the world is here: experts no rank holds are a map that cannot be right. */

@@ -124,12 +124,12 @@ export async function startTorchrunJob(args: string[], nproc = 4, minPasses = 8)
  * The ranks started one by one with the launcher's environment (RANK, WORLD_SIZE, MASTER_ADDR,
  * MASTER_PORT), as Slurm or MPI wrappers do: no agent that stops the others when one dies.
  */
-export async function startRanks(args: string[], world = 4, minPasses = 8): Promise<RankedJob> {
+export async function startRanks(args: string[], world = 4, minPasses = 8, env: NodeJS.ProcessEnv = {}): Promise<RankedJob> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'moe-ranks-'));
   const port = 29000 + (process.pid % 2000) + Math.floor(Math.random() * 500);
   const children = Array.from({ length: world }, (_, rank) => spawn(pythonPath(), [EP_JOB, '--log-dir', dir, ...args], {
     stdio: ['ignore', 'ignore', 'pipe'], detached: true,
-    env: { ...process.env, OMP_NUM_THREADS: '1', RANK: String(rank), LOCAL_RANK: String(rank), WORLD_SIZE: String(world), MASTER_ADDR: '127.0.0.1', MASTER_PORT: String(port) },
+    env: { ...process.env, ...env, OMP_NUM_THREADS: '1', RANK: String(rank), LOCAL_RANK: String(rank), WORLD_SIZE: String(world), MASTER_ADDR: '127.0.0.1', MASTER_PORT: String(port) },
   }));
   const job = rankedJob(dir, world, children);
   await waitForRanks(job, world, minPasses, collect(children));

@@ -180,6 +180,11 @@ def main():
     parser.add_argument("--expert-map", choices=("model", "user"), default="model",
                         help="model: the blocks say which experts they hold; user: moe_probe.attach(expert_map=...)")
     parser.add_argument("--log-dir", required=True)
+    # For the tests of ranks that do not agree with their job:
+    parser.add_argument("--different-model-on-rank", type=int, default=-1, metavar="RANK",
+                        help="this rank builds one MoE layer more than the others (dp mode)")
+    parser.add_argument("--claim", default="", metavar="RANK:IDS",
+                        help="with --expert-map user, this rank says it holds these experts (e.g. 1:2,3,4,5) instead of its own")
     args = parser.parse_args()
 
     torch.set_num_threads(1)
@@ -187,11 +192,18 @@ def main():
     rank, world = dist.get_rank(), dist.get_world_size()
     if args.mode == "ep" and args.experts % world:
         raise SystemExit("--experts must be a multiple of the world size")
+    if rank == args.different_model_on_rank:
+        if args.mode == "ep":
+            raise SystemExit("--different-model-on-rank needs --mode dp (the collectives of ep would not match)")
+        args.layers += 1
     model, held = build(args, rank, world)
     if args.expert_map == "user":
         import moe_probe
 
-        moe_probe.attach(model, expert_map=held)
+        claimed = held
+        if args.claim and int(args.claim.split(":")[0]) == rank:
+            claimed = [int(i) for i in args.claim.split(":")[1].split(",")]
+        moe_probe.attach(model, expert_map=claimed)
     generator = torch.Generator().manual_seed(args.seed + 1 + rank)
     batches = [torch.randint(0, 256, (args.batch, args.seq), generator=generator) for _ in range(args.cycle)]
     moes = [layer.mlp for layer in model.layers]
