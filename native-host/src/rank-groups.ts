@@ -12,7 +12,7 @@
 import type { AttachMethod, HostMessage, JobUpdate, RankInfo, TokenUpdate } from '../../src/protocol/panel';
 import type { LayerInfo, ModelInfo } from '../../src/protocol/probe';
 import {
-  capitalized, expertMapConflict, heldByLayer, mergeRankUpdates, modelMismatch, rankList, rankName, rankSample, uncoveredExperts,
+  capitalized, expertMapConflict, goOn, heldByLayer, mergeRankUpdates, modelMismatch, rankList, rankName, rankSample, uncoveredExperts,
 } from '../../src/analysis/ranks';
 
 /** A rank joining its job: what its probe said, and where it is. */
@@ -284,7 +284,7 @@ export class RankGroups {
           : `${capitalized(rankList(ended.map((m) => m.rank)))} (pids ${ended.map((m) => m.pid).join(', ')} on ${[...new Set(ended.map((m) => m.node))].join(', ')})`;
         this.send({
           type: 'error', pid: g.handle, code: 'rank_lost',
-          message: `${who} ${message}; ${going.length ? `${rankList(going)} go on` : 'no rank of the job is left'}.`,
+          message: `${who} ${message}; ${goOn(going)}.`,
         });
       }
       if (!going.length) {

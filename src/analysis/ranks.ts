@@ -143,6 +143,11 @@ export function rankName(r: Pick<RankInfo, 'rank' | 'pid' | 'node'>): string {
 /** "Rank 2 (pid ...)" from "rank 2 (pid ...)": messages start with a capital. */
 export const capitalized = (text: string) => text.charAt(0).toUpperCase() + text.slice(1);
 
+/** "ranks 0, 1 and 3 go on", "rank 0 goes on", "no rank is left" */
+export function goOn(ranks: readonly number[]): string {
+  return ranks.length ? `${rankList(ranks)} ${ranks.length === 1 ? 'goes' : 'go'} on` : 'no rank is left';
+}
+
 /** "ranks 0, 1 and 3" */
 export function rankList(ranks: readonly number[]): string {
   const sorted = [...ranks].sort((a, b) => a - b);
@@ -251,10 +256,9 @@ export function rankFindings(rows: readonly RankRow[], overrides: Partial<RankTh
   const th = { ...DEFAULT_RANK_THRESHOLDS, ...overrides };
   const out: RankFinding[] = [];
   const live = rows.filter((r) => r.status === 'attached');
-  const others = (r: RankRow) => rankList(live.filter((x) => x !== r).map((x) => x.rank));
   for (const r of rows) {
     if (r.status === 'excluded') out.push({ kind: 'rank_excluded', rank: r.rank, message: `Rank ${r.rank} is left out of the job's view: ${r.message ?? 'it does not agree with the other ranks'}.` });
-    else if (r.status !== 'attached') out.push({ kind: 'rank_ended', rank: r.rank, message: `${capitalized(rankName(r))} ${r.message ?? r.status}; ${live.length ? `${others(r)} go on` : 'no rank is left'}.` });
+    else if (r.status !== 'attached') out.push({ kind: 'rank_ended', rank: r.rank, message: `${capitalized(rankName(r))} ${r.message ?? r.status}; ${goOn(live.filter((x) => x !== r).map((x) => x.rank))}.` });
   }
   const busiest = Math.max(0, ...live.map((r) => r.passes));
   for (const r of live) {
