@@ -7,6 +7,7 @@ import { describe, expect, it } from 'vitest';
 import { HANDLE_BASE, parsePanelRequest, type HostMessage, type JobUpdate, type PanelRequest, type RankSample } from '../../src/protocol/panel';
 import { Analyzer } from '../../panels/engine/analyzer';
 import { Store } from '../../panels/store';
+import { formatProcesses } from '../../cli/commands/list';
 import { layerInfo } from './layer-fixture';
 
 const JOB = HANDLE_BASE;
@@ -109,5 +110,20 @@ describe('requests for distributed jobs', () => {
     expect(parsePanelRequest({ type: 'connect-relay', address: '127.0.0.1:5800', token: 'secret' })).toEqual({ error: 'connect-relay needs the relay token (hex)' });
     expect(parsePanelRequest({ type: 'rank-layer', pid: JOB, layer: 3 })).toEqual({ type: 'rank-layer', pid: JOB, layer: 3 });
     expect(parsePanelRequest({ type: 'rank-layer', pid: JOB, layer: -1 })).toEqual({ error: 'rank-layer needs a whole layer number' });
+  });
+});
+
+describe('moe-devtools list', () => {
+  it('says which rank of which job a process is, when some are ranks', () => {
+    const text = formatProcesses([
+      { pid: 101, cmdline: 'python train.py', python: '3.11', torch: true, probe: false, attached: false,
+        dist: { job: 'torch:f3c1@10.0.0.7:29500', label: 'torchrun f3c1, world 2', rank: 0, worldSize: 2, localRank: 0 } },
+      { pid: 205, cmdline: 'python serve.py', python: '3.11', torch: true, probe: false, attached: false },
+    ]);
+    expect(text.split('\n')).toEqual([
+      'PID  PYTHON  PROBE  RANK                         COMMAND',
+      '101  3.11           0 of torchrun f3c1, world 2  python train.py',
+      '205  3.11                                        python serve.py',
+    ]);
   });
 });
