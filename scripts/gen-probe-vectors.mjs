@@ -202,6 +202,19 @@ const valid = [
     },
   },
   {
+    name: 'counts_expert_parallel',
+    frame: {
+      // A rank of an expert-parallel job: counts at global ids of the experts it holds (2 and 3 of
+      // layer 0), and the time inside its own experts beside the time in its blocks.
+      t: 'counts', model: 0, seq: 4, ts: 1700000200.5, passes: 2, layers: 2, widths: [4, 4],
+      counts: int64s([0, 0, 9, 7, 3, 5, 4, 4]), tokens: int64s([8, 8]), dropped: 0,
+      health: float64s([16, 20.5, 40.25, 0, 0, 0, 16, 19.5, 38.75, 0, 0, 0]),
+      max_logit: float64s([2.5, 1.75]),
+      time_s: [0.0625, 0.03125], probe_s: 0.00025, prefill: 2, decode: 0, shape: [2, 4], dropped_tokens: 0,
+      expert_s: [0.015625, 0],
+    },
+  },
+  {
     name: 'counts_large',
     frame: {
       // 4 x 16 int64 = 512 bytes (bin16); values past 2^32; seq, passes as uint16/uint32.
@@ -307,6 +320,7 @@ const invalid = [
   { name: 'counts_ts_string', frame: { ...counts, ts: 'now' }, expect_error: 'field "ts" should be a number' },
   { name: 'counts_health_wrong_length', frame: { ...countsFull, health: bytes(88) }, expect_error: 'field "health" holds 88 bytes, expected 96' },
   { name: 'counts_time_s_per_layer', frame: { ...countsFull, time_s: [0.5] }, expect_error: 'field "time_s" has 1 values for 2 layers' },
+  { name: 'counts_expert_s_per_layer', frame: { ...countsFull, expert_s: [0.5, 0.25, 0.125] }, expect_error: 'field "expert_s" has 3 values for 2 layers' },
   { name: 'hello_settings_not_numbers', frame: { ...hello, settings: { token_sample: 'all' } }, expect_error: 'field "settings" should map names to numbers' },
   { name: 'tokens_bad_phase', frame: { ...tokens, phase: 'middle' }, expect_error: 'field "phase" should be "prefill" or "decode"' },
   {

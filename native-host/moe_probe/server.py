@@ -321,6 +321,10 @@ class Session:
         time_s = host["time_s"]
         if any(recorder.gpu_time_s):
             time_s = [a + b for a, b in zip(time_s, recorder.gpu_time_s)]
+        extra = {}
+        if host["expert_s"] is not None:
+            # expert-parallel layers: the time in this process's own experts (GPU events after the blocks')
+            extra["expert_s"] = [a + b for a, b in zip(host["expert_s"], recorder.gpu_time_s[recorder.num_layers:])]
         self.send({
             "t": "counts",
             "model": recorder.model_id,
@@ -340,6 +344,7 @@ class Session:
             "decode": host["decode"],
             "shape": host["shape"],
             "dropped_tokens": host["dropped_tokens_records"],
+            **extra,
         })
 
     def _send_tokens(self, recorder, record):

@@ -377,6 +377,7 @@ export function jobUpdate(pid: number, counts: ProbeCounts, coalesced: number): 
   if (counts.health) update.health = float64s(counts.health);
   if (counts.max_logit) update.maxLogit = float64s(counts.max_logit);
   if (counts.time_s) update.timeS = counts.time_s;
+  if (counts.expert_s) update.expertS = counts.expert_s;
   if (counts.probe_s !== undefined) update.probeS = counts.probe_s;
   if (counts.prefill !== undefined) update.prefill = counts.prefill;
   if (counts.decode !== undefined) update.decode = counts.decode;

@@ -210,6 +210,8 @@ def test_each_rank_counts_what_its_own_experts_received_at_their_global_ids(expe
         for frame in rest:
             assert_matches_vectors(frame)
         assert counts[-1]["passes"] == 3 and counts[-1]["widths"] == [8, 8]
+        # the time inside its own experts, per expert-parallel layer (its compute, no all-to-all wait)
+        assert len(counts[-1]["expert_s"]) == 2 and all(0 < s < counts[-1]["time_s"][i] for i, s in enumerate(counts[-1]["expert_s"]))
         last = struct.unpack("<16q", counts[-1]["counts"])
         for layer in range(2):
             assert list(last[8 * layer:8 * layer + 8]) == [sum(call[g] for call in r["loads"][layer]) for g in range(8)]
@@ -239,3 +241,15 @@ def test_an_expert_parallel_block_without_a_map_says_why_it_is_not_read():
     layers = find_moe_layers(model, [], check_expert_map({"0": [2, 3]}))
     assert isinstance(layers[0], ExpertParallelLayer) and layers[0].held == [2, 3] and layers[0].held_from == "user"
     assert layers[0].describe()["held"] == [2, 3]
+
+
+def test_expert_parallel_hooks_have_no_host_sync_calls():
+    """What runs in the job's forward pass (expert_parallel.py's reading) copies nothing to the host
+    and waits for no device; distributed.py reads its maps once, at attach, outside any hook."""
+    import inspect
+    from moe_probe import expert_parallel
+    source = inspect.getsource(expert_parallel)
+    code = "\n".join(line.split("#")[0] for line in source.splitlines())
+    code = code.split('"""', 2)[2]  # past the module docstring
+    for call in (".item(", ".cpu(", ".tolist(", ".numpy(", ".nonzero(", "synchronize(", ".to('cpu'", '.to("cpu"'):
+        assert call not in code, call

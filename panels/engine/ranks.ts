@@ -4,7 +4,7 @@
  * judged by the pure functions of src/analysis/ranks.ts.
  */
 import type { RankInfo, RankSample } from '../../src/protocol/panel';
-import { rankFindings, rankRows, skew, type RankFinding, type RankRow, type RankWindow } from '../../src/analysis/ranks';
+import { rankFindings, rankRows, rankTime, skew, timeBasis, type RankFinding, type RankRow, type RankWindow, type TimeBasis } from '../../src/analysis/ranks';
 
 /** What the host said about a job's ranks (its last 'ranks' message). */
 export interface JobRanks {
@@ -22,8 +22,12 @@ export interface RanksAnalysis {
   experts: number;
   rows: RankRow[];
   findings: RankFinding[];
-  /** Slowest rank's MoE time per pass over the median rank's (1: even); NaN when not measured. */
+  /**
+   * Slowest rank's time per pass over the median rank's (1: even); NaN when not measured. The time
+   * inside each rank's own experts where measured (expert parallel), else the time in MoE blocks.
+   */
   timeSkew: number;
+  timeBasis: TimeBasis;
   /** Busiest rank's expert load over the median rank's. */
   loadSkew: number;
   /** Seconds the per-expert counts cover: the window, or less when the layer was picked within it. */
@@ -60,6 +64,7 @@ export function analyzeRanks(info: JobRanks | undefined, latest: SnapshotLike, b
       tokens: s ? (s.tokens[0] ?? 0) - (b?.tokens[0] ?? 0) : 0,
       load: s ? minus(s.load, b?.load)! : [],
       timeS: s ? minus(s.timeS, b?.timeS) : null,
+      expertS: s ? minus(s.expertS, b?.expertS) : null,
       // countsBase holds this layer's counts (or is the zero snapshot); it is `latest` itself when the
       // layer was picked since the last update: nothing counted yet.
       counts: s?.counts ? (countsBase === latest ? s.counts.map(() => 0) : minus(s.counts, c?.counts)) : null,
@@ -67,6 +72,7 @@ export function analyzeRanks(info: JobRanks | undefined, latest: SnapshotLike, b
   });
   const rows = rankRows(windows, layer);
   const live = rows.filter((r) => r.status === 'attached');
+  const basis = timeBasis(live);
   return {
     label: info?.label ?? 'distributed job',
     worldSize: info?.worldSize ?? rows.length,
@@ -74,7 +80,8 @@ export function analyzeRanks(info: JobRanks | undefined, latest: SnapshotLike, b
     experts: Math.max(0, ...rows.map((r) => r.counts?.length ?? 0)),
     rows,
     findings: rankFindings(rows),
-    timeSkew: skew(live.map((r) => r.moeMsPerPass)),
+    timeSkew: skew(live.map((r) => rankTime(r, basis))),
+    timeBasis: basis,
     loadSkew: skew(live.map((r) => r.load.reduce((a, b) => a + b, 0))),
     countsSeconds: latest.ts - countsBase.ts,
   };

@@ -5,6 +5,7 @@
  * processed per expert of the chosen layer (rank x expert), and what stands out. A rank that ended
  * is named with why; the others go on.
  */
+import { rankTime } from '../../src/analysis/ranks';
 import type { Analysis } from '../engine/analyzer';
 import { fmt, int, pct } from './format';
 import { MatrixCanvas } from './MatrixCanvas';
@@ -17,7 +18,8 @@ export function Ranks({ a }: { a: Analysis }) {
   const { rows, experts, layer } = r;
   const info = a.rows[layer];
   const streaming = rows.filter((x) => x.status === 'attached').length;
-  const slowest = rows.filter((x) => Number.isFinite(x.moeMsPerPass)).sort((x, y) => y.moeMsPerPass - x.moeMsPerPass)[0];
+  const byExperts = r.timeBasis === 'experts';
+  const slowest = rows.filter((x) => x.status === 'attached' && Number.isFinite(rankTime(x, r.timeBasis))).sort((x, y) => rankTime(y, r.timeBasis) - rankTime(x, r.timeBasis))[0];
   const busiest = [...rows].sort((x, y) => y.loadShare - x.loadShare)[0];
   // rank x expert: what each rank's experts processed, coloured against the busiest cell
   const max = Math.max(1, ...rows.flatMap((x) => x.counts ?? []));
@@ -28,8 +30,10 @@ export function Ranks({ a }: { a: Analysis }) {
         <span data-testid="ranks-count">{rows.length} of {r.worldSize} ranks</span>
         <span class="muted">{r.label}</span>
         <span>{streaming} streaming</span>
-        <span title="Slowest rank's time in MoE layers per pass over the median rank's (1.00: even). In an expert-parallel job the time includes waiting in the all-to-all, so the rank the others wait for can show the least.">
-          MoE time skew <b data-testid="time-skew">{fmt(r.timeSkew, 2)}×</b>{slowest ? ` (slowest: rank ${slowest.rank})` : ''}
+        <span data-testid="time-basis" data-basis={r.timeBasis} title={byExperts
+          ? "Slowest rank's time inside its own experts per pass over the median rank's (1.00: even): its compute, without the all-to-all waits"
+          : "Slowest rank's time in its MoE layers per pass over the median rank's (1.00: even)"}>
+          {byExperts ? 'expert time skew' : 'MoE time skew'} <b data-testid="time-skew">{fmt(r.timeSkew, 2)}×</b>{slowest ? ` (slowest: rank ${slowest.rank})` : ''}
         </span>
         <span title="Busiest rank's expert load over the median rank's (1.00: even)">
           load skew <b data-testid="load-skew">{fmt(r.loadSkew, 2)}×</b>{busiest ? ` (busiest: rank ${busiest.rank})` : ''}
@@ -50,7 +54,8 @@ export function Ranks({ a }: { a: Analysis }) {
               <th class="num" title="Tokens of this rank's own batches per second">tokens/s</th>
               <th class="num" title="Token-expert assignments its experts processed per second, all MoE layers">expert load/s</th>
               <th class="num" title="Its share of the job's expert work in the window">share</th>
-              <th class="num" title="ms per pass in its MoE blocks, all layers">MoE ms/pass</th>
+              <th class="num" title="ms per pass in its MoE blocks, all layers (expert parallel: waiting in the all-to-all included)">MoE ms/pass</th>
+              {byExperts && <th class="num" title="ms per pass inside its own experts, all layers: its compute alone">expert ms/pass</th>}
               <th title={`Experts this rank holds in ${info?.label ?? `layer ${layer}`}`}>holds</th>
               <th class="num" title={`Assignments its experts processed in ${info?.label ?? `layer ${layer}`}`}>load (layer)</th>
             </tr>
@@ -68,6 +73,7 @@ export function Ranks({ a }: { a: Analysis }) {
                 <td class="num">{int(x.loadPerS)}</td>
                 <td class="num">{pct(x.loadShare)}</td>
                 <td class="num">{fmt(x.moeMsPerPass, 2)}</td>
+                {byExperts && <td class="num" data-testid="expert-ms">{fmt(x.expertMsPerPass, 2)}</td>}
                 <td>{x.held ? x.held.join(', ') : 'all'}</td>
                 <td class="num">{int(x.layerLoad)}</td>
               </tr>

@@ -20,6 +20,7 @@ export function mergeRankUpdates(updates: readonly JobUpdate[], widths: readonly
   let health: number[] | undefined;
   let maxLogit: number[] | undefined;
   let timeS: number[] | undefined;
+  let expertS: number[] | undefined;
   let passes = 0;
   let dropped = 0;
   let droppedTokens = 0;
@@ -42,6 +43,10 @@ export function mergeRankUpdates(updates: readonly JobUpdate[], widths: readonly
       timeS ??= new Array<number>(L).fill(0);
       for (let l = 0; l < L; l++) timeS[l] += u.timeS[l]!;
     }
+    if (u.expertS && u.expertS.length === L) {
+      expertS ??= new Array<number>(L).fill(0);
+      for (let l = 0; l < L; l++) expertS[l] += u.expertS[l]!;
+    }
     passes += u.passes;
     dropped += u.dropped;
     droppedTokens += u.droppedTokens ?? 0;
@@ -56,6 +61,7 @@ export function mergeRankUpdates(updates: readonly JobUpdate[], widths: readonly
   if (health) out.health = health;
   if (maxLogit) out.maxLogit = maxLogit;
   if (timeS) out.timeS = timeS;
+  if (expertS) out.expertS = expertS;
   if (shape) out.shape = shape;
   return out;
 }
@@ -70,6 +76,7 @@ export function rankSample(handle: number, rank: number, u: JobUpdate, layer: nu
   });
   const sample: RankSample = { handle, rank, passes: u.passes, ts: u.ts, tokens: u.tokens ?? new Array(u.layers).fill(0), load, dropped: u.dropped };
   if (u.timeS) sample.timeS = u.timeS;
+  if (u.expertS) sample.expertS = u.expertS;
   if (layer >= 0 && layer < u.layers) sample.counts = u.counts.slice(offsets[layer]!, offsets[layer]! + u.widths[layer]!);
   return sample;
 }
@@ -191,6 +198,8 @@ export interface RankWindow {
   load: number[];
   /** Seconds in MoE blocks, per layer; null when not measured. */
   timeS: number[] | null;
+  /** Seconds inside its own experts, per layer (expert-parallel jobs); null when not measured. */
+  expertS: number[] | null;
   /** What its experts processed per global expert in the detail layer; null when not sent. */
   counts: number[] | null;
 }
@@ -206,6 +215,8 @@ export interface RankRow extends RankWindow {
   layerLoad: number;
   /** ms in MoE blocks per pass, all layers; NaN when not measured. */
   moeMsPerPass: number;
+  /** ms inside its own experts per pass (expert-parallel jobs): its compute, without all-to-all waits; NaN when not measured. */
+  expertMsPerPass: number;
 }
 
 export interface RankFinding {
@@ -237,6 +248,7 @@ export function rankRows(windows: readonly RankWindow[], detailLayer: number): R
       loadShare: totalLoad > 0 ? load / totalLoad : NaN,
       layerLoad: w.load[detailLayer] ?? 0,
       moeMsPerPass: w.timeS && w.passes > 0 ? (1000 * sum(w.timeS)) / w.passes : NaN,
+      expertMsPerPass: w.expertS && w.passes > 0 ? (1000 * sum(w.expertS)) / w.passes : NaN,
     };
   });
 }
@@ -250,6 +262,21 @@ export function skew(values: readonly number[]): number {
 }
 
 const pct = (x: number) => `${(100 * x).toFixed(0)}%`;
+
+/**
+ * What ranks are timed by: the time inside their own experts where it is measured (expert parallel:
+ * the time in MoE blocks includes waiting for the other ranks in the all-to-all, so the rank the
+ * others wait for shows the least), else the time in their MoE blocks.
+ */
+export type TimeBasis = 'experts' | 'blocks';
+
+export function timeBasis(rows: readonly RankRow[]): TimeBasis {
+  return rows.some((r) => Number.isFinite(r.expertMsPerPass)) ? 'experts' : 'blocks';
+}
+
+export function rankTime(r: RankRow, basis: TimeBasis): number {
+  return basis === 'experts' ? r.expertMsPerPass : r.moeMsPerPass;
+}
 
 /** What to tell the user about the ranks, worst first within each kind. */
 export function rankFindings(rows: readonly RankRow[], overrides: Partial<RankThresholds> = {}): RankFinding[] {
@@ -266,15 +293,19 @@ export function rankFindings(rows: readonly RankRow[], overrides: Partial<RankTh
       out.push({ kind: 'rank_stalled', rank: r.rank, value: 0, threshold: 0, message: `Rank ${r.rank} ran no pass in the window while others ran up to ${busiest}: it may be stuck (waiting on a collective, or hung).` });
     }
   }
-  const judged = live.filter((r) => r.passes >= th.minPasses && Number.isFinite(r.moeMsPerPass));
-  const mid = median(judged.map((r) => r.moeMsPerPass));
+  const basis = timeBasis(live);
+  const judged = live.filter((r) => r.passes >= th.minPasses && Number.isFinite(rankTime(r, basis)));
+  const mid = median(judged.map((r) => rankTime(r, basis)));
   if (judged.length >= 2 && mid > 0) {
-    for (const r of [...judged].sort((a, b) => b.moeMsPerPass - a.moeMsPerPass)) {
-      const excess = r.moeMsPerPass / mid - 1;
+    for (const r of [...judged].sort((a, b) => rankTime(b, basis) - rankTime(a, basis))) {
+      const t = rankTime(r, basis);
+      const excess = t / mid - 1;
       if (excess > th.stragglerExcess) {
         out.push({
           kind: 'rank_straggler', rank: r.rank, value: excess, threshold: th.stragglerExcess,
-          message: `Rank ${r.rank} spends ${r.moeMsPerPass.toFixed(2)} ms per pass in its MoE layers, ${pct(excess)} over the median rank's ${mid.toFixed(2)} ms`,
+          message: basis === 'experts'
+            ? `Rank ${r.rank}'s experts compute for ${t.toFixed(2)} ms per pass, ${pct(excess)} over the median rank's ${mid.toFixed(2)} ms: the other ranks wait for it in the all-to-all`
+            : `Rank ${r.rank} spends ${t.toFixed(2)} ms per pass in its MoE layers, ${pct(excess)} over the median rank's ${mid.toFixed(2)} ms`,
         });
       }
     }

@@ -81,6 +81,8 @@ export interface RankSample {
   load: number[];
   /** Seconds in each MoE block (for expert-parallel layers this includes waiting in the all-to-all). */
   timeS?: number[];
+  /** Seconds inside its own experts, per layer (expert-parallel layers): its compute alone. */
+  expertS?: number[];
   /** What its experts processed per global expert in the update's `rankLayer`. */
   counts?: number[];
   /** Snapshots of this rank dropped on the way. */
@@ -165,6 +167,8 @@ export interface JobUpdate {
   timeS?: number[];
   /** Seconds the probe spent in its own hooks, cumulative. */
   probeS?: number;
+  /** Seconds inside the process's own experts per layer (expert-parallel jobs), cumulative. */
+  expertS?: number[];
   prefill?: number;
   decode?: number;
   shape?: number[];

@@ -162,6 +162,11 @@ export interface ProbeCounts {
   time_s?: number[];
   /** Seconds the probe itself spent in its hooks, cumulative. */
   probe_s?: number;
+  /**
+   * Seconds inside this process's own experts per layer, cumulative: sent when some layer is
+   * expert parallel (0 for the others). Its compute, without the all-to-all waits `time_s` includes.
+   */
+  expert_s?: number[];
   /** Passes seen as prefill (sequence length > 1) and as decode (length 1), cumulative. */
   prefill?: number;
   decode?: number;
@@ -430,10 +435,11 @@ export function parseProbeFrame(value: unknown): ProbeFrame {
       if (health) frame.health = health;
       const maxLogit = sizedBytes(value, 'max_logit', layers * 8);
       if (maxLogit) frame.max_logit = maxLogit;
-      const timeS = optional(value, 'time_s', isNumArray, 'a list of numbers');
-      if (timeS) {
-        if (timeS.length !== layers) throw new ProtocolError(`field "time_s" has ${timeS.length} values for ${layers} layers`);
-        frame.time_s = timeS;
+      for (const key of ['time_s', 'expert_s'] as const) {
+        const seconds = optional(value, key, isNumArray, 'a list of numbers');
+        if (!seconds) continue;
+        if (seconds.length !== layers) throw new ProtocolError(`field "${key}" has ${seconds.length} values for ${layers} layers`);
+        frame[key] = seconds;
       }
       for (const key of ['prefill', 'decode', 'dropped_tokens'] as const) {
         const n = optional(value, key, isNat, 'a whole number');

@@ -80,7 +80,7 @@ describe('ranks that cannot be merged', () => {
 
 const win = (rank: number, more: Partial<RankWindow> = {}): RankWindow => ({
   handle: 100 + rank, rank, pid: 1000 + rank, node: 'n', via: '', status: 'attached', held: null,
-  passes: 20, seconds: 2, tokens: 200, load: [300, 100], timeS: [0.05, 0.05], counts: [1, 2], ...more,
+  passes: 20, seconds: 2, tokens: 200, load: [300, 100], timeS: [0.05, 0.05], expertS: null, counts: [1, 2], ...more,
 });
 
 describe('judging ranks against each other', () => {
@@ -109,6 +109,12 @@ describe('judging ranks against each other', () => {
     expect(found[0]!.message).toBe('Rank 5 (pid 1005 on n) exited; ranks 0, 1, 2, 3 and 4 go on.');
     expect(found[2]!.value).toBeCloseTo(2);
     expect(found[3]!.message).toContain("Rank 3's experts process 150% more token assignments than the mean rank's (43% of the job's expert work)");
+    // expert parallel: the time inside each rank's own experts decides (the rank the others wait for
+    // shows no more time in its MoE blocks than they do)
+    const ep = rankRows([win(0, { expertS: [0.02, 0.02] }), win(1, { expertS: [0.02, 0.02] }), win(2, { expertS: [0.1, 0.1] })], 0);
+    expect(ep[2]!.expertMsPerPass).toBeCloseTo(10);
+    expect(rankFindings(ep).map((f) => [f.kind, f.rank, f.message])).toEqual([['rank_straggler', 2,
+      "Rank 2's experts compute for 10.00 ms per pass, 400% over the median rank's 2.00 ms: the other ranks wait for it in the all-to-all"]]);
     // too few passes or too little load: no verdict on time or load
     expect(rankFindings(rankRows([win(0, { passes: 5 }), win(1, { passes: 5, timeS: [1, 1] })], 0), { minLoad: 1e9 })).toEqual([]);
   });
