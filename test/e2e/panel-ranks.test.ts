@@ -36,7 +36,8 @@ describe('a distributed MoE job in the panel', () => {
   });
 
   it('shows an expert-parallel torchrun job as one: counts the sum of its ranks, each rank its own, and Detach leaves every rank as it was', async () => {
-    const job = await startTorchrunJob(['--mode', 'ep', '--sleep', '0.05']);
+    // rank 3's experts take 10 ms more per call: a straggler the others wait for in the all_to_all
+    const job = await startTorchrunJob(['--mode', 'ep', '--sleep', '0.05', '--slow-rank', '3']);
     jobs.push(job);
     const before = job.logs();
     const baselineHooks = before.map((l) => l.passes[0]!.hooks);
@@ -56,6 +57,13 @@ describe('a distributed MoE job in the panel', () => {
     for (const r of shown0.ranks) r.counts.forEach((c, e) => expect(c > 0).toBe(r.held.includes(e)));
     await checkLayer(panel, () => job.logs(), 1, 4);
     await showView(panel, 'ranks');
+    // the straggler: named by the time inside its own experts, which the time in MoE blocks hides
+    // (every rank's block time includes waiting for it)
+    const straggler = await panel.waitForFunction(() => document.querySelector('[data-testid="rank-finding"][data-kind="rank_straggler"]')?.textContent,
+      { polling: 200, timeout: 20000 });
+    expect(await straggler.jsonValue()).toMatch(/^Rank 3's experts compute for [\d.]+ ms per pass, \d+% over the median rank's [\d.]+ ms: the other ranks wait for it in the all-to-all$/);
+    expect(await panel.$eval('[data-testid="time-basis"]', (el: Element) => el.getAttribute('data-basis'))).toBe('experts');
+    expect(Number(await panel.$eval('[data-testid="time-skew"]', (el: Element) => el.textContent!.replace('×', '')))).toBeGreaterThan(3);
     await devtools.screenshot({ path: path.join(ARTIFACTS, 'panel-ranks.png') });
 
     await clickInPanel(panel, '[data-testid="detach-job-0"]');

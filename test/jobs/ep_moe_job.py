@@ -39,8 +39,11 @@ class Expert(nn.Module):
         super().__init__()
         self.up = nn.Linear(hidden, 2 * hidden)
         self.down = nn.Linear(2 * hidden, hidden)
+        self.delay = 0.0  # seconds of extra time per call: a slow GPU (--slow-rank); outputs unchanged
 
     def forward(self, x):
+        if self.delay:
+            time.sleep(self.delay)
         return self.down(F.gelu(self.up(x)))
 
 
@@ -183,6 +186,8 @@ def main():
     # For the tests of ranks that do not agree with their job:
     parser.add_argument("--different-model-on-rank", type=int, default=-1, metavar="RANK",
                         help="this rank builds one MoE layer more than the others (dp mode)")
+    parser.add_argument("--slow-rank", type=int, default=-1, metavar="RANK",
+                        help="this rank's experts take 10 ms more per call (a straggler), computing the same")
     parser.add_argument("--claim", default="", metavar="RANK:IDS",
                         help="with --expert-map user, this rank says it holds these experts (e.g. 1:2,3,4,5) instead of its own")
     args = parser.parse_args()
@@ -197,6 +202,10 @@ def main():
             raise SystemExit("--different-model-on-rank needs --mode dp (the collectives of ep would not match)")
         args.layers += 1
     model, held = build(args, rank, world)
+    if rank == args.slow_rank:
+        for module in model.modules():
+            if isinstance(module, Expert):
+                module.delay = 0.01
     if args.expert_map == "user":
         import moe_probe
 
