@@ -64,6 +64,14 @@ interface Group {
   coverageChecked: boolean;
 }
 
+/**
+ * Bytes of JSON one rank's count of one expert may take (up to 12 digits and a comma), and what all
+ * ranks' counts of the detail layer may take of an update (Chrome refuses a message over 1 MiB; the
+ * job's own counts and figures need the rest).
+ */
+const RANK_COUNT_BYTES = 13;
+const RANK_COUNTS_BUDGET = 384 * 1024;
+
 /** The logical model of a job: a rank's model without the experts only that rank holds. */
 function logicalModel(model: ModelInfo): ModelInfo {
   return { ...model, layers: model.layers.map(stripHeld) };
@@ -311,9 +319,11 @@ export class RankGroups {
     const widths = g.model.layers.map((l) => l.experts);
     const sum = mergeRankUpdates(merged.map((m) => m.latest!), widths);
     g.passes = sum.passes;
+    // Each rank's counts of the detail layer, unless so many ranks would not fit one native message.
+    const withCounts = merged.length * (widths[g.detailLayer] ?? 0) * RANK_COUNT_BYTES <= RANK_COUNTS_BUDGET;
     this.send({
       type: 'update', pid: g.handle, model: g.model.id, ts: Date.now() / 1000, ...sum,
-      ranks: merged.map((m) => rankSample(m.handle, m.rank, m.latest!, g.detailLayer)), rankLayer: g.detailLayer,
+      ranks: merged.map((m) => rankSample(m.handle, m.rank, m.latest!, g.detailLayer, withCounts)), rankLayer: g.detailLayer,
     });
   }
 

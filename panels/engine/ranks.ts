@@ -43,6 +43,7 @@ interface SnapshotLike {
 
 const minus = (a: readonly number[] | undefined, b: readonly number[] | undefined): number[] | null =>
   a ? a.map((x, i) => x - (b?.[i] ?? 0)) : null;
+const less = (a: number | undefined, b: number | undefined): number | null => (a === undefined ? null : a - (b ?? 0));
 
 export function analyzeRanks(info: JobRanks | undefined, latest: SnapshotLike, base: SnapshotLike, countsBase: SnapshotLike, firstSeen: Map<number, number>): RanksAnalysis {
   const samples = new Map((latest.ranks ?? []).map((r) => [r.handle, r]));
@@ -61,16 +62,18 @@ export function analyzeRanks(info: JobRanks | undefined, latest: SnapshotLike, b
       held: r.held[layer] ?? null,
       passes: s ? s.passes - (b?.passes ?? 0) : 0,
       seconds: s ? s.ts - since : 0,
-      tokens: s ? (s.tokens[0] ?? 0) - (b?.tokens[0] ?? 0) : 0,
-      load: s ? minus(s.load, b?.load)! : [],
-      timeS: s ? minus(s.timeS, b?.timeS) : null,
-      expertS: s ? minus(s.expertS, b?.expertS) : null,
+      tokens: s ? s.tokens - (b?.tokens ?? 0) : 0,
+      load: s ? s.load - (b?.load ?? 0) : 0,
+      // the detail layer's load from the same baseline as its counts
+      layerLoad: s ? (countsBase === latest ? 0 : s.layerLoad - (c && countsBase.rankLayer === layer ? c.layerLoad : 0)) : 0,
+      timeS: s ? less(s.timeS, b?.timeS) : null,
+      expertS: s ? less(s.expertS, b?.expertS) : null,
       // countsBase holds this layer's counts (or is the zero snapshot); it is `latest` itself when the
       // layer was picked since the last update: nothing counted yet.
       counts: s?.counts ? (countsBase === latest ? s.counts.map(() => 0) : minus(s.counts, c?.counts)) : null,
     };
   });
-  const rows = rankRows(windows, layer);
+  const rows = rankRows(windows);
   const live = rows.filter((r) => r.status === 'attached');
   const basis = timeBasis(live);
   return {
@@ -82,7 +85,7 @@ export function analyzeRanks(info: JobRanks | undefined, latest: SnapshotLike, b
     findings: rankFindings(rows),
     timeSkew: skew(live.map((r) => rankTime(r, basis))),
     timeBasis: basis,
-    loadSkew: skew(live.map((r) => r.load.reduce((a, b) => a + b, 0))),
+    loadSkew: skew(live.map((r) => r.load)),
     countsSeconds: latest.ts - countsBase.ts,
   };
 }

@@ -81,6 +81,9 @@ export function Ranks({ a }: { a: Analysis }) {
           </tbody>
         </table>
       </div>
+      {experts === 0 && rows.length > 0 && (
+        <p class="muted" data-testid="rank-counts-left-out">Per-expert counts of each rank are left out: {rows.length} ranks' would not fit in one message to the panel.</p>
+      )}
       {experts > 0 && (
         <>
           <div class="controls">

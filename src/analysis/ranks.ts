@@ -66,18 +66,18 @@ export function mergeRankUpdates(updates: readonly JobUpdate[], widths: readonly
   return out;
 }
 
-/** One rank's cumulative figures for its job's update, with its counts of `layer`. */
-export function rankSample(handle: number, rank: number, u: JobUpdate, layer: number): RankSample {
+/** One rank's cumulative figures for its job's update: totals, and `layer` in detail (its counts unless `withCounts` is false). */
+export function rankSample(handle: number, rank: number, u: JobUpdate, layer: number, withCounts = true): RankSample {
   const offsets = layerOffsets(u.widths);
-  const load = u.widths.map((w, l) => {
-    let sum = 0;
-    for (let i = offsets[l]!; i < offsets[l]! + w; i++) sum += u.counts[i]!;
-    return sum;
-  });
-  const sample: RankSample = { handle, rank, passes: u.passes, ts: u.ts, tokens: u.tokens ?? new Array(u.layers).fill(0), load, dropped: u.dropped };
-  if (u.timeS) sample.timeS = u.timeS;
-  if (u.expertS) sample.expertS = u.expertS;
-  if (layer >= 0 && layer < u.layers) sample.counts = u.counts.slice(offsets[layer]!, offsets[layer]! + u.widths[layer]!);
+  let load = 0;
+  for (const c of u.counts) load += c;
+  const inLayer = layer >= 0 && layer < u.layers ? u.counts.slice(offsets[layer]!, offsets[layer]! + u.widths[layer]!) : [];
+  const sample: RankSample = {
+    handle, rank, passes: u.passes, ts: u.ts, tokens: u.tokens?.[0] ?? 0, load, layerLoad: inLayer.reduce((a, b) => a + b, 0), dropped: u.dropped,
+  };
+  if (u.timeS) sample.timeS = u.timeS.reduce((a, b) => a + b, 0);
+  if (u.expertS) sample.expertS = u.expertS.reduce((a, b) => a + b, 0);
+  if (withCounts && inLayer.length) sample.counts = inLayer;
   return sample;
 }
 
@@ -194,12 +194,13 @@ export interface RankWindow {
   seconds: number;
   /** Its own tokens through the first MoE layer. */
   tokens: number;
-  /** Assignments its experts processed, per layer. */
-  load: number[];
-  /** Seconds in MoE blocks, per layer; null when not measured. */
-  timeS: number[] | null;
-  /** Seconds inside its own experts, per layer (expert-parallel jobs); null when not measured. */
-  expertS: number[] | null;
+  /** Assignments its experts processed, all layers, and in the detail layer. */
+  load: number;
+  layerLoad: number;
+  /** Seconds in MoE blocks, all layers; null when not measured. */
+  timeS: number | null;
+  /** Seconds inside its own experts, all layers (expert-parallel jobs); null when not measured. */
+  expertS: number | null;
   /** What its experts processed per global expert in the detail layer; null when not sent. */
   counts: number[] | null;
 }
@@ -211,8 +212,6 @@ export interface RankRow extends RankWindow {
   loadPerS: number;
   /** Its share of all ranks' expert work in the window (0..1). */
   loadShare: number;
-  /** Assignments in the detail layer. */
-  layerLoad: number;
   /** ms in MoE blocks per pass, all layers; NaN when not measured. */
   moeMsPerPass: number;
   /** ms inside its own experts per pass (expert-parallel jobs): its compute, without all-to-all waits; NaN when not measured. */
@@ -236,21 +235,17 @@ export function median(values: readonly number[]): number {
   return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 }
 
-export function rankRows(windows: readonly RankWindow[], detailLayer: number): RankRow[] {
-  const totalLoad = sum(windows.map((w) => sum(w.load)));
-  return windows.map((w) => {
-    const load = sum(w.load);
-    return {
-      ...w,
-      passesPerS: w.seconds > 0 ? w.passes / w.seconds : NaN,
-      tokensPerS: w.seconds > 0 ? w.tokens / w.seconds : NaN,
-      loadPerS: w.seconds > 0 ? load / w.seconds : NaN,
-      loadShare: totalLoad > 0 ? load / totalLoad : NaN,
-      layerLoad: w.load[detailLayer] ?? 0,
-      moeMsPerPass: w.timeS && w.passes > 0 ? (1000 * sum(w.timeS)) / w.passes : NaN,
-      expertMsPerPass: w.expertS && w.passes > 0 ? (1000 * sum(w.expertS)) / w.passes : NaN,
-    };
-  });
+export function rankRows(windows: readonly RankWindow[]): RankRow[] {
+  const totalLoad = sum(windows.map((w) => w.load));
+  return windows.map((w) => ({
+    ...w,
+    passesPerS: w.seconds > 0 ? w.passes / w.seconds : NaN,
+    tokensPerS: w.seconds > 0 ? w.tokens / w.seconds : NaN,
+    loadPerS: w.seconds > 0 ? w.load / w.seconds : NaN,
+    loadShare: totalLoad > 0 ? w.load / totalLoad : NaN,
+    moeMsPerPass: w.timeS !== null && w.passes > 0 ? (1000 * w.timeS) / w.passes : NaN,
+    expertMsPerPass: w.expertS !== null && w.passes > 0 ? (1000 * w.expertS) / w.passes : NaN,
+  }));
 }
 
 /** Largest value over the median (1 = no skew); NaN with fewer than two values. */
@@ -310,7 +305,7 @@ export function rankFindings(rows: readonly RankRow[], overrides: Partial<RankTh
       }
     }
   }
-  const loads = live.map((r) => sum(r.load));
+  const loads = live.map((r) => r.load);
   const mean = loads.length ? sum(loads) / loads.length : 0;
   if (live.length >= 2 && sum(loads) >= th.minLoad && mean > 0) {
     live.map((r, i) => ({ r, excess: loads[i]! / mean - 1 })).sort((a, b) => b.excess - a.excess).forEach(({ r, excess }) => {

@@ -67,7 +67,9 @@ export interface RankInfo {
 
 /**
  * One rank's cumulative figures since it was attached (its own clock), carried by its job's
- * update. `load` is what its own experts processed: the work that makes the slowest GPU.
+ * update: totals over the MoE layers, and one layer (the update's `rankLayer`) in detail, so that
+ * an update of many ranks stays small. `load` is what its own experts processed: the work that
+ * makes the slowest GPU.
  */
 export interface RankSample {
   handle: number;
@@ -75,15 +77,17 @@ export interface RankSample {
   passes: number;
   /** The rank's probe clock, seconds since the epoch. */
   ts: number;
-  /** Tokens of its own batches through each layer. */
-  tokens: number[];
-  /** Token-expert assignments its experts processed, per layer (the sum of its counts). */
-  load: number[];
-  /** Seconds in each MoE block (for expert-parallel layers this includes waiting in the all-to-all). */
-  timeS?: number[];
-  /** Seconds inside its own experts, per layer (expert-parallel layers): its compute alone. */
-  expertS?: number[];
-  /** What its experts processed per global expert in the update's `rankLayer`. */
+  /** Tokens of its own batches through the first MoE layer. */
+  tokens: number;
+  /** Token-expert assignments its experts processed, all MoE layers (the sum of its counts). */
+  load: number;
+  /** The same in `rankLayer`. */
+  layerLoad: number;
+  /** Seconds in its MoE blocks, all layers (expert parallel: waiting in the all-to-all included). */
+  timeS?: number;
+  /** Seconds inside its own experts, all layers (expert parallel): its compute alone. */
+  expertS?: number;
+  /** What its experts processed per global expert in `rankLayer` (left out when a job has too many ranks for one message). */
   counts?: number[];
   /** Snapshots of this rank dropped on the way. */
   dropped: number;

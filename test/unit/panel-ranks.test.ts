@@ -29,7 +29,8 @@ function sample(rank: number, p: number, ts: number, layer: number): RankSample 
   const counts = [0, 0, 0, 0];
   counts[2 * rank] = 10 * p;
   counts[2 * rank + 1] = (10 + 5 * rank) * p;
-  return { handle: 11 + rank, rank, passes: p, ts, tokens: [8 * p, 8 * p], load: [counts.reduce((a, b) => a + b, 0), 0], timeS: [0.01 * p, 0.01 * p], counts: layer === 0 ? counts : [0, 0, 0, 0], dropped: 0 };
+  const load = counts.reduce((a, b) => a + b, 0);
+  return { handle: 11 + rank, rank, passes: p, ts, tokens: 8 * p, load, layerLoad: layer === 0 ? load : 0, timeS: 0.02 * p, counts: layer === 0 ? counts : [0, 0, 0, 0], dropped: 0 };
 }
 
 function update(p: number, ts: number, layer = 0): JobUpdate {

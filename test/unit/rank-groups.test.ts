@@ -47,13 +47,29 @@ describe('rank groups', () => {
     groups.flush();
     const u = of('update').at(-1)!;
     expect([u.pid, u.passes, u.counts, u.tokens]).toEqual([HANDLE_BASE, 7, [5, 7, 6, 2], [56]]);
-    expect(u.ranks!.map((r) => [r.rank, r.passes, r.load, r.counts])).toEqual([[0, 3, [12], [5, 7, 0, 0]], [1, 4, [8], [0, 0, 6, 2]]]);
+    expect(u.ranks!.map((r) => [r.rank, r.passes, r.load, r.layerLoad, r.counts])).toEqual([[0, 3, 12, 12, [5, 7, 0, 0]], [1, 4, 8, 8, [0, 0, 6, 2]]]);
     groups.flush();
     expect(of('update')).toHaveLength(1); // nothing new: nothing sent
 
     groups.setDetailLayer(HANDLE_BASE, 0);
     groups.flush();
     expect(of('update')).toHaveLength(2);
+  });
+
+  it('leaves the per-rank counts out of updates when a job has too many ranks for one message', () => {
+    const { groups, of } = setup();
+    const wide: ModelInfo = { ...model(1), layers: [{ ...layerInfo(0, 256, 8), name: 'layers.0.mlp' }] };
+    for (let rank = 0; rank < 200; rank++) {
+      groups.join({ handle: 5000 + rank, pid: 5000 + rank, node: 'n', via: '', rank, worldSize: 200, key: 'k', label: 'l', model: wide,
+        method: 'ptrace', ms: 1, python: '3', framework: 'torch', frameworkVersion: '2', argv: [] });
+      groups.counts(5000 + rank, { ...counts(5000 + rank, 1, []), widths: [256], counts: new Array(256).fill(1) });
+    }
+    groups.flush();
+    const u = of('update').at(-1)!;
+    expect(u.counts[0]).toBe(200);
+    expect(u.ranks).toHaveLength(200);
+    expect(u.ranks!.every((r) => r.counts === undefined && r.layerLoad === 256)).toBe(true);
+    expect(JSON.stringify(u).length).toBeLessThan(1024 * 1024);
   });
 
   it('numbers the token records of its lowest rank on the job\'s passes, parts of one pass alike', () => {

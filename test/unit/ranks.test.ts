@@ -34,9 +34,10 @@ describe('merging ranks', () => {
     expect(mergeRankUpdates([a, update(1, [0, 0, 0, 0, 0])], [2, 3]).health).toEqual(a.health);
   });
 
-  it("carries one rank's figures: its load per layer and its counts of the chosen layer", () => {
-    const s = rankSample(7, 2, update(3, [1, 2, 3, 4, 5], { timeS: [0.5, 0.25] }), 1);
-    expect(s).toEqual({ handle: 7, rank: 2, passes: 3, ts: 103, tokens: [6, 6], load: [3, 12], dropped: 1, timeS: [0.5, 0.25], counts: [3, 4, 5] });
+  it("carries one rank's figures: totals over the layers, and the chosen layer in detail", () => {
+    const s = rankSample(7, 2, update(3, [1, 2, 3, 4, 5], { timeS: [0.5, 0.25], expertS: [0.125, 0.125] }), 1);
+    expect(s).toEqual({ handle: 7, rank: 2, passes: 3, ts: 103, tokens: 6, load: 15, layerLoad: 12, dropped: 1, timeS: 0.75, expertS: 0.25, counts: [3, 4, 5] });
+    expect(rankSample(7, 2, update(3, [1, 2, 3, 4, 5]), 1, false).counts).toBeUndefined(); // too many ranks for one message
     expect(rankSample(7, 2, update(3, [1, 2, 3, 4, 5]), 5).counts).toBeUndefined();
   });
 });
@@ -80,14 +81,15 @@ describe('ranks that cannot be merged', () => {
 
 const win = (rank: number, more: Partial<RankWindow> = {}): RankWindow => ({
   handle: 100 + rank, rank, pid: 1000 + rank, node: 'n', via: '', status: 'attached', held: null,
-  passes: 20, seconds: 2, tokens: 200, load: [300, 100], timeS: [0.05, 0.05], expertS: null, counts: [1, 2], ...more,
+  passes: 20, seconds: 2, tokens: 200, load: 400, layerLoad: 300, timeS: 0.1, expertS: null, counts: [1, 2], ...more,
 });
 
 describe('judging ranks against each other', () => {
   it('computes rates, shares and ms per pass', () => {
-    const [a, b] = rankRows([win(0), win(1, { load: [100, 100] })], 1);
+    const [a, b] = rankRows([win(0), win(1, { load: 200 })]);
     // a: 400 assignments of 600 in 2 s; 100 ms in MoE blocks over 20 passes
-    expect([a!.passesPerS, a!.tokensPerS, a!.loadPerS, a!.loadShare, a!.layerLoad, a!.moeMsPerPass]).toEqual([10, 100, 200, 400 / 600, 100, 5]);
+    expect([a!.passesPerS, a!.tokensPerS, a!.loadPerS, a!.loadShare, a!.moeMsPerPass]).toEqual([10, 100, 200, 400 / 600, 5]);
+    expect(a!.expertMsPerPass).toBeNaN();
     expect(b!.loadShare).toBeCloseTo(1 / 3);
     expect(median([3, 1, 2])).toBe(2);
     expect(median([4, 1, 2, 3])).toBe(2.5);
@@ -96,14 +98,14 @@ describe('judging ranks against each other', () => {
   });
 
   it('names stragglers, overloaded ranks, stalled ranks and ranks that ended; even ranks give nothing', () => {
-    expect(rankFindings(rankRows([win(0), win(1), win(2)], 0))).toEqual([]);
+    expect(rankFindings(rankRows([win(0), win(1), win(2)]))).toEqual([]);
     const rows = rankRows([
       win(0), win(1),
-      win(2, { timeS: [0.2, 0.1] }), // 15 ms per pass against a median of 5: 200 % over
-      win(3, { load: [900, 300] }), // 1200 against the streaming ranks' mean, (400 * 3 + 1200 + 0) / 5 = 480: 150 % over
-      win(4, { passes: 0, load: [0, 0], timeS: [0, 0] }),
+      win(2, { timeS: 0.3 }), // 15 ms per pass against a median of 5: 200 % over
+      win(3, { load: 1200 }), // 1200 against the streaming ranks' mean, (400 * 3 + 1200 + 0) / 5 = 480: 150 % over
+      win(4, { passes: 0, load: 0, timeS: 0 }),
       win(5, { status: 'exited', message: 'exited' }),
-    ], 0);
+    ]);
     const found = rankFindings(rows);
     expect(found.map((f) => [f.kind, f.rank])).toEqual([['rank_ended', 5], ['rank_stalled', 4], ['rank_straggler', 2], ['rank_overloaded', 3]]);
     expect(found[0]!.message).toBe('Rank 5 (pid 1005 on n) exited; ranks 0, 1, 2, 3 and 4 go on.');
@@ -111,11 +113,11 @@ describe('judging ranks against each other', () => {
     expect(found[3]!.message).toContain("Rank 3's experts process 150% more token assignments than the mean rank's (43% of the job's expert work)");
     // expert parallel: the time inside each rank's own experts decides (the rank the others wait for
     // shows no more time in its MoE blocks than they do)
-    const ep = rankRows([win(0, { expertS: [0.02, 0.02] }), win(1, { expertS: [0.02, 0.02] }), win(2, { expertS: [0.1, 0.1] })], 0);
+    const ep = rankRows([win(0, { expertS: 0.04 }), win(1, { expertS: 0.04 }), win(2, { expertS: 0.2 })]);
     expect(ep[2]!.expertMsPerPass).toBeCloseTo(10);
     expect(rankFindings(ep).map((f) => [f.kind, f.rank, f.message])).toEqual([['rank_straggler', 2,
       "Rank 2's experts compute for 10.00 ms per pass, 400% over the median rank's 2.00 ms: the other ranks wait for it in the all-to-all"]]);
     // too few passes or too little load: no verdict on time or load
-    expect(rankFindings(rankRows([win(0, { passes: 5 }), win(1, { passes: 5, timeS: [1, 1] })], 0), { minLoad: 1e9 })).toEqual([]);
+    expect(rankFindings(rankRows([win(0, { passes: 5 }), win(1, { passes: 5, timeS: 2 })]), { minLoad: 1e9 })).toEqual([]);
   });
 });
