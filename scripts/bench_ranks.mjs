@@ -2,7 +2,7 @@
 // (64) MoE layers x --experts (256) experts (scripts/bench_panel_job.py, top-8, 32 tokens per
 // pass, attachable through its library probe with a 10 ms flush), started as a launcher would
 // (RANK, WORLD_SIZE, MASTER_ADDR/PORT and TORCHELASTIC_RUN_ID in each environment), each paced at
-// --rate passes/s (10): the host receives rate x ranks snapshots a second and sends the panel one
+// --rate passes/s (6): the host receives rate x ranks snapshots a second (48, more than its 30 ticks) and sends the panel one
 // update of the whole job (the sum over ranks, and each rank's figures) at each 30 Hz tick.
 //
 // 1. The panel, in real DevTools (1280 x 800, as scripts/bench_panel.mjs): "Attach all" on the
@@ -39,7 +39,7 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const f1 = (v) => (v === null || v === undefined || !Number.isFinite(v) ? '-' : v.toFixed(1));
 
 function parseArgs(argv) {
-  const opts = { quick: false, ranks: 8, layers: 64, experts: 256, topK: 8, tokens: 32, rate: 10, views: ['overview', 'load', 'heatmap', 'ranks'], seconds: null, warmup: null, relaySeconds: null, json: null };
+  const opts = { quick: false, ranks: 8, layers: 64, experts: 256, topK: 8, tokens: 32, rate: 6, views: ['overview', 'load', 'heatmap', 'ranks'], seconds: null, warmup: null, relaySeconds: null, json: null };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const next = () => argv[++i];

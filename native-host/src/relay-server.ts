@@ -78,10 +78,7 @@ export class RelayServer {
   private accept(socket: net.Socket) {
     socket.setNoDelay(true);
     const reader = new NativeMessageReader();
-    const refuse = (message: string) => {
-      socket.end(encodeNativeMessage({ type: 'error', code: 'relay_failed', message }));
-      socket.destroySoon?.();
-    };
+    const refuse = (message: string) => socket.end(encodeNativeMessage({ type: 'error', code: 'relay_failed', message }));
     const timer = setTimeout(() => refuse('no token within 5 s'), AUTH_TIMEOUT_MS);
     const onData = (chunk: Buffer) => {
       let messages: unknown[];
