@@ -10,7 +10,10 @@ import {
   coactivation, findings, layerLabel, loadStats, maxVio, resolveThresholds, smallestJudgeableWindow, unknownLayer, vocabularySpecialization,
   type Finding, type LayerWindow, type Thresholds,
 } from '../../src/analysis';
+import { BucketHistory } from './buckets';
+import { LongHistory } from './long-history';
 import { Ring } from './ring';
+import { viewData, type ViewData, type ViewRequests } from './view-data';
 
 const HC = HEALTH_COLUMNS.length;
 const H_TOKENS = HEALTH_COLUMNS.indexOf('logit_tokens');
@@ -54,6 +57,8 @@ export interface AnalysisSettings {
    * view gets a readable stretch of text, and a large prefill pass stays a single pass.
    */
   tokenBudget?: number;
+  /** What the shown view needs beyond the window (panels/engine/view-data.ts). */
+  views?: ViewRequests;
 }
 
 /** Token ids seen fewer times than this in the window are left out of vocabulary specialization. */
@@ -181,6 +186,8 @@ export interface Analysis {
   vocabulary: { layer: number; share: number; ids: number; tokens: number; minOccurrences: number } | null;
   /** Totals of token records kept. */
   tokenPassesKept: number;
+  /** What settings.views asked for. */
+  views?: ViewData;
 }
 
 /** Snapshot memory budget per job (bytes of counts); bounds the ring's capacity. */
@@ -208,6 +215,10 @@ interface JobData {
   t0: number;
   timeline: Ring<TimelinePoint>;
   tokens: Ring<TokenRow>;
+  /** Routing per time bucket and the whole session's snapshots, for the views that look back (view-data.ts). */
+  buckets: BucketHistory;
+  long: LongHistory;
+  viewCache: Map<string, unknown>;
   version: number;
 }
 
@@ -246,6 +257,9 @@ export class Analyzer {
     job.history.clear();
     job.timeline.clear();
     job.tokens.clear();
+    job.buckets.clear();
+    job.long.clear();
+    job.viewCache.clear();
     job.zero = null;
     if (job.latest) job.history.push(job.latest);
     job.version++;
@@ -275,7 +289,8 @@ export class Analyzer {
       job = {
         pid, model, layers: widths.length, widths: widths.slice(), offsets, total, infos, topK: infos.map((l) => l.top_k),
         history: new Ring(capacity), latest: null, zero: null, t0: NaN,
-        timeline: new Ring(TIMELINE_POINTS), tokens: new Ring(TOKEN_PASSES), version: 0,
+        timeline: new Ring(TIMELINE_POINTS), tokens: new Ring(TOKEN_PASSES),
+        buckets: new BucketHistory(total), long: new LongHistory(total), viewCache: new Map(), version: 0,
       };
       this.jobs.set(pid, job);
     }
@@ -291,6 +306,9 @@ export class Analyzer {
       // The counters went backwards: a new attach. Start over.
       job.history.clear();
       job.timeline.clear();
+      job.buckets.clear();
+      job.long.clear();
+      job.viewCache.clear();
       job.latest = null;
     }
     if (!job.latest) {
@@ -300,6 +318,8 @@ export class Analyzer {
     const prev = job.history.last();
     if (!prev || snap.ts - prev.ts >= MIN_SPACING_S) job.history.push(snap);
     job.latest = snap;
+    job.buckets.add(snap, job.t0);
+    job.long.add(snap);
     this.addTimelinePoint(job, snap);
     job.version++;
   }
@@ -486,6 +506,13 @@ export class Analyzer {
       }
     }
 
+    const recentTokens = recentTokenRows(job.tokens.toArray(), s.tokenPasses, s.tokenBudget);
+    const views = s.views ? viewData({
+      layers: L, widths, offsets, topK: job.topK, t0: job.t0, latest, base, tokensInWindow: inWindow, recentTokens,
+      buckets: job.buckets, longSpacing: job.long.spacing, cache: job.viewCache,
+      snapshots: () => snapshotsOf(job),
+    }, s.views) : undefined;
+
     const points = job.timeline.toArray();
     const timelineMaxVio = new Float32Array(points.length * L);
     const timeline = points.map((p, i): TimelineSample => {
@@ -509,12 +536,21 @@ export class Analyzer {
       },
       dropped: latest.dropped,
       droppedTokenRecords: latest.droppedTokens,
-      tokens: recentTokenRows(job.tokens.toArray(), s.tokenPasses, s.tokenBudget),
+      tokens: recentTokens,
       coactivation: co,
       vocabulary,
       tokenPassesKept: job.tokens.size,
+      views,
     };
   }
+}
+
+/** Every snapshot a job still holds: the zero baseline, the fine history, the long history and the latest. */
+function* snapshotsOf(job: JobData): Iterable<Snapshot> {
+  if (job.zero && job.history.evicted === 0) yield job.zero;
+  for (let i = 0; i < job.history.size; i++) yield job.history.at(i)!;
+  yield* job.long.all();
+  if (job.latest) yield job.latest;
 }
 
 /** The probe's layer descriptions, or stand-ins named by index where it gave none (old recordings). */
