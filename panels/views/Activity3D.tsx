@@ -13,12 +13,12 @@ import { shortLayerLabel } from '../../src/analysis';
 import type { Analysis } from '../engine/analyzer';
 import type { Bucket } from '../engine/buckets';
 import type { Store } from '../store';
-import { ActivityGL, cellCentre, DEPTH, HALF_WIDTH, pickCell, planeRight, planeY, type Stack } from './activity-gl';
+import { ActivityGL, cellCentre, DEPTH, explodedSpacing, HALF_WIDTH, pickCell, planeRight, planeY, type Stack } from './activity-gl';
 import { currentTheme, makeScale, SCALE_MODES, type ScaleMode } from './colour-scale';
 import { fmt, int, pct } from './format';
 import { webgl2Available } from './gl';
 import { Legend } from './HeatGrid';
-import { invert, lookAt, multiply, orbitEye, perspective, project, unprojectRay, type Mat4 } from './mat4';
+import { invert, lookAt, multiply, orbitEye, orthographic, project, unprojectRay, type Mat4 } from './mat4';
 
 /** Planes drawn at most at once by default (a range of layers); the user can widen it. */
 const DEFAULT_PLANES = 16;
@@ -37,7 +37,7 @@ interface Camera {
   pitch: number;
   zoom: number;
 }
-const DEFAULT_CAMERA: Camera = { yaw: -0.45, pitch: 0.5, zoom: 1 };
+const DEFAULT_CAMERA: Camera = { yaw: -0.3, pitch: 0.38, zoom: 1 };
 
 export function Activity3D({ store, a, layer }: { store: Store; a: Analysis; layer: number }) {
   const L = a.layers;
@@ -135,8 +135,8 @@ export function Activity3D({ store, a, layer }: { store: Store; a: Analysis; lay
     for (let l = Math.max(0, range.from); l <= Math.min(L - 1, range.to); l++) out.push(l);
     return out;
   }, [range, L]);
-  // Planes far enough apart that, seen from the default height, none hides another.
-  const stack: Stack = { layers, widths: a.widths, maxWidth: W, spacing: 2 * DEPTH * Math.tan(DEFAULT_CAMERA.pitch) * 1.15 * spread, count };
+  // Planes far enough apart that, seen from the default angle, none hides another.
+  const stack: Stack = { layers, widths: a.widths, maxWidth: W, spacing: explodedSpacing(DEFAULT_CAMERA.yaw, DEFAULT_CAMERA.pitch) * spread, count };
   const scale = useMemo(() => {
     const extremes: number[] = [];
     for (const h of list) {
@@ -145,11 +145,13 @@ export function Activity3D({ store, a, layer }: { store: Store; a: Analysis; lay
     }
     return makeScale(scaleMode, currentTheme(), extremes);
   }, [version, scaleMode]);
+  // Orthographic: every cell the same size wherever it sits, and planes spaced as above never overlap at the default tilt.
   const stackHeight = (layers.length - 1) * stack.spacing;
   const aspect = width / HEIGHT;
-  const distance = (Math.max(2.6, stackHeight * 1.25 + 1.2) / Math.min(1, aspect)) * 1.35 / camera.zoom;
-  const eye = orbitEye(camera.yaw, camera.pitch, distance);
-  const mvp: Mat4 = multiply(perspective(0.6, aspect, 0.05, 100), lookAt(eye, [0, 0, 0]));
+  const fitH = Math.max(1.2, (stackHeight * Math.cos(camera.pitch) + 2 * DEPTH * Math.sin(Math.abs(camera.pitch))) / 2 + 0.35);
+  const halfH = Math.max(fitH, (HALF_WIDTH * 1.5) / aspect) / camera.zoom;
+  const eye = orbitEye(camera.yaw, camera.pitch, 20);
+  const mvp: Mat4 = multiply(orthographic(halfH * aspect, halfH, 0.1, 60), lookAt(eye, [0, 0, 0]));
   const inverse = useMemo(() => invert(mvp), [mvp.join(',')]);
 
   const theme = currentTheme();

@@ -26,6 +26,15 @@ export interface Stack {
   count: number;
 }
 
+/**
+ * Plane spacing at which, seen orthographically from (yaw, pitch), no plane hides any part of
+ * another: a plane's footprint along the view direction (its depth and, turned by the yaw, its
+ * width) times tan(pitch), with a margin.
+ */
+export function explodedSpacing(yaw: number, pitch: number): number {
+  return (2 * DEPTH * Math.abs(Math.cos(yaw)) + 2 * HALF_WIDTH * Math.abs(Math.sin(yaw))) * Math.tan(Math.abs(pitch)) * 1.12;
+}
+
 export function planeY(stack: Stack, i: number): number {
   return ((stack.layers.length - 1) / 2 - i) * stack.spacing;
 }

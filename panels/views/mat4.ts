@@ -1,6 +1,6 @@
 /**
  * The few 4x4 matrix operations the 3D activation map needs (column-major, as WebGL takes them):
- * a perspective projection, an orbit camera, and projecting / unprojecting points for labels and
+ * perspective and orthographic projections, an orbit camera, and projecting / unprojecting points for labels and
  * hover picking. DOM-free.
  */
 export type Mat4 = Float32Array;
@@ -14,6 +14,17 @@ export function perspective(fovY: number, aspect: number, near: number, far: num
   m[10] = (far + near) / (near - far);
   m[11] = -1;
   m[14] = (2 * far * near) / (near - far);
+  return m;
+}
+
+/** Orthographic projection of the box [-halfW, halfW] x [-halfH, halfH] x [near, far] in front of the camera. */
+export function orthographic(halfW: number, halfH: number, near: number, far: number): Mat4 {
+  const m = new Float32Array(16);
+  m[0] = 1 / halfW;
+  m[5] = 1 / halfH;
+  m[10] = -2 / (far - near);
+  m[14] = -(far + near) / (far - near);
+  m[15] = 1;
   return m;
 }
 
