@@ -113,7 +113,8 @@ function FlowBody({ a, data, order, label, onFollow }: {
   const omitted = data.omitted[p];
   return (
     <>
-      <p class="muted" data-testid="flow-summary" data-tokens={flow.tokens} data-passes={passes.join(',')}>
+      <p class="muted" data-testid="flow-summary" data-tokens={flow.tokens} data-passes={passes.join(',')} data-weighting={flow.weighting}
+        data-filter={data.request.filter} data-highlight={highlight?.tokens}>
         {int(flow.tokens)} sampled tokens{data.request.filter ? ` matching “${data.request.filter}”` : ''} from {passes.length} passes in the window
         {passes.length ? ` (passes ${passes[0]}–${passes[passes.length - 1]})` : ''}; {WEIGHTING_LABEL[flow.weighting]}; node height = tokens.
         {highlight ? ` Highlighted: the ${int(highlight.tokens)} tokens through ${label(data.request.through!.layer)} expert ${data.request.through!.expert}.` : ' Click a node to follow its tokens.'}
@@ -224,8 +225,9 @@ function Sankey({ a, flow, highlight, order, label, onFollow, through }: {
     else if (e.key === 'ArrowDown') index++;
     else if (e.key === 'ArrowLeft') column--;
     else if (e.key === 'ArrowRight') column++;
-    else if (e.key === 'Enter' && focused) {
-      onFollow({ layer: focused.layer, expert: focused.expert });
+    else if (e.key === 'Enter') {
+      const node = columns[f.column]?.[f.index];
+      if (node) onFollow({ layer: node.layer, expert: node.expert });
       e.preventDefault();
       return;
     } else if (e.key === 'Escape') {
@@ -249,7 +251,8 @@ function Sankey({ a, flow, highlight, order, label, onFollow, through }: {
       <div ref={box} class="sankey-box">
         <canvas ref={canvas} data-testid="flow-canvas" tabIndex={0} style={{ width: '100%', height: `${height}px` }}
           aria-label="Routing flow diagram: arrow keys move between experts, Enter follows one, Escape stops"
-          onMouseMove={onMove} onMouseLeave={() => setHover(null)} onClick={onClick} onKeyDown={onKey} onBlur={() => setFocus(null)} />
+          onMouseMove={onMove} onMouseLeave={() => setHover(null)} onClick={onClick} onKeyDown={onKey}
+          onFocus={() => setFocus((f) => f ?? { column: 0, index: 0 })} onBlur={() => setFocus(null)} />
       </div>
     </div>
   );

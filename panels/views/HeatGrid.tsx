@@ -35,8 +35,9 @@ interface Props {
   testid: string;
   renderer?: Renderer;
   height?: number;
-  /** What the legend says the colour means (default: the scale's own words). */
+  /** What the legend says the colour means: the whole title, or just what the share is of (`quantity`). */
   legend?: string;
+  quantity?: string;
 }
 
 function niceStep(n: number, room: number): number {
@@ -156,7 +157,7 @@ export function HeatGrid(p: Props) {
           <div class="heat-axis-title muted">{p.colAxis}{order ? ' (reordered: tick labels are expert ids)' : ''}{drawn < cols ? ` · each pixel column shows the hottest of the ~${(cols / drawn).toFixed(1)} experts it covers` : ''}</div>
         </div>
       </div>
-      <Legend scale={scale} title={p.legend} />
+      <Legend scale={scale} title={p.legend ?? legendTitle(scale, p.quantity)} />
     </div>
   );
 }

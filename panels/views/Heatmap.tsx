@@ -89,7 +89,8 @@ export function Heatmap({ store, a, layer }: { store: Store; a: Analysis; layer:
   );
   const common = { order, renderer: o.renderer };
   return (
-    <div class="heatmap" data-testid="heatmap-view" data-mode={o.mode} data-passes={a.window.passes}>
+    <div class="heatmap" data-testid="heatmap-view" data-mode={o.mode} data-passes={a.window.passes} data-from-pass={a.window.fromPass}
+      data-order={order ? order.join(',') : undefined}>
       {controls}
       {o.mode === 'layers' && <LayersMap a={a} scaleMode={o.scale} {...common} />}
       {o.mode === 'time' && <TimeMap a={a} layer={lay} data={fresh?.buckets ?? null} scaleMode={o.scale} {...common} />}
@@ -164,7 +165,7 @@ function TimeMap({ a, layer, data, scaleMode, order, renderer }: MapProps & { la
     <>
       <p class="muted">{row.label}: each row one {a.views?.buckets?.seconds ?? 1}-second interval, oldest at the top ({buckets.length} intervals, the last {fmt(now - buckets[0]!.t0, 0)} s)</p>
       <HeatGrid rows={buckets.length} cols={E} values={values} rowWidths={buckets.map(() => E)} order={order} scale={scale} describe={describe}
-        rowTick={(r) => `${fmt(buckets[r]!.t1 - now, 0)} s`} rowAxis="time" colAxis="expert" testid="heatmap" renderer={renderer} />
+        rowTick={(r) => `${fmt(buckets[r]!.t1 - now, 0)} s`} rowAxis="time" colAxis="expert" testid="heatmap" renderer={renderer} quantity="share of the layer in the interval" />
     </>
   );
 }
@@ -192,7 +193,7 @@ function TokensMap({ a, layer, row, scaleMode, order, renderer }: MapProps & { l
       <p class="muted">{info.label}: pass {row.pass} ({row.phase}), {row.n} sampled tokens; each cell the token’s routing weight on the expert
         {rec.weights ? ' (gate weights, normalized over its chosen experts)' : ' (1/k for each chosen expert: the router gives no weights)'}</p>
       <HeatGrid rows={row.n} cols={E} values={values} rowWidths={new Array(row.n).fill(E)} order={order} scale={scale} describe={describe}
-        rowTick={(i) => tokenText(row, i)} rowAxis="token" colAxis="expert" testid="heatmap" renderer={renderer} height={Math.min(640, Math.max(80, row.n * 14))} />
+        rowTick={(i) => tokenText(row, i)} rowAxis="token" colAxis="expert" testid="heatmap" renderer={renderer} quantity="the token’s routing weight" height={Math.min(640, Math.max(80, row.n * 14))} />
     </>
   );
 }

@@ -31,7 +31,7 @@ export function Layers({ store, a }: { store: Store; a: Analysis }) {
     <div class="layers" data-testid="layers-view">
       <LayerTable store={store} a={a} />
       <Multiples store={store} a={a} metric={o.metric} series={a.views?.series ?? null} onMetric={(metric) => setO((x) => ({ ...x, metric }))} />
-      <WindowDiff a={a} request={o.diff} data={a.views?.diff ?? null} onRequest={(diff) => setO((x) => ({ ...x, diff }))} />
+      <WindowDiff a={a} request={o.diff} data={a.views?.diff ?? null} onRequest={(patch) => setO((x) => ({ ...x, diff: { ...x.diff, ...patch } }))} />
     </div>
   );
 }
@@ -176,7 +176,7 @@ function SeriesSpark({ values, layers, layer, count, lo, hi, drawKey }: { values
 
 const AGO_PRESETS = [60, 300, 600, 1800];
 
-function WindowDiff({ a, request, data, onRequest }: { a: Analysis; request: DiffRequest; data: DiffData | null; onRequest: (r: DiffRequest) => void }) {
+function WindowDiff({ a, request, data, onRequest }: { a: Analysis; request: DiffRequest; data: DiffData | null; onRequest: (r: Partial<DiffRequest>) => void }) {
   const fresh = data && data.request.windowS === request.windowS && data.request.agoS === request.agoS ? data : null;
   const num = (e: Event, fallback: number) => {
     const v = Number((e.target as HTMLInputElement).value);
@@ -186,10 +186,10 @@ function WindowDiff({ a, request, data, onRequest }: { a: Analysis; request: Dif
     <section>
       <h3>What changed</h3>
       <div class="controls">
-        <label>Compare the last <input type="number" min="1" data-testid="diff-window" value={request.windowS} onChange={(e) => onRequest({ ...request, windowS: num(e, 30) })} /> s</label>
-        <label>with the same length ending <input type="number" min="1" data-testid="diff-ago" value={request.agoS} onChange={(e) => onRequest({ ...request, agoS: num(e, 600) })} /> s ago</label>
+        <label>Compare the last <input type="number" min="1" data-testid="diff-window" value={request.windowS} onChange={(e) => onRequest({ windowS: num(e, 30) })} /> s</label>
+        <label>with the same length ending <input type="number" min="1" data-testid="diff-ago" value={request.agoS} onChange={(e) => onRequest({ agoS: num(e, 600) })} /> s ago</label>
         <span class="plot-tools">
-          {AGO_PRESETS.map((s) => <button key={s} class="icon-button" data-testid={`diff-ago-${s}`} onClick={() => onRequest({ ...request, agoS: s })}>{s >= 60 ? `${s / 60} min` : `${s} s`}</button>)}
+          {AGO_PRESETS.map((s) => <button key={s} class="icon-button" data-testid={`diff-ago-${s}`} onClick={() => onRequest({ agoS: s })}>{s >= 60 ? `${s / 60} min` : `${s} s`}</button>)}
         </span>
       </div>
       {!fresh ? (
@@ -253,7 +253,8 @@ function DiffBody({ a, d }: { a: Analysis; d: DiffData }) {
   const rows = [...d.layers].sort((x, y) => (y.shift.totalVariation || 0) - (x.shift.totalVariation || 0));
   return (
     <>
-      <p class="muted" data-testid="diff-summary" data-before-from={before.fromPass} data-before-to={before.toPass} data-after-from={after.fromPass} data-after-to={after.toPass}>
+      <p class="muted" data-testid="diff-summary" data-before-from={before.fromPass} data-before-to={before.toPass} data-after-from={after.fromPass} data-after-to={after.toPass}
+        data-before-seconds={before.t1 - before.t0} data-after-seconds={after.t1 - after.t0} data-ago={after.t1 - before.t1}>
         Then: {fmt(before.t0, 1)}–{fmt(before.t1, 1)} s after attach (passes {before.fromPass + 1}–{before.toPass}, {int(before.tokens[0] ?? 0)} tokens through {a.rows[0]?.label}).
         Now: {fmt(after.t0, 1)}–{fmt(after.t1, 1)} s (passes {after.fromPass + 1}–{after.toPass}, {int(after.tokens[0] ?? 0)} tokens).
         {d.spacing > 1 ? ` The earlier window is read from snapshots kept every ${fmt(d.spacing, 0)} s, so its ends may be off by up to half that.` : ''}

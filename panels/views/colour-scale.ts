@@ -132,11 +132,11 @@ export function legendTicks(scale: ColourScale): Array<{ t: number; label: strin
   return ticks;
 }
 
-/** What the legend says the colour means. */
-export function legendTitle(scale: ColourScale): string {
-  if (scale.mode === 'fair') return 'share of the layer ÷ fair share (1/E); 0 is the bottom colour';
-  if (scale.mode === 'log') return 'share of the layer (log); 0 is the bottom colour';
-  return 'share of the layer';
+/** What the legend says the colour means; `quantity` names the share ("share of the layer"). */
+export function legendTitle(scale: ColourScale, quantity = 'share of the layer'): string {
+  if (scale.mode === 'fair') return `${quantity} ÷ fair share (1/E); 0 is the bottom colour`;
+  if (scale.mode === 'log') return `${quantity} (log); 0 is the bottom colour`;
+  return quantity;
 }
 
 /** The page's theme, as main.tsx sets it from DevTools. */
