@@ -13,6 +13,7 @@ import {
 import { BucketHistory } from './buckets';
 import { LongHistory } from './long-history';
 import { Ring } from './ring';
+import { thinIndices } from './thin';
 import { viewData, type ViewData, type ViewRequests } from './view-data';
 
 const HC = HEALTH_COLUMNS.length;
@@ -195,6 +196,8 @@ const SNAPSHOT_BUDGET = 64 * 1024 * 1024;
 /** Snapshots closer together than this are thinned (the newest is always kept). */
 const MIN_SPACING_S = 0.2;
 const TIMELINE_POINTS = 3600;
+/** Most timeline points an analysis carries (thinned, keeping peaks and dips): about a plot's width in pixels. */
+const TIMELINE_SENT = 1200;
 const TOKEN_PASSES = 512;
 
 interface JobData {
@@ -513,7 +516,8 @@ export class Analyzer {
       snapshots: () => snapshotsOf(job),
     }, s.views) : undefined;
 
-    const points = job.timeline.toArray();
+    const all = job.timeline.toArray();
+    const points = thinIndices(all.length, TIMELINE_SENT, (i) => all[i]!.maxVio).map((i) => all[i]!);
     const timelineMaxVio = new Float32Array(points.length * L);
     const timeline = points.map((p, i): TimelineSample => {
       timelineMaxVio.set(p.maxVioByLayer.subarray(0, L), i * L);

@@ -13,7 +13,7 @@ import type { Analysis } from '../engine/analyzer';
 import type { FlowData, FlowRequest } from '../engine/view-data';
 import type { Store } from '../store';
 import { currentTheme } from './colour-scale';
-import { bandY, hitFlow, layoutFlow, type FlowBand, type FlowLayout, type FlowNode, type NodeOrder } from './flow-layout';
+import { bandY, hitFlow, layoutFlow, type FlowBands, type FlowLayout, type FlowNode, type NodeOrder } from './flow-layout';
 import { fmt, int, pct } from './format';
 
 const WEIGHTING_LABEL: Record<FlowWeighting, string> = {
@@ -168,11 +168,45 @@ function describeNode(n: FlowNode, flow: RoutingFlow, label: (l: number) => stri
   return parts.join('; ');
 }
 
-function describeBand(b: FlowBand, flow: RoutingFlow, label: (l: number) => string): string {
-  const pair = flow.pairs[b.pair]!;
-  const w = transition(pair, b.from, b.to);
-  return `${label(pair.from)} expert ${b.from} → ${label(pair.to)} expert ${b.to}: ${fmt(w, w % 1 ? 3 : 0)} tokens ` +
-    `(${pct(w / flow.nodes[b.pair]![b.from]!)} of expert ${b.from}’s, ${pct(w / flow.nodes[b.pair + 1]![b.to]!)} of expert ${b.to}’s)`;
+function describeBand(b: number, layout: FlowLayout, flow: RoutingFlow, label: (l: number) => string): string {
+  const { bands } = layout;
+  const p = bands.pair[b]!;
+  const pair = flow.pairs[p]!;
+  const from = bands.from[b]!;
+  const to = bands.to[b]!;
+  const w = transition(pair, from, to);
+  return `${label(pair.from)} expert ${from} → ${label(pair.to)} expert ${to}: ${fmt(w, w % 1 ? 3 : 0)} tokens ` +
+    `(${pct(w / flow.nodes[p]![from]!)} of expert ${from}’s, ${pct(w / flow.nodes[p + 1]![to]!)} of expert ${to}’s)`;
+}
+
+/** The bands worth drawing: per pair the largest ones, at most MAX_BANDS_PER_PAIR, none thinner than MIN_BAND_PX. */
+function bandsToDraw(layout: FlowLayout, pairs: number): { drawn: Int32Array; skipped: number; skippedTokens: number } {
+  const { bands } = layout;
+  const byPair: number[][] = Array.from({ length: pairs }, () => []);
+  let skipped = 0;
+  let skippedTokens = 0;
+  for (let i = 0; i < bands.n; i++) {
+    if (bands.w[i]! >= MIN_BAND_PX) byPair[bands.pair[i]!]!.push(i);
+    else {
+      skipped++;
+      skippedTokens += bands.weight[i]!;
+    }
+  }
+  const drawn: number[] = [];
+  for (const list of byPair) {
+    if (list.length > MAX_BANDS_PER_PAIR) {
+      list.sort((x, y) => bands.w[y]! - bands.w[x]!);
+      for (const i of list.slice(MAX_BANDS_PER_PAIR)) {
+        skipped++;
+        skippedTokens += bands.weight[i]!;
+      }
+      list.length = MAX_BANDS_PER_PAIR;
+    }
+    drawn.push(...list);
+  }
+  // Widest first, so that thin bands stay visible on top.
+  drawn.sort((x, y) => bands.w[y]! - bands.w[x]!);
+  return { drawn: Int32Array.from(drawn), skipped, skippedTokens };
 }
 
 function Sankey({ a, flow, highlight, order, label, onFollow, through }: {
@@ -193,6 +227,7 @@ function Sankey({ a, flow, highlight, order, label, onFollow, through }: {
     return () => ro.disconnect();
   }, []);
   const layout = useMemo(() => layoutFlow(flow, width, height, order), [flow, width, order]);
+  const plan = useMemo(() => bandsToDraw(layout, flow.pairs.length), [layout]);
   const columns = useMemo(() => flow.layers.map((_, c) => layout.nodes.filter((n) => n.column === c)), [layout]);
   const focused = focus ? columns[focus.column]?.[focus.index] ?? null : null;
 
@@ -205,13 +240,13 @@ function Sankey({ a, flow, highlight, order, label, onFollow, through }: {
     c.height = Math.round(height * dpr);
     ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
     ctx.clearRect(0, 0, width, height);
-    drawSankey(ctx, layout, highlight, through, focused);
+    drawSankey(ctx, layout, plan.drawn, highlight, through, focused);
   }, [layout, highlight, focused]);
 
   const onMove = (e: MouseEvent) => {
     const r = canvas.current!.getBoundingClientRect();
     const hit = hitFlow(layout, e.clientX - r.left, e.clientY - r.top);
-    setHover(hit ? ('node' in hit ? describeNode(hit.node, flow, label) : describeBand(hit.band, flow, label)) : null);
+    setHover(hit ? ('node' in hit ? describeNode(hit.node, flow, label) : describeBand(hit.band, layout, flow, label)) : null);
   };
   const onClick = (e: MouseEvent) => {
     const r = canvas.current!.getBoundingClientRect();
@@ -254,31 +289,30 @@ function Sankey({ a, flow, highlight, order, label, onFollow, through }: {
           onMouseMove={onMove} onMouseLeave={() => setHover(null)} onClick={onClick} onKeyDown={onKey}
           onFocus={() => setFocus((f) => f ?? { column: 0, index: 0 })} onBlur={() => setFocus(null)} />
       </div>
+      {plan.skipped > 0 && (
+        <p class="muted" data-testid="flow-undrawn">{int(plan.skipped)} transitions ({fmt(plan.skippedTokens, 0)} tokens) are too thin to draw at this size; they are counted everywhere else.</p>
+      )}
     </div>
   );
 }
 
-function drawSankey(ctx: CanvasRenderingContext2D, layout: FlowLayout, highlight: RoutingFlow | null, through: FlowRequest['through'], focused: FlowNode | null) {
+function drawSankey(ctx: CanvasRenderingContext2D, layout: FlowLayout, drawn: Int32Array, highlight: RoutingFlow | null, through: FlowRequest['through'], focused: FlowNode | null) {
   const dark = currentTheme() === 'dark';
-  const dim = !!highlight;
-  // Bands: the largest first per pair, at most MAX_BANDS_PER_PAIR, none thinner than MIN_BAND_PX.
-  const drawn = new Map<number, number>();
-  const bands = [...layout.bands].sort((x, y) => y.w - x.w);
-  for (const b of bands) {
-    if (b.w < MIN_BAND_PX) break;
-    const n = drawn.get(b.pair) ?? 0;
-    if (n >= MAX_BANDS_PER_PAIR) continue;
-    drawn.set(b.pair, n + 1);
-    ctx.fillStyle = dim ? (dark ? 'rgba(154,160,166,0.18)' : 'rgba(95,99,104,0.15)') : `hsla(${hue(b.from)}, 65%, ${dark ? 60 : 50}%, 0.35)`;
-    fillBand(ctx, b, b.w);
+  const { bands } = layout;
+  const grey = dark ? 'rgba(154,160,166,0.18)' : 'rgba(95,99,104,0.15)';
+  for (const b of drawn) {
+    ctx.fillStyle = highlight ? grey : `hsla(${hue(bands.from[b]!)}, 65%, ${dark ? 60 : 50}%, 0.35)`;
+    fillBand(ctx, bands, b, bands.w[b]!);
   }
   if (highlight) {
     ctx.fillStyle = dark ? 'rgba(138,180,248,0.75)' : 'rgba(26,115,232,0.7)';
-    for (const b of layout.bands) {
-      const w = transition(highlight.pairs[b.pair]!, b.from, b.to) * layout.scale;
-      if (w > 0) fillBand(ctx, b, Math.max(0.5, w));
+    for (const b of drawn) {
+      const w = transition(highlight.pairs[bands.pair[b]!]!, bands.from[b]!, bands.to[b]!) * layout.scale;
+      if (w > 0) fillBand(ctx, bands, b, Math.max(0.5, w));
     }
   }
+  ctx.font = '10px system-ui, sans-serif';
+  ctx.textBaseline = 'middle';
   for (const n of layout.nodes) {
     ctx.fillStyle = `hsl(${hue(n.expert)}, 60%, ${dark ? 62 : 45}%)`;
     ctx.fillRect(n.x, n.y, layout.nodeWidth, Math.max(1, n.h));
@@ -295,8 +329,6 @@ function drawSankey(ctx: CanvasRenderingContext2D, layout: FlowLayout, highlight
     // Experts large enough to label.
     if (n.h >= 11) {
       ctx.fillStyle = dark ? '#e8eaed' : '#202124';
-      ctx.font = '10px system-ui, sans-serif';
-      ctx.textBaseline = 'middle';
       const right = n.column < layout.byExpert.length - 1;
       ctx.textAlign = right ? 'left' : 'right';
       ctx.fillText(String(n.expert), right ? n.x + layout.nodeWidth + 3 : n.x - 3, n.y + n.h / 2);
@@ -310,18 +342,19 @@ function drawSankey(ctx: CanvasRenderingContext2D, layout: FlowLayout, highlight
 }
 
 /** A band as a filled polygon along bandY (the same curve the hit test uses). */
-function fillBand(ctx: CanvasRenderingContext2D, b: FlowBand, w: number) {
-  const steps = 16;
+function fillBand(ctx: CanvasRenderingContext2D, bands: FlowBands, b: number, w: number) {
+  const steps = 12;
+  const x0 = bands.x0[b]!;
+  const dx = (bands.x1[b]! - x0) / steps;
   ctx.beginPath();
   for (let i = 0; i <= steps; i++) {
-    const x = b.x0 + ((b.x1 - b.x0) * i) / steps;
-    const y = bandY(b, x);
-    if (i === 0) ctx.moveTo(x, y);
-    else ctx.lineTo(x, y);
+    const x = x0 + dx * i;
+    if (i === 0) ctx.moveTo(x, bandY(bands, b, x));
+    else ctx.lineTo(x, bandY(bands, b, x));
   }
   for (let i = steps; i >= 0; i--) {
-    const x = b.x0 + ((b.x1 - b.x0) * i) / steps;
-    ctx.lineTo(x, bandY(b, x) + w);
+    const x = x0 + dx * i;
+    ctx.lineTo(x, bandY(bands, b, x) + w);
   }
   ctx.closePath();
   ctx.fill();

@@ -7,6 +7,9 @@
  * stacked in the order of their target nodes and arrive stacked in the order of their sources,
  * as in any Sankey diagram. Band centre lines follow a smoothstep from one column to the next
  * (bandY), which both the drawing and the hit test use.
+ *
+ * Bands are kept in typed arrays and ordered by sorting packed numeric keys: a pair can hold
+ * thousands of transitions (512 x 512 experts), laid out at every analysis on the main thread.
  */
 import type { RoutingFlow } from '../../src/analysis';
 
@@ -22,25 +25,25 @@ export interface FlowNode {
   h: number;
 }
 
-export interface FlowBand {
-  pair: number;
-  from: number;
-  to: number;
-  weight: number;
-  x0: number;
-  /** Top of the band at its source and at its target. */
-  y0: number;
-  x1: number;
-  y1: number;
-  /** Thickness in px. */
-  w: number;
+/** Band i of a layout: pair[i], from[i] -> to[i], weight[i] tokens, top edge y0[i] at x0[i] to y1[i] at x1[i], w[i] px thick. */
+export interface FlowBands {
+  n: number;
+  pair: Int32Array;
+  from: Int32Array;
+  to: Int32Array;
+  weight: Float64Array;
+  x0: Float32Array;
+  y0: Float32Array;
+  x1: Float32Array;
+  y1: Float32Array;
+  w: Float32Array;
 }
 
 export interface FlowLayout {
   nodes: FlowNode[];
-  /** Per column: expert -> node. */
-  byExpert: Array<Map<number, FlowNode>>;
-  bands: FlowBand[];
+  /** Per column: node of each expert (undefined: no flow). */
+  byExpert: Array<Array<FlowNode | undefined>>;
+  bands: FlowBands;
   /** px per token. */
   scale: number;
   nodeWidth: number;
@@ -48,6 +51,8 @@ export interface FlowLayout {
 
 export const NODE_WIDTH = 10;
 const PAD = 6;
+/** Packed sort keys: position key x 2^22 + band index (fewer than 2^22 bands per pair). */
+const INDEX_BITS = 2 ** 22;
 
 export function layoutFlow(flow: RoutingFlow, width: number, height: number, order: NodeOrder = 'expert'): FlowLayout {
   const C = flow.layers.length;
@@ -69,63 +74,107 @@ export function layoutFlow(flow: RoutingFlow, width: number, height: number, ord
   if (!Number.isFinite(scale)) scale = 0;
   const xOf = (c: number) => (C > 1 ? PAD + (c * (width - 2 * PAD - NODE_WIDTH)) / (C - 1) : PAD);
   const nodes: FlowNode[] = [];
-  const byExpert: Array<Map<number, FlowNode>> = [];
+  const byExpert: Array<Array<FlowNode | undefined>> = [];
+  // Position of each expert's node in its column (-1: none), for the band order.
+  const rank: Int32Array[] = [];
   columns.forEach((experts, c) => {
-    const map = new Map<number, FlowNode>();
+    const list: Array<FlowNode | undefined> = new Array(flow.nodes[c]!.length);
+    const r = new Int32Array(flow.nodes[c]!.length).fill(-1);
     const gap = gapOf(experts.length);
     let y = PAD;
-    for (const e of experts) {
+    experts.forEach((e, i) => {
       const node: FlowNode = { column: c, layer: flow.layers[c]!, expert: e, mass: flow.nodes[c]![e]!, x: xOf(c), y, h: flow.nodes[c]![e]! * scale };
       nodes.push(node);
-      map.set(e, node);
+      list[e] = node;
+      r[e] = i;
       y += node.h + gap;
-    }
-    byExpert.push(map);
+    });
+    byExpert.push(list);
+    rank.push(r);
   });
-  const bands: FlowBand[] = [];
+
+  let total = 0;
+  for (const p of flow.pairs) total += p.src.length;
+  const bands: FlowBands = {
+    n: 0, pair: new Int32Array(total), from: new Int32Array(total), to: new Int32Array(total), weight: new Float64Array(total),
+    x0: new Float32Array(total), y0: new Float32Array(total), x1: new Float32Array(total), y1: new Float32Array(total), w: new Float32Array(total),
+  };
   flow.pairs.forEach((pair, p) => {
+    const rs = rank[p]!;
+    const rd = rank[p + 1]!;
+    const E = rd.length;
     const src = byExpert[p]!;
     const dst = byExpert[p + 1]!;
-    const idx = Array.from(pair.weight.keys()).filter((i) => src.has(pair.src[i]!) && dst.has(pair.dst[i]!));
+    const m = pair.src.length;
     // Leaving a node: in the order of the targets' positions; arriving: in the order of the sources'.
-    const outOffset = new Map<number, number>();
-    const inOffset = new Map<number, number>();
-    const y0 = new Map<number, number>();
-    for (const i of [...idx].sort((a, b) => src.get(pair.src[a]!)!.y - src.get(pair.src[b]!)!.y || dst.get(pair.dst[a]!)!.y - dst.get(pair.dst[b]!)!.y)) {
-      const s = pair.src[i]!;
-      const off = outOffset.get(s) ?? 0;
-      y0.set(i, src.get(s)!.y + off);
-      outOffset.set(s, off + pair.weight[i]! * scale);
+    const leave = new Float64Array(m);
+    const arrive = new Float64Array(m);
+    let k = 0;
+    for (let i = 0; i < m; i++) {
+      const a = rs[pair.src[i]!]!;
+      const b = rd[pair.dst[i]!]!;
+      if (a < 0 || b < 0) continue;
+      leave[k] = (a * E + b) * INDEX_BITS + i;
+      arrive[k] = (b * rs.length + a) * INDEX_BITS + i;
+      k++;
     }
-    for (const i of [...idx].sort((a, b) => dst.get(pair.dst[a]!)!.y - dst.get(pair.dst[b]!)!.y || src.get(pair.src[a]!)!.y - src.get(pair.src[b]!)!.y)) {
+    const out = leave.subarray(0, k).sort();
+    const inn = arrive.subarray(0, k).sort();
+    const y0 = new Float32Array(m);
+    let node = -1;
+    let off = 0;
+    for (let j = 0; j < k; j++) {
+      const i = out[j]! % INDEX_BITS;
+      const s = pair.src[i]!;
+      if (s !== node) {
+        node = s;
+        off = 0;
+      }
+      y0[i] = src[s]!.y + off;
+      off += pair.weight[i]! * scale;
+    }
+    node = -1;
+    off = 0;
+    for (let j = 0; j < k; j++) {
+      const i = inn[j]! % INDEX_BITS;
       const d = pair.dst[i]!;
-      const off = inOffset.get(d) ?? 0;
-      bands.push({
-        pair: p, from: pair.src[i]!, to: d, weight: pair.weight[i]!, x0: xOf(p) + NODE_WIDTH, y0: y0.get(i)!, x1: xOf(p + 1),
-        y1: dst.get(d)!.y + off, w: pair.weight[i]! * scale,
-      });
-      inOffset.set(d, off + pair.weight[i]! * scale);
+      if (d !== node) {
+        node = d;
+        off = 0;
+      }
+      const b = bands.n++;
+      bands.pair[b] = p;
+      bands.from[b] = pair.src[i]!;
+      bands.to[b] = d;
+      bands.weight[b] = pair.weight[i]!;
+      bands.x0[b] = xOf(p) + NODE_WIDTH;
+      bands.y0[b] = y0[i]!;
+      bands.x1[b] = xOf(p + 1);
+      bands.y1[b] = dst[d]!.y + off;
+      bands.w[b] = pair.weight[i]! * scale;
+      off += pair.weight[i]! * scale;
     }
   });
   return { nodes, byExpert, bands, scale, nodeWidth: NODE_WIDTH };
 }
 
-/** Top edge of a band at x (between its ends): a smoothstep from y0 to y1. */
-export function bandY(b: Pick<FlowBand, 'x0' | 'x1' | 'y0' | 'y1'>, x: number): number {
-  const u = Math.max(0, Math.min(1, (x - b.x0) / (b.x1 - b.x0)));
-  return b.y0 + (b.y1 - b.y0) * u * u * (3 - 2 * u);
+/** Top edge of band b at x (between its ends): a smoothstep from y0 to y1. */
+export function bandY(bands: FlowBands, b: number, x: number): number {
+  const u = Math.max(0, Math.min(1, (x - bands.x0[b]!) / (bands.x1[b]! - bands.x0[b]!)));
+  return bands.y0[b]! + (bands.y1[b]! - bands.y0[b]!) * u * u * (3 - 2 * u);
 }
 
 /** What lies under (x, y): a node, else the thinnest band (the most specific) covering the point, else null. */
-export function hitFlow(layout: FlowLayout, x: number, y: number): { node: FlowNode } | { band: FlowBand } | null {
+export function hitFlow(layout: FlowLayout, x: number, y: number): { node: FlowNode } | { band: number } | null {
   for (const n of layout.nodes) {
     if (x >= n.x - 2 && x <= n.x + layout.nodeWidth + 2 && y >= n.y - 1 && y <= n.y + Math.max(2, n.h) + 1) return { node: n };
   }
-  let best: FlowBand | null = null;
-  for (const b of layout.bands) {
-    if (x < b.x0 || x > b.x1) continue;
-    const top = bandY(b, x);
-    if (y >= top - 1 && y <= top + Math.max(1, b.w) + 1 && (!best || b.w < best.w)) best = b;
+  const b = layout.bands;
+  let best = -1;
+  for (let i = 0; i < b.n; i++) {
+    if (x < b.x0[i]! || x > b.x1[i]!) continue;
+    const top = bandY(b, i, x);
+    if (y >= top - 1 && y <= top + Math.max(1, b.w[i]!) + 1 && (best < 0 || b.w[i]! < b.w[best]!)) best = i;
   }
-  return best ? { band: best } : null;
+  return best >= 0 ? { band: best } : null;
 }

@@ -78,25 +78,31 @@ describe('Sankey layout', () => {
   const flow = routingFlow(records, [0, 1], [2, 2]);
   it('sizes nodes by tokens on one scale and stacks bands in them', () => {
     const l = layoutFlow(flow, 400, 212);
-    const n = (c: number, e: number) => l.byExpert[c]!.get(e)!;
+    const n = (c: number, e: number) => l.byExpert[c]![e]!;
     expect(n(0, 0).h / n(0, 1).h).toBeCloseTo(3); // 3 tokens vs 1
     expect(n(1, 0).h).toBeCloseTo(n(1, 1).h);
     expect(n(0, 0).h + n(0, 1).h).toBeCloseTo(4 * l.scale);
     // Expert 0 of layer 0 sends 2 tokens to expert 1 and 1 to expert 0: stacked in the targets' order.
-    const toE0 = l.bands.find((b) => b.from === 0 && b.to === 0)!;
-    const toE1 = l.bands.find((b) => b.from === 0 && b.to === 1)!;
-    expect(toE0.y0).toBeCloseTo(n(0, 0).y);
-    expect(toE1.y0).toBeCloseTo(n(0, 0).y + toE0.w);
-    expect(toE1.w).toBeCloseTo(2 * l.scale);
+    const band = (from: number, to: number) => Array.from({ length: l.bands.n }, (_, i) => i).find((i) => l.bands.from[i] === from && l.bands.to[i] === to)!;
+    const toE0 = band(0, 0);
+    const toE1 = band(0, 1);
+    expect(l.bands.y0[toE0]).toBeCloseTo(n(0, 0).y);
+    expect(l.bands.y0[toE1]).toBeCloseTo(n(0, 0).y + l.bands.w[toE0]!);
+    expect(l.bands.w[toE1]).toBeCloseTo(2 * l.scale);
+    // Arriving at expert 0 of layer 1: from expert 0 first, then from expert 1.
+    expect(l.bands.y1[toE0]).toBeCloseTo(n(1, 0).y);
+    expect(l.bands.y1[band(1, 0)]).toBeCloseTo(n(1, 0).y + l.bands.w[toE0]!);
+    // Ordered by flow, the busier expert's node comes first.
+    expect(layoutFlow(flow, 400, 212, 'flow').byExpert[0]![0]!.y).toBeLessThan(layoutFlow(flow, 400, 212, 'flow').byExpert[0]![1]!.y);
   });
   it('finds the node or band under a point, on the curve it is drawn along', () => {
     const l = layoutFlow(flow, 400, 212);
-    const node = l.byExpert[1]!.get(1)!;
+    const node = l.byExpert[1]![1]!;
     expect(hitFlow(l, node.x + 2, node.y + node.h / 2)).toEqual({ node });
-    const band = l.bands.find((b) => b.from === 1)!;
-    const x = (band.x0 + band.x1) / 2;
-    const hit = hitFlow(l, x, bandY(band, x) + band.w / 2);
-    expect(hit && 'band' in hit ? [hit.band.from, hit.band.to] : null).toEqual([1, 0]);
+    const b = Array.from({ length: l.bands.n }, (_, i) => i).find((i) => l.bands.from[i] === 1)!;
+    const x = (l.bands.x0[b]! + l.bands.x1[b]!) / 2;
+    const hit = hitFlow(l, x, bandY(l.bands, b, x) + l.bands.w[b]! / 2);
+    expect(hit && 'band' in hit ? [l.bands.from[hit.band], l.bands.to[hit.band]] : null).toEqual([1, 0]);
     expect(hitFlow(l, 1, 1)).toBeNull();
   });
 });

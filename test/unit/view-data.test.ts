@@ -9,6 +9,7 @@ import type { HostMessage, JobUpdate } from '../../src/protocol/panel';
 import { routingFlow, totalVariation, type FlowRecord } from '../../src/analysis';
 import { Analyzer } from '../../panels/engine/analyzer';
 import { LongHistory } from '../../panels/engine/long-history';
+import { thinIndices } from '../../panels/engine/thin';
 import type { Snapshot } from '../../panels/engine/analyzer';
 import { layerInfo } from './layer-fixture';
 
@@ -124,5 +125,16 @@ describe('LongHistory', () => {
     for (let i = 1; i < ts.length; i++) expect(ts[i]! - ts[i - 1]!).toBeLessThanOrEqual(h.spacing + 0.5);
     expect(ts.at(-1)!).toBeGreaterThanOrEqual(100 - h.spacing);
     expect(totalVariation([1], [1])).toBe(0);
+  });
+});
+
+describe('thinIndices', () => {
+  it('keeps every point when they fit, else the first, the newest and each run’s peak and dip, in order', () => {
+    expect(thinIndices(5, 10, () => 0)).toEqual([0, 1, 2, 3, 4]);
+    const v = [0, 5, 1, 1, -3, 2, 2, 9, 2, 2, 1, 0];
+    const kept = thinIndices(v.length, 6, (i) => v[i]!); // 3 runs of 4
+    expect(kept).toEqual([0, 1, 4, 7, 8, 11]); // runs [0..3] [4..7] [8..11]: dips 0, -3, 0 at 0, 4, 11; peaks 5, 9, 2 at 1, 7, 8
+    expect(thinIndices(3600, 1200, (i) => Math.sin(i)).length).toBeLessThanOrEqual(1202);
+    expect(thinIndices(4, 2, (i) => [NaN, 1, NaN, 2][i]!)).toEqual([0, 1, 3]);
   });
 });
