@@ -26,7 +26,7 @@ export interface FlowRequest {
 }
 
 /** Most transitions sent per layer pair (the largest); the rest are summed in omitted/omittedWeight. */
-export const FLOW_MAX_TRANSITIONS = 5000;
+export const FLOW_MAX_TRANSITIONS = 2000;
 
 export interface FlowData {
   request: FlowRequest;

@@ -64,6 +64,9 @@ export function Activity3D({ store, a, layer }: { store: Store; a: Analysis; lay
   const lastId = held.current.length ? held.current[held.current.length - 1]!.bucket.id : 0;
   useEffect(() => store.setViewRequest('activity', { buckets: { since: lastId } }), [lastId]);
   const data = a.views?.buckets;
+  const labels = a.rows.map((r) => r.label).join('\n');
+  // Two lists (a vnode renders in one place only), made once per model so that Preact skips them at each analysis.
+  const [fromOptions, toOptions] = useMemo(() => [0, 1].map(() => a.rows.map((r) => <option key={r.layer} value={r.layer}>{r.label}</option>)), [labels]);
   const slots = data?.capacity ?? 0;
   const W = a.maxWidth;
 
@@ -227,11 +230,11 @@ export function Activity3D({ store, a, layer }: { store: Store; a: Analysis; lay
       <div class="controls">
         <label>Layers{' '}
           <select data-testid="activity-from" value={range.from} onChange={(e) => { const from = Number((e.target as HTMLSelectElement).value); setRange((r) => ({ from, to: Math.max(from, r.to) })); }}>
-            {a.rows.map((r) => <option key={r.layer} value={r.layer}>{r.label}</option>)}
+            {fromOptions}
           </select>
           {' to '}
           <select data-testid="activity-to" value={range.to} onChange={(e) => { const to = Number((e.target as HTMLSelectElement).value); setRange((r) => ({ from: Math.min(r.from, to), to })); }}>
-            {a.rows.map((r) => <option key={r.layer} value={r.layer}>{r.label}</option>)}
+            {toOptions}
           </select>
         </label>
         <label>Colour{' '}

@@ -23,8 +23,8 @@ const WEIGHTING_LABEL: Record<FlowWeighting, string> = {
 };
 /** Bands thinner than this are not drawn (they would not show); they still count everywhere else. */
 const MIN_BAND_PX = 0.25;
-const MAX_BANDS_PER_PAIR = 600;
-const TABLE_ROWS = 100;
+const MAX_BANDS_PER_PAIR = 300;
+const TABLE_ROWS = 50;
 
 /** Same hue per expert as the Tokens view's underline. */
 const hue = (expert: number) => (expert * 47) % 360;
@@ -47,6 +47,9 @@ export function Flow({ store, a, layer }: { store: Store; a: Analysis; layer: nu
   }, [filterText]);
   const data = a.views?.flow ?? null;
   const label = (l: number) => a.rows[l]?.label ?? `layer ${l}`;
+  // The layer lists change only with the model: the same elements let Preact skip them at each analysis.
+  const labels = a.rows.map((r) => r.label).join('\n');
+  const options = useMemo(() => a.rows.map((r) => <option key={r.layer} value={r.layer}>{r.label}</option>), [labels]);
   const hidden = a.rows.filter((r) => r.layer >= Math.min(req.from, req.to) && r.layer <= Math.max(req.from, req.to) && r.info.token_source === 'none');
 
   return (
@@ -54,12 +57,12 @@ export function Flow({ store, a, layer }: { store: Store; a: Analysis; layer: nu
       <div class="controls">
         <label>From{' '}
           <select data-testid="flow-from" value={req.from} onChange={(e) => set({ from: Number((e.target as HTMLSelectElement).value), through: null })}>
-            {a.rows.map((r) => <option key={r.layer} value={r.layer}>{r.label}</option>)}
+            {options}
           </select>
         </label>
         <label>to{' '}
           <select data-testid="flow-to" value={req.to} onChange={(e) => set({ to: Number((e.target as HTMLSelectElement).value), through: null })}>
-            {a.rows.map((r) => <option key={r.layer} value={r.layer}>{r.label}</option>)}
+            {options}
           </select>
         </label>
         <label>Count{' '}
@@ -343,7 +346,7 @@ function drawSankey(ctx: CanvasRenderingContext2D, layout: FlowLayout, drawn: In
 
 /** A band as a filled polygon along bandY (the same curve the hit test uses). */
 function fillBand(ctx: CanvasRenderingContext2D, bands: FlowBands, b: number, w: number) {
-  const steps = 12;
+  const steps = 8;
   const x0 = bands.x0[b]!;
   const dx = (bands.x1[b]! - x0) / steps;
   ctx.beginPath();

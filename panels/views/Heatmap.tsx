@@ -38,6 +38,8 @@ export function Heatmap({ store, a, layer }: { store: Store; a: Analysis; layer:
   useEffect(() => store.setViewRequest('heatmap', { heatmap: o }), [o]);
   const L = a.layers;
   const lay = Math.min(o.layer, L - 1);
+  const labels = a.rows.map((r) => r.label).join('\n');
+  const layerOptions = useMemo(() => a.rows.map((r) => <option key={r.layer} value={r.layer}>{r.label}</option>), [labels]);
   const hd = a.views?.heatmap;
   const fresh = hd && hd.request.mode === o.mode && hd.request.layer === o.layer && hd.request.pass === o.pass ? hd : null;
   const order = fresh && fresh.request.sort === o.sort && o.sort !== 'index' ? fresh.order : null;
@@ -54,7 +56,7 @@ export function Heatmap({ store, a, layer }: { store: Store; a: Analysis; layer:
       {o.mode !== 'layers' && (
         <label>Layer{' '}
           <select data-testid="heatmap-layer" value={lay} onChange={(e) => set({ layer: Number((e.target as HTMLSelectElement).value) })}>
-            {a.rows.map((r) => <option key={r.layer} value={r.layer}>{r.label}</option>)}
+            {layerOptions}
           </select>
         </label>
       )}

@@ -8,7 +8,7 @@
  *    ago ("what changed since 10 minutes ago"), per layer and per expert.
  */
 import './maps.css';
-import { useEffect, useMemo, useRef, useState } from 'preact/hooks';
+import { useEffect, useMemo, useState } from 'preact/hooks';
 import { LAYER_METRICS, shortLayerLabel, type LayerMetricId } from '../../src/analysis';
 import type { Analysis, LayerRow } from '../engine/analyzer';
 import type { DiffData, DiffRequest, SeriesData } from '../engine/view-data';
@@ -74,7 +74,7 @@ function LayerTable({ store, a }: { store: Store; a: Analysis }) {
     <section>
       <h3>Layer vs layer <span class="muted">over the window ({a.window.passes} passes, {int(a.window.tokens)} tokens)</span></h3>
       <div class="table-scroll">
-        <table class="grid layers-table" data-testid="layers-table">
+        <table class="grid layers-table fixed-grid" data-testid="layers-table">
           <thead><tr>
             {head('layer', 'Layer', 'Model order')}
             {head('tokens', 'Tokens', 'Tokens through the layer in the window')}
@@ -143,35 +143,35 @@ function Multiples({ store, a, metric, series, onMetric }: { store: Store; a: An
   );
 }
 
-/** One layer's series as a line on a small canvas, redrawn only when its data or scale changed (drawKey). */
+/**
+ * One layer's series as an SVG polyline (recomputed only when its data or scale changed). Not a
+ * canvas: 64 to 128 small canvases made Chrome's layerization step cost ~5 ms per frame.
+ */
 function SeriesSpark({ values, layers, layer, count, lo, hi, drawKey }: { values: Float32Array; layers: number; layer: number; count: number; lo: number; hi: number; drawKey: string }) {
-  const ref = useRef<HTMLCanvasElement>(null);
   const w = 120;
   const h = 36;
-  useEffect(() => {
-    const c = ref.current;
-    const ctx = c?.getContext('2d');
-    if (!c || !ctx) return;
-    ctx.clearRect(0, 0, w, h);
-    ctx.strokeStyle = getComputedStyle(c).getPropertyValue('--accent').trim() || '#1a73e8';
-    ctx.lineWidth = 1.25;
-    ctx.beginPath();
-    let pen = false;
+  const segments = useMemo(() => {
+    const out: string[] = [];
+    let cur: string[] = [];
     for (let i = 0; i < count; i++) {
       const v = values[i * layers + layer]!;
       if (!Number.isFinite(v)) {
-        pen = false;
+        if (cur.length) out.push(cur.join(' '));
+        cur = [];
         continue;
       }
       const x = count > 1 ? (i / (count - 1)) * (w - 2) + 1 : w / 2;
       const y = h - 2 - ((v - lo) / (hi - lo)) * (h - 4);
-      if (pen) ctx.lineTo(x, y);
-      else ctx.moveTo(x, y);
-      pen = true;
+      cur.push(`${x.toFixed(1)},${y.toFixed(1)}`);
     }
-    ctx.stroke();
+    if (cur.length) out.push(cur.join(' '));
+    return out;
   }, [drawKey]);
-  return <canvas ref={ref} width={w} height={h} class="spark" aria-hidden="true" />;
+  return (
+    <svg class="spark series-spark" width={w} height={h} viewBox={`0 0 ${w} ${h}`} aria-hidden="true">
+      {segments.map((pts, i) => <polyline key={i} points={pts} />)}
+    </svg>
+  );
 }
 
 const AGO_PRESETS = [60, 300, 600, 1800];
@@ -250,7 +250,8 @@ function DiffBody({ a, d }: { a: Analysis; d: DiffData }) {
     return `${row.label}, expert ${e}: then ${int(nb)} assignments (${pct(tb ? nb / tb : 0)} of the layer), now ${int(na)} (${pct(ta ? na / ta : 0)})` +
       (Number.isNaN(r) ? ', unused both times' : r === Infinity ? ', new' : `, ${fmt(r)}× its share then`);
   };
-  const rows = [...d.layers].sort((x, y) => (y.shift.totalVariation || 0) - (x.shift.totalVariation || 0));
+  // In model order (a table that re-sorted itself 5 times a second could not be read); the bars show the size of each shift.
+  const rows = d.layers;
   return (
     <>
       <p class="muted" data-testid="diff-summary" data-before-from={before.fromPass} data-before-to={before.toPass} data-after-from={after.fromPass} data-after-to={after.toPass}
@@ -261,7 +262,7 @@ function DiffBody({ a, d }: { a: Analysis; d: DiffData }) {
         {short || late ? ' The job has not been attached long enough for the windows asked for: they are as close as the history allows.' : ''}
       </p>
       <div class="table-scroll">
-        <table class="grid" data-testid="diff-table">
+        <table class="grid fixed-grid" data-testid="diff-table">
           <thead><tr>
             <th>Layer</th>
             <th title="Total variation distance between the two load distributions: half the sum of |share now - share then| over the experts; 0 same, 1 disjoint">Load shift</th>

@@ -95,7 +95,13 @@ function logFlow(log: PassRecord[], at: (p: number) => number, passes: number[],
   return out;
 }
 
+/** The flow the panel shows: its summary and every row of its transitions table (the whole list, not the largest 50). */
 async function shownFlow(panel: Frame) {
+  await panel.evaluate(() => {
+    const more = document.querySelector('[data-testid="flow-show-all"]') as HTMLElement | null;
+    if (more?.textContent?.startsWith('Show all')) more.click();
+  });
+  await sleep(100);
   return panel.evaluate(() => {
     const s = document.querySelector('[data-testid="flow-summary"]')!;
     const t = document.querySelector('[data-testid="flow-table"]')!;
@@ -103,12 +109,14 @@ async function shownFlow(panel: Frame) {
       tokens: Number(s.getAttribute('data-tokens')), passes: s.getAttribute('data-passes')!.split(',').filter(Boolean).map(Number),
       weighting: s.getAttribute('data-weighting'), filter: s.getAttribute('data-filter'), highlight: s.getAttribute('data-highlight'),
       from: Number(t.getAttribute('data-from')), to: Number(t.getAttribute('data-to')),
+      listed: Number(t.getAttribute('data-rows')),
       rows: [...t.querySelectorAll('tbody tr')].map((r) => [Number(r.getAttribute('data-src')), Number(r.getAttribute('data-dst')), Number(r.getAttribute('data-weight'))] as [number, number, number]),
     };
   });
 }
 
 function expectSameFlow(shown: Array<[number, number, number]>, want: Flow) {
+  expect(shown.length).toBe(want.size);
   const got = new Map(shown.map(([x, y, w]) => [`${x}>${y}`, w]));
   expect([...got.keys()].sort()).toEqual([...want.keys()].sort());
   for (const [k, w] of want) expect(got.get(k), k).toBeCloseTo(w, 9);
