@@ -14,6 +14,7 @@ import { BucketHistory } from './buckets';
 import { LongHistory } from './long-history';
 import { Ring } from './ring';
 import { thinIndices } from './thin';
+import { packTokenRows } from './transfer';
 import { viewData, type ViewData, type ViewRequests } from './view-data';
 
 const HC = HEALTH_COLUMNS.length;
@@ -540,7 +541,7 @@ export class Analyzer {
       },
       dropped: latest.dropped,
       droppedTokenRecords: latest.droppedTokens,
-      tokens: recentTokens,
+      tokens: packTokenRows(recentTokens),
       coactivation: co,
       vocabulary,
       tokenPassesKept: job.tokens.size,

@@ -7,7 +7,8 @@
  *  - Heatmap (log scale, sorted by load; time x experts; tokens x experts) and 3D map: what hovering
  *    a cell reads equals what the job routed;
  *  - Layers: the window diff shows nothing much while the inputs stay the same and a large shift
- *    once they switch, its numbers recomputed from the log.
+ *    once they switch, its numbers recomputed from the log;
+ *  - a recording of the job: the panel replaying it and `moe-devtools flow` count the same transitions.
  * Screenshots of each view, light and dark, go to test-artifacts/.
  */
 import * as fs from 'node:fs';
@@ -15,7 +16,9 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import type { Browser, Frame, Page } from 'puppeteer-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { attachThroughPanel, hoverHeatmap, launchBrowser, makeProfile, openMoEPanel, showView, undockDevTools } from '../../scripts/lib/devtools-harness.mjs';
+import { attachThroughPanel, hoverHeatmap, launchBrowser, makeProfile, openMoEPanel, setPanelSettings, showView, undockDevTools } from '../../scripts/lib/devtools-harness.mjs';
+import { recordingFlow } from '../../cli/commands/flow';
+import { parseRecording } from '../../panels/engine/recording';
 import { ROOT, startTinyJob, type Job, type PassRecord } from './jobs';
 
 const ARTIFACTS = path.join(ROOT, 'test-artifacts');
@@ -375,5 +378,28 @@ describe('views for big models and the flow of tokens', () => {
       await devtools.screenshot({ path: path.join(ARTIFACTS, `views-${view}-dark.png`) });
     }
     expect(await panel.$eval('[data-testid="legend"]', (el: Element) => el.getAttribute('data-mode'))).toBe('log');
+
+    // -- A recording of the job: the panel replaying it and `moe-devtools flow` on it count the same transitions, which are the job's.
+    await showView(panel, 'flow');
+    await panel.$eval('[data-testid="record"]', (b: Element) => (b as HTMLElement).click());
+    await panel.waitForSelector('[data-testid="recording-status"]', { timeout: 5000 });
+    await sleep(3000);
+    await panel.$eval('[data-testid="record"]', (b: Element) => (b as HTMLElement).click());
+    await panel.waitForSelector('[data-testid="recording-link"]', { timeout: 5000 });
+    const text = await panel.$eval('[data-testid="recording-link"]', async (a: Element) => (await fetch((a as HTMLAnchorElement).href)).text());
+    const file = path.join(ARTIFACTS, 'views-job.moerec');
+    fs.writeFileSync(file, text);
+    const cli = recordingFlow(parseRecording(text), { from: 0, to: 1, weighting: 'top1', filter: '' }).flow;
+    await setPanelSettings(panel, { windowMode: 'all' });
+    const input = await panel.$('[data-testid="recording-file"]');
+    await (input as unknown as { uploadFile(p: string): Promise<void> }).uploadFile(file);
+    await panel.waitForSelector('[data-testid="job"][data-status="recording"] [data-testid="flow-summary"][data-weighting="top1"]', { timeout: 15000 });
+    await sleep(500);
+    const replayed = await shownFlow(panel);
+    expect(replayed.passes).toEqual(cli.passes);
+    expect(cli.passes.length).toBeGreaterThan(10);
+    expectSameFlow(replayed.rows, new Map(Array.from(cli.pairs[0]!.weight, (w, i) => [`${cli.pairs[0]!.src[i]}>${cli.pairs[0]!.dst[i]}`, w])));
+    expectSameFlow(replayed.rows, logFlow(job.passes(), at, cli.passes, 0, 1, 'top1'));
+    console.log(`recording: moe-devtools flow and the panel's replay count the same ${replayed.rows.length} transitions over ${cli.passes.length} passes, as the job logged them`);
   });
 });

@@ -10,6 +10,7 @@ import { routingFlow, totalVariation, type FlowRecord } from '../../src/analysis
 import { Analyzer } from '../../panels/engine/analyzer';
 import { LongHistory } from '../../panels/engine/long-history';
 import { thinIndices } from '../../panels/engine/thin';
+import { forWorker, packTokenRows } from '../../panels/engine/transfer';
 import type { Snapshot } from '../../panels/engine/analyzer';
 import { layerInfo } from './layer-fixture';
 
@@ -136,5 +137,39 @@ describe('thinIndices', () => {
     expect(kept).toEqual([0, 1, 4, 7, 8, 11]); // runs [0..3] [4..7] [8..11]: dips 0, -3, 0 at 0, 4, 11; peaks 5, 9, 2 at 1, 7, 8
     expect(thinIndices(3600, 1200, (i) => Math.sin(i)).length).toBeLessThanOrEqual(1202);
     expect(thinIndices(4, 2, (i) => [NaN, 1, NaN, 2][i]!)).toEqual([0, 1, 3]);
+  });
+});
+
+describe('handing messages across the worker boundary', () => {
+  it('sends updates as typed arrays the Analyzer reads exactly as it reads plain arrays', () => {
+    const a = new Analyzer();
+    const b = new Analyzer();
+    a.ingest(attached);
+    b.ingest(attached);
+    for (let p = 1; p <= 30; p++) {
+      const u: JobUpdate = { type: 'update', pid: 3, model: 0, passes: p, layers: 2, widths: [E, E], counts: [p, 2 * p, 3 * p, 0, p, p, p, p], tokens: [3 * p, 2 * p], ts: 100 + p / 10, dropped: 0, health: new Array(12).fill(p) };
+      a.ingest(u);
+      const { message, transfer } = forWorker(u);
+      expect((message as unknown as { counts: unknown }).counts).toBeInstanceOf(Float64Array);
+      expect(transfer).toHaveLength(3);
+      b.ingest(message);
+    }
+    const ra = a.analyze(3, { windowMode: 'all' })!;
+    const rb = b.analyze(3, { windowMode: 'all' })!;
+    expect(Array.from(rb.window.counts)).toEqual(Array.from(ra.window.counts));
+    expect(rb.rows.map((r) => r.routerEntropy)).toEqual(ra.rows.map((r) => r.routerEntropy));
+    expect(forWorker(attached).transfer).toEqual([]);
+  });
+
+  it('packs token records into one buffer with the same values', () => {
+    const rows = [1, 2].map((pass) => ({
+      pass, phase: 'prefill' as const, n: 2, tokenIds: [1, 2], texts: null,
+      layers: [{ layer: 0, k: 2, ids: Int32Array.from([pass, 1, 2, 3]), weights: Float32Array.from([0.5, 0.5, 0.25, 0.75]) }, { layer: 1, k: 2, ids: Int32Array.from([0, 1, 2, 3]), weights: null }],
+    }));
+    const packed = packTokenRows(rows);
+    expect(packed.map((r) => r.layers.map((l) => [Array.from(l.ids), l.weights && Array.from(l.weights)]))).toEqual(rows.map((r) => r.layers.map((l) => [Array.from(l.ids), l.weights && Array.from(l.weights)])));
+    const buffers = new Set(packed.flatMap((r) => r.layers.flatMap((l) => [l.ids.buffer, l.weights?.buffer].filter(Boolean))));
+    expect(buffers.size).toBe(1);
+    expect(rows[0]!.layers[0]!.ids.buffer).not.toBe(packed[0]!.layers[0]!.ids.buffer);
   });
 });
