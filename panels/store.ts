@@ -12,17 +12,21 @@ import type { ErrorCode, HostMessage, JobUpdate, PanelRequest, ProcessInfo } fro
 import type { ModelInfo } from '../src/protocol/probe';
 import { unknownLayer } from '../src/analysis/layers';
 import type { Analysis, AnalysisSettings, TokenRow, WindowMode } from './engine/analyzer';
+import type { ViewRequests } from './engine/view-data';
 import { parseRecording, RecordingError, serializeRecording, withPid } from './engine/recording';
 import type { JobRanks } from './engine/ranks';
 
 export type ConnectionState = 'connecting' | 'connected' | 'disconnected';
 
-export type ViewId = 'overview' | 'load' | 'heatmap' | 'tokens' | 'timeline' | 'coactivation' | 'profiler' | 'ranks';
+export type ViewId = 'overview' | 'load' | 'heatmap' | 'flow' | 'activity' | 'layers' | 'tokens' | 'timeline' | 'coactivation' | 'profiler' | 'ranks';
 
 export const VIEWS: Array<{ id: ViewId; label: string }> = [
   { id: 'overview', label: 'Overview' },
   { id: 'load', label: 'Load' },
   { id: 'heatmap', label: 'Heatmap' },
+  { id: 'flow', label: 'Flow' },
+  { id: 'activity', label: '3D map' },
+  { id: 'layers', label: 'Layers' },
   { id: 'tokens', label: 'Tokens' },
   { id: 'timeline', label: 'Timeline' },
   { id: 'coactivation', label: 'Co-activation' },
@@ -109,6 +113,8 @@ export interface StoreState {
   /** The token whose path is shown; `row` is kept so the path stays while its pass scrolls out of the stream. */
   token: { pass: number; index: number; row?: TokenRow } | null;
   relays: RelayState[];
+  /** What each view asks the analysis for beyond the window (only the shown view's request is computed). */
+  viewRequests: Partial<Record<ViewId, ViewRequests>>;
 }
 
 export type Send = (request: PanelRequest) => void;
@@ -152,6 +158,7 @@ export class Store {
       saved: null,
       token: null,
       relays: [],
+      viewRequests: {},
     };
   }
 
@@ -226,7 +233,14 @@ export class Store {
   }
 
   selectView(view: ViewId) {
+    if (this.state.selectedPid !== null && this.state.viewRequests[view]) this.dirty.add(this.state.selectedPid);
     this.set({ view });
+  }
+
+  /** A view's request to the analysis (flow layers, time buckets, ...); the next analysis answers it. */
+  setViewRequest(view: ViewId, request: ViewRequests) {
+    if (this.state.selectedPid !== null) this.dirty.add(this.state.selectedPid);
+    this.set({ viewRequests: { ...this.state.viewRequests, [view]: request } });
   }
 
   selectToken(token: { pass: number; index: number; row?: TokenRow } | null) {
@@ -352,6 +366,7 @@ export class Store {
         layer: this.state.selectedLayer,
         tokenPasses: 300,
         tokenBudget: 400,
+        views: this.state.viewRequests[this.state.view],
       });
       if (result && this.state.jobs.has(pid)) {
         const analyses = new Map(this.state.analyses);
