@@ -33,6 +33,8 @@ from typing import Dict, List, Optional
 import torch
 from torch import nn
 
+from . import side
+from .contexts import InputKeeper
 from .routers import MoELayer, Routing
 
 # Columns of the per-layer health accumulator (float64, cumulative).
@@ -193,6 +195,7 @@ class Recorder:
         self._health_pass = False
         self._health_t = 0.0
         self._block_on_gpu = [False] * self.num_layers
+        self.inputs = InputKeeper(settings.token_sample)
 
     # -- lifecycle (called from the probe's own thread) --
 
@@ -223,7 +226,7 @@ class Recorder:
     # -- hooks (called from the job's thread, inside its forward) --
 
     def _on_pass_start(self, module, args, kwargs):
-        if not self.active:
+        if not self.active or side.state.active:
             return
         self._pass_depth += 1
         if self._pass_depth != 1:
@@ -241,11 +244,14 @@ class Recorder:
             if self._health_pass:
                 self._health_t = t0
             self._token_record = None
-            if self._want_token_record(t0):
+            sampled = self._want_token_record(t0)
+            if sampled:
                 sample = None
                 if ids is not None:
                     sample = ids.detach().reshape(-1)[: self.settings.token_sample].to(torch.int32, copy=True)
                 self._token_record = TokenRecord(self.passes + 1, self._phase, sample)
+            # the rows behind sampled tokens, so that their routing can be explained on request
+            self.inputs.on_pass(ids, kwargs, self.passes + 1, self._phase, sampled)
         except Exception as exc:
             self.on_error(exc)
         self.probe_time_s += perf_counter() - t0
@@ -268,7 +274,7 @@ class Recorder:
 
     def _timer_start(self, index):
         def hook(module, args):
-            if self.active and self._in_pass:
+            if self.active and self._in_pass and not side.state.active:
                 if self._block_on_gpu[index]:
                     event = torch.cuda.Event(enable_timing=True)
                     event.record()
@@ -279,7 +285,7 @@ class Recorder:
 
     def _timer_end(self, index):
         def hook(module, args, output):
-            if self.active and self._in_pass:
+            if self.active and self._in_pass and not side.state.active:
                 if self._block_on_gpu[index]:
                     if self._gpu_events and self._gpu_events[-1][0] == index:
                         event = torch.cuda.Event(enable_timing=True)
@@ -376,7 +382,7 @@ class Recorder:
             row[5] += float(dropped)
 
     def _on_pass_end(self, module, args, output):
-        if not self.active or self._pass_depth == 0:
+        if not self.active or self._pass_depth == 0 or side.state.active:
             return  # the pass began before our hooks went in: it was not counted
         self._pass_depth -= 1
         if self._pass_depth:
