@@ -86,6 +86,8 @@ class Capture:
         self.embedded = False
         self.leaf: Optional[torch.Tensor] = None
         self.embedding: Optional[torch.Tensor] = None  # the real embedding output (detached)
+        self.projection: Optional[torch.Tensor] = None  # the router's inner projection output, if any
+        self.recomputed_scores = False  # scores computed here from the router's weight and input
         self.scores: Optional[torch.Tensor] = None
 
 
@@ -178,12 +180,52 @@ def _probability(scores: torch.Tensor, expert: int, kind: str) -> torch.Tensor:
     return torch.softmax(scores, dim=-1)[..., expert]
 
 
-def _forward_kwargs(root: nn.Module):
+def _forward_kwargs(module: nn.Module):
     try:
-        names = set(inspect.signature(root.forward).parameters)
+        return set(inspect.signature(module.forward).parameters)
     except (TypeError, ValueError):
-        names = set()
-    return names
+        return set()
+
+
+def _call_roots(root: nn.Module, layer_name: str):
+    """(module, its forward's parameter names): the root, then each module on the way to the
+    layer that has input embeddings of its own, outermost first."""
+    entries = [(root, _forward_kwargs(root))]
+    parts = layer_name.split(".") if layer_name else []
+    for i in range(1, len(parts)):
+        try:
+            module = root.get_submodule(".".join(parts[:i]))
+        except AttributeError:
+            break
+        if callable(getattr(module, "get_input_embeddings", None)):
+            entries.append((module, _forward_kwargs(module)))
+    return entries
+
+
+def _router_projection(layer: MoELayer):
+    """The router's weight [E, hidden] and bias (or None), for routers that return only their choice."""
+    from .expert_weights import router_weight
+    weight, name = router_weight(layer)
+    if weight is None:
+        return None, None
+    owner = layer.router.get_submodule(name.rsplit(".", 1)[0]) if "." in name else layer.router
+    bias = getattr(owner, "bias", None)
+    ok = isinstance(bias, torch.Tensor) and bias.dim() == 1 and bias.shape[0] == weight.shape[0]
+    return weight, bias if ok else None
+
+
+def _projection_module(layer: MoELayer) -> Optional[nn.Module]:
+    """The Linear inside a router that projects to one score per expert (the last such, as routers
+    project last), for routers that return only their choice; None when the router is that Linear."""
+    router = layer.router
+    if router is None or isinstance(router, nn.Linear):
+        return None
+    wanted = {layer.num_experts, layer.num_experts - layer.identity_experts}
+    found = None
+    for _name, module in router.named_modules():
+        if module is not router and isinstance(module, nn.Linear) and module.out_features in wanted:
+            found = module
+    return found
 
 
 def attribute(root: nn.Module, layer: MoELayer, ids: torch.Tensor, position: int, expert: int, *,
@@ -218,45 +260,76 @@ def attribute(root: nn.Module, layer: MoELayer, ids: torch.Tensor, position: int
     if router is None:
         raise Refusal("no_router", "%s has no router module whose scores could be attributed (%s routing)"
                       % (layer.name or "this layer", layer.design))
-    embedding = input_embedding(root)
-    if embedding is None:
+    if getattr(getattr(root, "config", None), "is_encoder_decoder", False) and "decoder" in layer.name.split("."):
+        raise Refusal("decoder_layer", (
+            "%s is in the decoder of an encoder-decoder model: the probe keeps the encoder's input ids only, so it "
+            "cannot recompute what the decoder saw" % layer.name))
+    # What to run the sequence through: the root, or (when its own forward is not implemented,
+    # as in composite models that run their language part themselves) the part holding the layer.
+    entries = _call_roots(root, layer.name)
+    # The input embedding of each, and every module that looks up the same table (a shared
+    # embedding called by an encoder and a decoder, or kept under two names): the first call of
+    # any of them is the model's input.
+    embeddings = []
+    for module, _names in entries:
+        found = input_embedding(module)
+        if found is not None and found not in embeddings:
+            embeddings.append(found)
+    if not embeddings:
         raise Refusal("no_embedding", "no input embedding module was found to attribute to")
+    embedding = embeddings[0]
+    tables = {id(getattr(m, "weight", None)) for m in embeddings if isinstance(getattr(m, "weight", None), torch.Tensor)}
+    embeddings += [m for m in root.modules() if isinstance(m, nn.Embedding) and id(m.weight) in tables
+                   and m not in embeddings]
+    projection = _projection_module(layer)
+    weight, bias = _router_projection(layer)
 
     # Clones made here, outside inference mode, are ordinary tensors autograd can save.
     ids = ids.clone()
     mask = attention_mask.reshape(1, -1).clone() if attention_mask is not None else None
-    names = _forward_kwargs(root)
     storages = {p.untyped_storage().data_ptr() for p in root.parameters()}
     storages |= {b.untyped_storage().data_ptr() for b in root.buffers()}
     deadline = started + limits.max_seconds
     dtype = next((p.dtype for p in embedding.parameters() if p.is_floating_point()), torch.float32)
 
     def call(batch_ids, batch_mask, capture, counter):
-        """One forward of the root on this thread, up to layer L's router."""
-        kwargs = {}
-        args = ()
-        if "input_ids" in names:
-            kwargs["input_ids"] = batch_ids
-        else:
-            args = (batch_ids,)
-        if "use_cache" in names:
-            kwargs["use_cache"] = False
-        if batch_mask is not None and "attention_mask" in names:
-            kwargs["attention_mask"] = batch_mask
-        side.state.capture = capture
-        try:
-            if counter is None:
-                root(*args, **kwargs)
+        """One forward on this thread, up to layer L's router."""
+        while True:
+            module, names = entries[0]
+            kwargs = {}
+            args = ()
+            if "input_ids" in names:
+                kwargs["input_ids"] = batch_ids
             else:
-                with torch.autograd.graph.saved_tensors_hooks(counter.pack, counter.unpack):
-                    root(*args, **kwargs)
-        except _Stop:
-            pass
-        except Exception as exc:
-            raise Refusal("model_error", "the model raised %s while the probe recomputed the sequence: %s"
-                          % (type(exc).__name__, _short(str(exc))))
-        finally:
-            side.state.capture = None
+                args = (batch_ids,)
+            if "use_cache" in names:
+                kwargs["use_cache"] = False
+            if batch_mask is not None and "attention_mask" in names:
+                kwargs["attention_mask"] = batch_mask
+            side.state.capture = capture
+            try:
+                if counter is None:
+                    module(*args, **kwargs)
+                else:
+                    with torch.autograd.graph.saved_tensors_hooks(counter.pack, counter.unpack):
+                        module(*args, **kwargs)
+            except _Stop:
+                pass
+            except NotImplementedError as exc:
+                if len(entries) > 1 and not capture.embedded:
+                    entries.pop(0)  # this module's forward is not implemented: try the part holding the layer
+                    continue
+                raise Refusal("model_error", "the model raised NotImplementedError while the probe recomputed the "
+                              "sequence: %s" % _short(str(exc)))
+            except Exception as exc:
+                raise Refusal("model_error", "the model raised %s while the probe recomputed the sequence: %s"
+                              % (type(exc).__name__, _short(str(exc))))
+            finally:
+                side.state.capture = None
+            break
+        if not capture.embedded:
+            raise Refusal("no_embedding", "the input embedding module was not called when the model ran on the "
+                          "token ids, so there is nothing to attribute to")
         if capture.scores is None:
             raise Refusal("no_scores", "the router of %s did not run (or gave no per-expert scores) when the "
                           "model was called with this sequence" % (layer.name or "this layer"))
@@ -275,14 +348,34 @@ def attribute(root: nn.Module, layer: MoELayer, ids: torch.Tensor, position: int
         st.capture.leaf = st.capture.inputs(output.detach())
         return st.capture.leaf
 
+    def on_projection(module, args, output):
+        st = side.state
+        if st.active and st.capture is not None and isinstance(output, torch.Tensor):
+            st.capture.projection = output
+
     def on_router(module, args, output):
         st = side.state
         if not st.active or st.capture is None:
             return None
-        st.capture.scores = router_scores(layer, output)
+        scores = router_scores(layer, output)
+        if scores is None and st.capture.projection is not None:
+            # a router that returns only its choice: its scores are its projection's output
+            scores = router_scores(layer, st.capture.projection)
+        if scores is None and weight is not None:
+            # ... or its projection of its input, when it applies the weight itself (LongCat)
+            hidden = next((a for a in args if isinstance(a, torch.Tensor) and a.is_floating_point()
+                           and a.shape[-1] == weight.shape[1]), None)
+            if hidden is not None:
+                flat = hidden.reshape(-1, hidden.shape[-1])
+                scores = torch.nn.functional.linear(flat.to(weight.dtype), weight, bias)
+                st.capture.recomputed_scores = True
+        st.capture.scores = scores
         raise _Stop()
 
-    handles = [embedding.register_forward_hook(on_embedding), router.register_forward_hook(on_router)]
+    handles = [m.register_forward_hook(on_embedding) for m in embeddings]
+    if projection is not None:
+        handles.append(projection.register_forward_hook(on_projection))
+    handles.append(router.register_forward_hook(on_router))
     side.state.active = True
     try:
         with torch.enable_grad():
@@ -333,6 +426,9 @@ def _attribute(call, layer, ids, mask, n, position, expert, steps, baseline, bas
     gxi_prob = (g_prob[0].double() * xf).sum(-1)
     recomputed = torch.topk(scores[0].detach().float(), min(layer.top_k, scores.shape[-1])).indices
     f_logit, f_prob = float(logit.detach()), float(prob.detach())
+    notes = []
+    if capture.recomputed_scores:
+        notes.append("the router hands out only its choice: its scores were computed from its weight and its input")
     del scores, logit, prob, capture
 
     # 2. The baseline: b and f(b).
@@ -379,7 +475,7 @@ def _attribute(call, layer, ids, mask, n, position, expert, steps, baseline, bas
         gxi_logit=gxi_logit.cpu().tolist(), gxi_prob=gxi_prob.cpu().tolist(),
         ig_logit=ig_logit.cpu().tolist(), ig_prob=ig_prob.cpu().tolist(),
         recomputed=recomputed.cpu().tolist(), seconds=time.perf_counter() - started,
-        peak_bytes=int(per_sample * batch), batch=batch, device=str(x.device),
+        peak_bytes=int(per_sample * batch), batch=batch, device=str(x.device), notes=notes,
     )
 
 

@@ -9,8 +9,8 @@ Per MoE layer, on request:
   flattened and concatenated, in a fixed order): per-parameter and total norms, and the
   cosine similarity of every pair. Works for experts held as separate modules (a ModuleList
   or ModuleDict: the same parameter of each expert), for stacked parameters whose leading
-  dimension is the expert ([E, ...], as transformers v5 keeps them), and for experts stored
-  as rows of embedding tables (each row an expert).
+  dimension is the expert ([E, ...], as transformers v5 keeps them, or [E * rows, ...] as
+  DBRX does), and for experts stored as rows of embedding tables (each row an expert).
 
 Cosine of flattened weights is what detects experts that are copies of each other (the
 usual way upcycled or badly initialised experts go wrong); it does not see two experts that
@@ -126,14 +126,30 @@ def expert_groups(layer: MoELayer) -> Tuple[str, List[Tuple[str, List[torch.Tens
         return ("modules", groups) if groups else ("", [])
     if isinstance(experts, torch.Tensor):
         named = [("experts", experts)]
-    elif isinstance(experts, nn.Module) and layer.arch != "embedding-experts":
+    elif layer.arch == "embedding-experts":
+        named = []
+    elif getattr(layer.module, "experts", None) is experts:
         named = list(experts.named_parameters())
     else:
-        named = []
+        # no `experts` child: expert weights spread over several children of the block (JetMoE's
+        # input_linear and output_linear), everything but the router and shared experts
+        skip = {id(p) for p in layer.router.parameters()} if layer.router is not None else set()
+        for name, child in layer.module.named_children():
+            if "shared" in name.lower():
+                skip |= {id(p) for p in child.parameters()}
+        named = [(n, p) for n, p in layer.module.named_parameters() if id(p) not in skip]
+    # [E, ...]: the expert is the leading dimension (the zero-compute experts' slices, which some
+    # models allocate, are left out)
     stacked = [(name, [p[e] for e in range(compute)]) for name, p in named
-               if p.is_floating_point() and p.dim() >= 2 and p.shape[0] == compute]
+               if p.is_floating_point() and p.dim() >= 2 and p.shape[0] in (compute, layer.num_experts)]
     if stacked:
         return "stacked", stacked
+    # Experts concatenated along the first dimension ([E * rows, ...], DBRX): everything inside
+    # the experts module belongs to an expert, so its leading dimension splits in E equal parts.
+    split = [(name, list(p.split(p.shape[0] // compute))) for name, p in named
+             if p.is_floating_point() and p.dim() >= 2 and p.shape[0] % compute == 0 and p.shape[0] > compute]
+    if split:
+        return "stacked", split
     if layer.arch == "embedding-experts":
         rows = [(name + ".weight", [m.weight[e] for e in range(compute)]) for name, m in layer.module.named_modules()
                 if isinstance(m, nn.Embedding) and m.num_embeddings == compute and m.weight.is_floating_point()]

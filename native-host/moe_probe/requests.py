@@ -168,7 +168,7 @@ class RequestWorker:
             result = attribute(recorder.root, layer, ids, position, expert, steps=steps, baseline=baseline,
                                baseline_token=token, attention_mask=mask, limits=limits, cancelled=self._cancelled)
             token_ids = ids.to("cpu").tolist()
-        notes = []
+        notes = list(result.notes)
         if entry.sequence.cut:
             notes.append("the prompt was longer than the probe keeps: only its first %d tokens were used" % len(token_ids))
         if entry.phase == "decode":

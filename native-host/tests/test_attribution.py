@@ -2,6 +2,7 @@
 finite differences for gradient x input, a plain loop of midpoint Riemann steps for integrated
 gradients, completeness within 1 % at 64 steps; and what it must leave alone in the model."""
 
+import math
 import os
 import sys
 
@@ -13,7 +14,9 @@ NATIVE_HOST = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 if NATIVE_HOST not in sys.path:
     sys.path.insert(0, NATIVE_HOST)
 
+import tiny_models  # noqa: E402
 from moe_probe.attribution import Limits, Refusal, attribute  # noqa: E402
+from moe_probe.models import find_model_roots  # noqa: E402
 from moe_probe.routers import find_moe_layers  # noqa: E402
 
 torch.set_num_threads(1)
@@ -258,3 +261,49 @@ def test_what_cannot_be_explained_is_refused_with_the_reason():
         attribute(model, layer, IDS, 1, 0)
     assert refused.value.code == "training_mode"
     assert all(p.grad is None for p in model.parameters())
+
+
+# Why a layer of these types cannot be explained, which the probe must say rather than fail on.
+EXPECTED_REFUSALS = {
+    "no_router",      # Doge: experts looked up through product keys, no per-expert scores
+    "no_scores",      # a router that does not see text tokens (Ernie 4.5 VL's vision experts)
+    "over_limit",     # linear-attention models whose tiny versions save > 64 MiB for a backward
+    "decoder_layer",  # the decoder of an encoder-decoder model (only the encoder's ids are kept)
+}
+
+
+@pytest.mark.parametrize("model_type", sorted(tiny_models.MOE_TYPES))
+def test_every_moe_model_type_is_explained_or_refused_with_a_reason(model_type):
+    model, inputs = tiny_models.build(model_type)
+    if "input_ids" not in inputs:
+        pytest.skip("%s takes no token ids" % model_type)
+    (root, layers), = find_model_roots([model])
+    ids = inputs["input_ids"][0]
+    call = tiny_models.forward(model_type, model)
+    with torch.no_grad():
+        before = call(**inputs)
+    for layer in (layers[0], layers[-1]):
+        try:
+            r = attribute(root, layer, ids, 3, 0, steps=2, limits=Limits(max_bytes=64 * 2**20))
+        except Refusal as refused:
+            assert refused.code in EXPECTED_REFUSALS, (layer.name, refused.code, str(refused))
+            continue
+        assert len(r.gxi_logit) == len(r.ig_logit) == ids.shape[0]
+        assert all(math.isfinite(v) for v in r.gxi_logit + r.ig_logit + r.gxi_prob + r.ig_prob)
+        assert len(r.recomputed) == min(layer.top_k, layer.num_experts)
+    with torch.no_grad():
+        after = call(**inputs)
+    for a, b in zip(_tensors(before), _tensors(after)):
+        assert torch.equal(a, b), model_type
+    assert all(p.grad is None for p in model.parameters())
+
+
+def _tensors(output):
+    """Every tensor in a model's output (a ModelOutput is a dict; tuples of layers' caches nest)."""
+    if isinstance(output, torch.Tensor):
+        return [output]
+    if isinstance(output, dict):
+        return [t for v in output.values() for t in _tensors(v)]
+    if isinstance(output, (list, tuple)):
+        return [t for v in output for t in _tensors(v)]
+    return []
