@@ -9,6 +9,7 @@ GPU the work goes on a CUDA stream of its own, so the job's stream never waits b
 """
 
 import contextlib
+import math
 import queue
 import struct
 import threading
@@ -168,6 +169,11 @@ class RequestWorker:
             result = attribute(recorder.root, layer, ids, position, expert, steps=steps, baseline=baseline,
                                baseline_token=token, attention_mask=mask, limits=limits, cancelled=self._cancelled)
             token_ids = ids.to("cpu").tolist()
+        values = [result.logit, result.prob, result.baseline_logit, result.baseline_prob]
+        values += result.gxi_logit + result.gxi_prob + result.ig_logit + result.ig_prob
+        if not all(math.isfinite(v) for v in values):
+            raise Refusal("not_finite", "the router's score at this token, or its gradient, is not finite (NaN or "
+                          "Inf) on the way from the baseline to the input, so there is nothing to attribute")
         notes = list(result.notes)
         if entry.sequence.cut:
             notes.append("the prompt was longer than the probe keeps: only its first %d tokens were used" % len(token_ids))

@@ -13,6 +13,7 @@ import { DEFAULT_HISTORY_BYTES, History } from './history';
 import { attachMethods, type InjectMethod, injectProbe, preflight, waitForProbe } from './inject';
 import { probeSocketPath, socketDir } from './paths';
 import { ProbeClient } from './probe-client';
+import { expertParamsFrame, expertParamsMessages, explainFrame, explanationMessage, refusedMessage } from './requests';
 import { listTorchProcesses, processExists } from './processes';
 
 export interface HostOptions {
@@ -103,6 +104,17 @@ export class Host {
           this.send({ type: 'error', pid: request.pid, code: 'bad_request', message: `No token record of pass ${request.pass} is held for process ${request.pid}.` });
         }
         for (const entry of found) for (const part of splitTokenUpdate(tokenUpdate(request.pid, entry.frame), MESSAGE_BUDGET)) this.send(part);
+        return;
+      }
+      case 'explain':
+      case 'expert-params': {
+        // Answered by the probe on a thread of its own; the answer comes back as a frame.
+        const job = this.jobs.get(request.pid);
+        if (!job) {
+          this.send({ type: 'refused', pid: request.pid, id: request.id, request: request.type, code: 'bad_request', message: `Not attached to process ${request.pid}.` });
+          return;
+        }
+        job.client.send(request.type === 'explain' ? explainFrame(request) : expertParamsFrame(request));
         return;
       }
       case 'configure':
@@ -259,6 +271,12 @@ export class Host {
     } else if (frame.t === 'layers') {
       job.models = job.models.map((m) => (m.id === frame.model ? { ...m, layers: frame.layers } : m));
       this.send({ type: 'layers', pid: job.pid, model: frame.model, layers: frame.layers });
+    } else if (frame.t === 'explanation') {
+      this.send(explanationMessage(job.pid, frame));
+    } else if (frame.t === 'expert-params') {
+      for (const part of expertParamsMessages(job.pid, frame, MESSAGE_BUDGET)) this.send(part);
+    } else if (frame.t === 'refused') {
+      this.send(refusedMessage(job.pid, frame));
     } else if (frame.t === 'error') {
       this.send({ type: 'error', pid: job.pid, code: 'probe_failed', message: `The probe stopped itself: ${frame.message}` });
     }

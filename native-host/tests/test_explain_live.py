@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from test_probe_safety import Client, hook_count, socket_dir, tiny_mixtral, wait_until  # noqa: F401
+from test_protocol_vectors import assert_matches_vectors
 
 import moe_probe  # noqa: E402  (test_probe_safety puts native-host on the path)
 
@@ -121,6 +122,7 @@ def test_explanations_run_beside_the_jobs_forward_and_change_nothing(socket_dir)
     # The answers against this test's own computation (after detach: its passes are not the job's).
     for layer, answer in enumerate(answers):
         assert answer["t"] == "explanation", answer
+        assert_matches_vectors(answer)  # the frame has exactly the protocol's keys and types
         assert (answer["row"], answer["position"]) == (1, 2)
         assert ints(answer["token_ids"]) == batches[1][1].tolist()
         expert = answer["expert"]
@@ -130,6 +132,8 @@ def test_explanations_run_beside_the_jobs_forward_and_change_nothing(socket_dir)
         # The router's recomputed choice is what the job routed for that token.
         assert sorted(ints(answer["recomputed"])) == sorted(ints(record["layers"][layer]["ids"])[28:30])
     assert [p["part"] for p in params] == [0, 1, 2] and all(p["parts"] == 3 for p in params)
+    for frame in params:
+        assert_matches_vectors(frame)
     gate = model.model.layers[0].mlp.gate.weight
     assert floats(params[0]["router_norms"]) == pytest.approx(gate.norm(dim=1).tolist(), rel=1e-5)
     assert all(p.grad is None for p in model.parameters())
@@ -183,6 +187,7 @@ def test_requests_that_cannot_be_answered_are_refused_with_a_reason(socket_dir):
     base = {"t": "explain", "model": 0, "pass": 1, "index": 3, "layer": 0, "expert": 1, "steps": 4, "baseline": "zero"}
     refused = ask({**base, "id": 1, "pass": 99})
     assert (refused["t"], refused["code"], refused["request"]) == ("refused", "no_context", "explain")
+    assert_matches_vectors(refused)
     assert "pass 99 was not sampled" in refused["message"]
     assert ask({**base, "id": 2, "layer": 7})["code"] == "bad_request"
     assert ask({**base, "id": 3, "baseline": "noise"})["code"] == "bad_request"
