@@ -4,6 +4,7 @@
  */
 import type { Analysis, TokenRow } from '../engine/analyzer';
 import type { Store } from '../store';
+import { ExplainToken } from './ExplainToken';
 
 function tokenText(row: TokenRow, i: number): string {
   const t = row.texts?.[i];
@@ -99,6 +100,7 @@ export function Tokens({ store, a }: { store: Store; a: Analysis }) {
               ))}
             </tbody>
           </table>
+          <ExplainToken key={`${row.pass}:${sel.index}`} store={store} a={a} row={row} index={sel.index} />
         </div>
       )}
     </div>
