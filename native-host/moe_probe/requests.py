@@ -163,9 +163,9 @@ class RequestWorker:
         row, position = entry.locate(index)
         if row >= entry.sequence.rows:
             raise Refusal("no_context", "token %d of pass %d is not among the rows the probe keeps" % (index, pass_id))
-        ids = entry.row_tokens(row)
-        mask = None if entry.mask is None else entry.mask[row]
-        with side_stream(ids.device):
+        with side_stream(entry.sequence.chunks[0].device):
+            ids = entry.row_tokens(row)
+            mask = None if entry.mask is None else entry.mask[row]
             result = attribute(recorder.root, layer, ids, position, expert, steps=steps, baseline=baseline,
                                baseline_token=token, attention_mask=mask, limits=limits, cancelled=self._cancelled)
             token_ids = ids.to("cpu").tolist()

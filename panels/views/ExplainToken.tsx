@@ -102,8 +102,38 @@ function Running({ started }: { started: number }) {
   return <span class="muted" data-testid="explain-running">explaining… {fmt((Date.now() - started) / 1000, 1)} s</span>;
 }
 
+/**
+ * Every explanation the job holds (live, or saved in a recording whose token stream may no longer
+ * hold those passes): pick one to see it.
+ */
+export function ExplanationList({ store, a }: { store: Store; a: Analysis }) {
+  const explanations = useStoreSlice(store, (s) => s.jobs.get(a.pid)?.explanations);
+  const [picked, setPicked] = useState<string | null>(null);
+  if (!explanations?.length) return null;
+  const label = (l: number) => a.rows[l]?.label ?? `layer ${l}`;
+  const shown = explanations.find((e) => explanationKey(e) === picked);
+  const recordedFor = (e: ExplanationMessage) => {
+    const l = a.tokens.find((r) => r.pass === e.pass)?.layers.find((x) => x.layer === e.layer);
+    return l ? Array.from(l.ids.subarray(e.index * l.k, (e.index + 1) * l.k)).filter((x) => x >= 0) : null;
+  };
+  return (
+    <div class="explain" data-testid="explanation-list">
+      <h3>Explained routing decisions <span class="muted">({explanations.length}; kept with the job and in its recordings)</span></h3>
+      <p>
+        {explanations.map((e) => (
+          <button key={explanationKey(e)} class={`chip ${explanationKey(e) === picked ? 'on' : ''}`} data-testid="explanation-item" data-pass={e.pass} data-index={e.index}
+            data-layer={e.layer} data-expert={e.expert} onClick={() => setPicked(explanationKey(e) === picked ? null : explanationKey(e))}>
+            “{sequenceText(e, e.position)}” (pass {e.pass}, token {e.index}) → expert {e.expert} in {label(e.layer)}
+          </button>
+        ))}
+      </p>
+      {shown && <Explanation e={shown} recorded={recordedFor(shown)} label={label(shown.layer)} />}
+    </div>
+  );
+}
+
 /** One explanation: the sequence shaded by attribution, the top tokens, and the checks. */
-export function Explanation({ e, recorded, label }: { e: ExplanationMessage; recorded: number[]; label: string }) {
+export function Explanation({ e, recorded, label }: { e: ExplanationMessage; recorded: number[] | null; label: string }) {
   const [method, setMethod] = useState<AttributionMethod>('ig');
   const [target, setTarget] = useState<AttributionTarget>('logit');
   const values = method === 'ig' ? (target === 'logit' ? e.igLogit : e.igProb) : (target === 'logit' ? e.gxiLogit : e.gxiProb);
@@ -112,7 +142,7 @@ export function Explanation({ e, recorded, label }: { e: ExplanationMessage; rec
   const check = completeness(values, fx, fb);
   const shades = attributionShades(values);
   const top = topContributions(values, TOP);
-  const sameChoice = [...e.recomputed].sort((x, y) => x - y).join(',') === [...recorded].sort((x, y) => x - y).join(',');
+  const sameChoice = recorded === null || [...e.recomputed].sort((x, y) => x - y).join(',') === [...recorded].sort((x, y) => x - y).join(',');
   const baseline = e.baseline === 'token' ? `token ${e.baselineToken}'s embedding` : `${e.baseline} embedding`;
   const targetName = target === 'logit' ? 'router score (logit)' : PROB_LABEL[e.probKind] ?? 'probability';
   return (
@@ -134,14 +164,18 @@ export function Explanation({ e, recorded, label }: { e: ExplanationMessage; rec
           <span data-testid="explain-completeness" class={check.relativeError > 0.05 ? 'warn' : ''}
             title="Integrated gradients should sum to f(x) - f(baseline). A large error means more steps are needed, or the target jumps on the way (an earlier layer's top-k choice switching)">
             Completeness: attributions sum to {fmt(check.sum, 4)} against f(x) − f(baseline) = {fmt(check.delta, 4)}, error {Number.isFinite(check.relativeError) ? `${fmt(100 * check.relativeError, 2)} %` : `${check.absoluteError.toExponential(1)} (f(x) = f(baseline))`}
-            {check.relativeError > 0.05 ? ' — more steps, or the target is not smooth along the path' : ''}.
+            {check.relativeError > 0.05
+              ? e.baseline === 'zero'
+                ? ' — try the mean-embedding baseline or more steps (normalisation makes the target change sharply near a zero input); if the error stays, the target jumps on the way (an earlier layer’s top-k choice switching)'
+                : ' — more steps, or the target jumps on the way (an earlier layer’s top-k choice switching)'
+              : ''}.
           </span>
         ) : (
           <span class="muted">Gradient × input sums to {fmt(check.sum, 4)}; unlike integrated gradients it need not equal f(x) − f(0).</span>
         )}
       </p>
-      <p class={sameChoice ? 'muted' : 'warn'} data-testid="explain-recomputed">
-        Recomputed, the router's top-{e.recomputed.length} here is {e.recomputed.join(', ')}{sameChoice ? ', as the job routed this token.'
+      <p class={sameChoice ? 'muted' : 'warn'} data-testid="explain-recomputed" data-same={recorded === null ? undefined : String(sameChoice)}>
+        Recomputed, the router's top-{e.recomputed.length} here is {e.recomputed.join(', ')}{recorded === null ? ' (the job’s routing of this token is no longer in view).' : sameChoice ? ', as the job routed this token.'
           : `; the job routed ${recorded.join(', ')}. The recomputation differs (the context the probe kept, padding, or a router that selects by more than its scores, such as a selection bias), so read it with care.`}
       </p>
       <div class="token-stream attribution" data-testid="explain-sequence">

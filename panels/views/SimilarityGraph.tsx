@@ -45,7 +45,7 @@ export function SimilarityGraph({ matrix, n, threshold, dead, describe, what }: 
         {nodes.map((p, e) => (
           <g key={e} class={`node ${dead.has(e) ? 'dead' : ''} ${focus === e ? 'selected' : ''}`} tabIndex={0} data-testid="graph-node" data-expert={e} data-cluster={p.cluster}
             aria-label={`Expert ${e}, cluster ${p.cluster + 1}`} onFocus={() => setFocus(e)} onMouseEnter={() => setFocus(e)}>
-            <circle cx={at(p.x)} cy={at(p.y)} r={radius} fill={`hsl(${(p.cluster * 67) % 360} 55% 55%)`} />
+            <circle cx={at(p.x)} cy={at(p.y)} r={radius} fill={`hsl(${(210 + p.cluster * 67) % 360} 60% 55%)`} />
             {n <= 64 && <text x={at(p.x)} y={at(p.y)}>{e}</text>}
           </g>
         ))}

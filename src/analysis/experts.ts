@@ -129,14 +129,15 @@ export function parameterFindings(
 
 /**
  * The display threshold that keeps about `edgesPerNode` x n of the strongest pairs (the similarity of
- * the k-th strongest pair), so that the graph shows the structure whatever the scale of the values.
+ * the k-th strongest pair), so that the graph shows the structure whatever the scale of the values;
+ * never below `floor` (0: an edge always means alike, never merely less opposed).
  */
-export function strongestPairsThreshold(matrix: ArrayLike<number>, n: number, edgesPerNode = 1.5): number {
+export function strongestPairsThreshold(matrix: ArrayLike<number>, n: number, edgesPerNode = 1.5, floor = 0): number {
   const values: number[] = [];
   for (let i = 0; i < n; i++) for (let j = i + 1; j < n; j++) if (Number.isFinite(matrix[i * n + j]!)) values.push(matrix[i * n + j]!);
   if (!values.length) return 1;
   values.sort((a, b) => b - a);
-  return values[Math.min(values.length - 1, Math.max(0, Math.round(edgesPerNode * n) - 1))]!;
+  return Math.max(floor, values[Math.min(values.length - 1, Math.max(0, Math.round(edgesPerNode * n) - 1))]!);
 }
 
 export interface GraphEdge {
@@ -167,26 +168,41 @@ export interface GraphNode {
 
 /**
  * A layout that keeps clusters together: the clusters (nodes linked through edges at or above the
- * threshold) each get a disc, the larger ones first around a circle; inside its disc a cluster is
- * laid out by a few rounds of springs along its edges (pulling harder the more similar) against a
- * repulsion between its nodes. Nodes never leave their cluster's disc, so clusters never mix.
- * Deterministic: the same matrix and threshold give the same picture.
+ * threshold) each get a disc sized by the square root of their members, packed in rows from the
+ * largest down; inside its disc a cluster is laid out by a few rounds of springs along its edges
+ * (pulling harder the more similar) against a repulsion between its nodes. Nodes never leave their
+ * cluster's disc and discs never overlap, so clusters never mix. Deterministic: the same matrix and
+ * threshold give the same picture.
  */
 export function similarityLayout(matrix: ArrayLike<number>, n: number, threshold: number, iterations = 60): GraphNode[] {
   const groups = linkedGroups(matrix, n, threshold).sort((a, b) => b.length - a.length || a[0]! - b[0]!);
   const nodes: GraphNode[] = new Array(n);
-  // Discs sized by sqrt(members), placed around a circle whose length fits them all.
+  // Shelf packing: rows of discs (diameter 2r plus a margin) no wider than a square of their total area.
   const radii = groups.map((g) => Math.sqrt(g.length));
-  const total = radii.reduce((s, r) => s + 2 * r, 0);
-  const ring = groups.length > 1 ? total / (2 * Math.PI) : 0;
-  const extent = ring + Math.max(...radii, 1);
-  let angle = 0;
+  const margin = 0.6;
+  const width = Math.max(2 * radii[0]! + margin, Math.sqrt(radii.reduce((s, r) => s + (2 * r + margin) ** 2, 0)) * 1.1);
+  const centers: Array<[number, number]> = [];
+  let x = 0;
+  let y = 0;
+  let rowHeight = 0;
+  for (const r of radii) {
+    const d = 2 * r + margin;
+    if (x > 0 && x + d > width) {
+      y += rowHeight;
+      x = 0;
+      rowHeight = 0;
+    }
+    centers.push([x + d / 2, y + d / 2]);
+    x += d;
+    rowHeight = Math.max(rowHeight, d);
+  }
+  const used = [Math.max(...centers.map(([cx], c) => cx + radii[c]! + margin / 2)), y + rowHeight];
+  const extent = Math.max(used[0]!, used[1]!);
+  // centred in the unit square, aspect kept
+  const offset = [(extent - used[0]!) / 2, (extent - used[1]!) / 2];
   groups.forEach((group, c) => {
     const r = radii[c]!;
-    angle += groups.length > 1 ? r / ring : 0;
-    const cx = ring * Math.cos(angle);
-    const cy = ring * Math.sin(angle);
-    angle += groups.length > 1 ? r / ring : 0;
+    const [cx, cy] = centers[c]!;
     const inner = group.length > 1 ? r * 0.75 : 0;
     const pos = group.map((_, k) => [cx + inner * Math.cos((2 * Math.PI * k) / group.length), cy + inner * Math.sin((2 * Math.PI * k) / group.length)]);
     for (let it = 0; it < iterations && group.length > 2; it++) {
@@ -224,7 +240,7 @@ export function similarityLayout(matrix: ArrayLike<number>, n: number, threshold
       }
     }
     group.forEach((node, k) => {
-      nodes[node] = { x: 0.5 + pos[k]![0]! / (2 * extent), y: 0.5 + pos[k]![1]! / (2 * extent), cluster: c };
+      nodes[node] = { x: (pos[k]![0]! + offset[0]!) / extent, y: (pos[k]![1]! + offset[1]!) / extent, cluster: c };
     });
   });
   return nodes;

@@ -19,6 +19,9 @@ export interface PassRecord {
   out: string;
   hooks: number;
   threads: string[];
+  /** When the pass ended (seconds since the epoch) and how many parameters carried a .grad (tiny job). */
+  t?: number;
+  grads?: number;
 }
 
 export interface Job {

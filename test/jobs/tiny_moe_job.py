@@ -8,7 +8,12 @@ outputs and how many forward hooks the model carries, so a test can check both
 what the panel shows and that the job is unchanged after detach.
 
 Inputs cycle through --cycle fixed batches, so pass i and pass i + cycle must
-produce identical outputs.
+produce identical outputs. Each line also says when the pass ended (t) and how many
+parameters carry a .grad (grads), so a test can check that nothing the probe
+computed on the side reached the job.
+
+--duplicate LAYER:A:B makes expert B of LAYER a copy of expert A (its weights), and
+--zero-router LAYER:E sets expert E's router row to zero, for the expert-weight tests.
 """
 
 import argparse
@@ -82,6 +87,19 @@ def plant_fault(model, layer, kind, expert, top_k, batches):
     raise SystemExit("could not plant %s in layer %d" % (kind, layer))
 
 
+def copy_expert(model, layer, source, target):
+    """Expert `target` of `layer` becomes a copy of `source`: every stacked [E, ...] weight of the experts."""
+    experts = model.model.layers[layer].mlp.experts
+    with torch.no_grad():
+        for p in experts.parameters():
+            p[target].copy_(p[source])
+
+
+def zero_router_row(model, layer, expert):
+    with torch.no_grad():
+        model.model.layers[layer].mlp.gate.weight[expert].zero_()
+
+
 def hook_count(model):
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
 
@@ -104,6 +122,10 @@ def main():
                         help="plant a dead expert: its router row is set so it never wins (mixtral)")
     parser.add_argument("--collapse", action="append", type=int, default=[], metavar="LAYER",
                         help="plant router collapse: experts 0..top_k-1 win every token of LAYER (mixtral)")
+    parser.add_argument("--duplicate", action="append", default=[], metavar="LAYER:A:B",
+                        help="make expert B of LAYER a copy of expert A")
+    parser.add_argument("--zero-router", action="append", default=[], metavar="LAYER:E",
+                        help="set expert E's router row in LAYER to zero")
     args = parser.parse_args()
 
     torch.set_num_threads(1)
@@ -114,6 +136,12 @@ def main():
     faults += [(l, "collapse", 0) for l in args.collapse]
     for layer, kind, expert in sorted(faults):  # lower layers first: their edits change later layers' inputs
         plant_fault(model, layer, kind, expert, args.top_k, batches)
+    for spec in args.duplicate:
+        layer, source, target = (int(x) for x in spec.split(":"))
+        copy_expert(model, layer, source, target)
+    for spec in args.zero_router:
+        layer, expert = (int(x) for x in spec.split(":"))
+        zero_router_row(model, layer, expert)
 
     with open(args.log, "a", buffering=1) as log:
         log.write(json.dumps({"ready": True, "pid": os.getpid(), "arch": args.arch,
@@ -130,7 +158,8 @@ def main():
             digest = hashlib.sha256(out.logits.contiguous().numpy().tobytes()).hexdigest()[:16]
             log.write(json.dumps({
                 "pass": i, "counts": counts, "out": digest, "hooks": hook_count(model),
-                "threads": sorted(t.name for t in threading.enumerate()),
+                "threads": sorted(t.name for t in threading.enumerate()), "t": time.time(),
+                "grads": sum(p.grad is not None for p in model.parameters()),
             }) + "\n")
             i += 1
             if args.sleep:

@@ -101,6 +101,8 @@ describe('similarity graph', () => {
     const m = matrix(4, [[0, 1, 0.9], [1, 2, 0.8], [2, 3, 0.7], [0, 3, 0.6]], 0.1);
     expect(strongestPairsThreshold(m, 4, 0.5)).toBeCloseTo(0.8, 6); // round(0.5 * 4) = 2 strongest pairs
     expect(similarityEdges(m, 4, strongestPairsThreshold(m, 4, 0.5))).toHaveLength(2);
+    // pairs that are only less opposed than others are not edges: the threshold stays at 0 or above
+    expect(strongestPairsThreshold(matrix(4, [[0, 1, 0.2]], -0.3), 4)).toBe(0);
   });
 
   it('keeps each cluster together: every node is nearer the rest of its cluster than any other cluster', () => {
