@@ -5,6 +5,8 @@ import { Analyzer } from '../../panels/engine/analyzer';
 import { metricsJson } from '../../panels/engine/export';
 import { parseRecording } from '../../panels/engine/recording';
 import { Store } from '../../panels/store';
+import { buildReport } from '../../cli/routing-report';
+import { reportText } from '../../cli/commands/report';
 import { layerInfo } from './layer-fixture';
 
 const models = [{ id: 0, class: 'M', model_type: 'm', device: 'cpu', dtype: 'f32', layers: [layerInfo(0, 4, 2)] }];
@@ -100,6 +102,24 @@ describe('explanations and expert weights in the panel store', () => {
     expect(json.expertParameters.findings.map((f: { kind: string; experts: number[] }) => [f.kind, f.experts])).toEqual([
       ['near_duplicate', [0, 3]], ['dead_by_weights', [2]],
     ]);
+  });
+
+  it('the command line reports the weights\' findings of a recording, with the same analysis', () => {
+    const { store } = setup();
+    store.startRecording();
+    const id = store.explain({ pass: 3, index: 1, layer: 0, expert: 3 })!;
+    store.receive(explanation(id, 3));
+    store.receive(params(store.analyzeExperts()!, 0, 4));
+    store.receive(update(2));
+    store.stopRecording();
+    const report = buildReport(parseRecording(store.state.saved!.text));
+    expect(report.parameterFindings!.map((f) => [f.kind, f.layer, f.experts])).toEqual([['near_duplicate', 0, [0, 3]], ['dead_by_weights', 0, [2]]]);
+    expect(report.explanations).toBe(1);
+    const text = reportText(report, 'r.moerec');
+    expect(text).toContain("Findings from the experts' weights (2):");
+    expect(text).toMatch(/near_duplicate {2}.*experts 0 and 3 are near-duplicates/);
+    expect(text).toMatch(/dead_by_weights {1}.*router row of expert 2 has collapsed/);
+    expect(text).toContain('The recording holds 1 explained routing decision');
   });
 
   it('rejects a recording whose explanation does not hold together', () => {
