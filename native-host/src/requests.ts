@@ -63,12 +63,12 @@ export function expertParamsMessages(pid: number, f: ProbeExpertParams, maxBytes
     seconds: f.seconds, peakBytes: f.peak_bytes, notes: f.notes,
   };
   const rows = (m: Array<number | null> | null, start: number, end: number) => (m ? m.slice(start * E, end * E) : null);
-  const size = (m: ExpertParamsMessage) => JSON.stringify(m).length;
-  if (size(base) <= maxBytes) return [base];
-  // Bytes per matrix row, measured on the widest rows, decide how many rows a part holds.
-  const withoutMatrices = size({ ...base, routerCosine: null, weightCosine: null });
-  const perRow = Math.max(1, Math.ceil((size(base) - withoutMatrices) / E));
-  const fit = Math.max(1, Math.floor((maxBytes - withoutMatrices) / (perRow * 1.2)));
+  // A matrix value takes at most 9 bytes of JSON ("-0.12345,"; null is 5): the bound decides how
+  // many rows a part holds, without writing out the matrices to measure them.
+  const withoutMatrices = JSON.stringify({ ...base, routerCosine: null, weightCosine: null }).length;
+  const perRow = 9 * E * ((router ? 1 : 0) + (weights ? 1 : 0));
+  if (withoutMatrices + perRow * E <= maxBytes) return [base];
+  const fit = Math.max(1, Math.floor((maxBytes - withoutMatrices) / Math.max(1, perRow)));
   const out: ExpertParamsMessage[] = [];
   for (let start = 0; start < E; start += fit) {
     const end = Math.min(E, start + fit);
