@@ -13,7 +13,7 @@ import type { ModelInfo } from '../src/protocol/probe';
 import { unknownLayer } from '../src/analysis/layers';
 import type { Analysis, AnalysisSettings, TokenRow, WindowMode } from './engine/analyzer';
 import { parseRecording, RecordingError, serializeRecording, withPid } from './engine/recording';
-import { addExpertParams, addExplanation, complete, explanationKey, type ExpertParamsResult, type RequestStatus } from './engine/requests';
+import { addExpertParams, addExplanation, complete, expertParamsAsMessages, explanationKey, type ExpertParamsResult, type RequestStatus } from './engine/requests';
 
 export type ConnectionState = 'connecting' | 'connected' | 'disconnected';
 
@@ -279,7 +279,7 @@ export class Store {
     // The attach message first, so that a replay knows the model's layers and top-k; then what
     // the probe explained and found in the weights so far, so that the recording shows them too.
     const messages: HostMessage[] = job.attachedMessage ? [job.attachedMessage] : [];
-    messages.push(...(job.explanations ?? []), ...(job.expertParams?.messages ?? []));
+    messages.push(...(job.explanations ?? []), ...(job.expertParams ? expertParamsAsMessages(job.expertParams, job.pid) : []));
     this.set({ recording: { pid: job.pid, started: Date.now(), messages }, saved: null });
   }
 

@@ -32,8 +32,7 @@ export interface ExpertParamsResult {
   layers: Map<number, ExpertParameterLayer>;
   /** Rows of each layer's matrices received so far. */
   rows: Map<number, number>;
-  /** Every message, kept to replay into a recording. */
-  messages: ExpertParamsMessage[];
+  model: number;
 }
 
 export function complete(result: ExpertParamsResult): boolean {
@@ -48,8 +47,8 @@ const vector = (values: Array<number | null> | null) => (values ? Float64Array.f
 /** Add one message of an expert-params answer (a new request id starts over). */
 export function addExpertParams(result: ExpertParamsResult | undefined, m: ExpertParamsMessage): ExpertParamsResult {
   const out: ExpertParamsResult = result && result.id === m.id
-    ? { ...result, layers: new Map(result.layers), rows: new Map(result.rows), messages: [...result.messages, m] }
-    : { id: m.id, parts: m.parts, layers: new Map(), rows: new Map(), messages: [m] };
+    ? { ...result, layers: new Map(result.layers), rows: new Map(result.rows) }
+    : { id: m.id, parts: m.parts, layers: new Map(), rows: new Map(), model: m.model };
   const E = m.experts;
   let layer = out.layers.get(m.layer);
   if (!layer) {
@@ -76,6 +75,22 @@ export function addExpertParams(result: ExpertParamsResult | undefined, m: Exper
   out.layers.set(m.layer, layer);
   out.rows.set(m.layer, (out.rows.get(m.layer) ?? 0) + rows);
   return out;
+}
+
+/**
+ * The answer as messages again, one per layer (whole: a recording's lines have no size limit), to
+ * head a recording started after it arrived. Rebuilt from the assembled layers rather than kept,
+ * so that a wide model's matrices are held once.
+ */
+export function expertParamsAsMessages(result: ExpertParamsResult, pid: number): ExpertParamsMessage[] {
+  const list = (values: Float64Array | Float32Array | null) => (values ? Array.from(values, (v) => (Number.isFinite(v) ? v : null)) : null);
+  return [...result.layers.values()].sort((a, b) => a.layer - b.layer).map((p, part) => ({
+    type: 'expert-params', pid, id: result.id, model: result.model, layer: p.layer, part, parts: result.parts,
+    experts: p.experts, computeExperts: p.computeExperts, rowStart: 0, rowEnd: p.experts, routerName: '',
+    routerNorms: list(p.routerNorms), routerCosine: list(p.routerCosine), routerBiasName: p.routerBiasName, routerBias: list(p.routerBias),
+    layout: p.layout, groups: p.groups, params: p.params, expertNorms: list(p.expertNorms), groupNorms: list(p.groupNorms),
+    weightCosine: list(p.weightCosine), seconds: p.seconds, peakBytes: p.peakBytes, notes: p.notes,
+  }));
 }
 
 /** Keep one explanation per key (the newest), the most recent last, at most `max`. */

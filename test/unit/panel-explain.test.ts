@@ -4,6 +4,7 @@ import type { ExpertParamsMessage, ExplanationMessage, HostMessage, JobUpdate, P
 import { Analyzer } from '../../panels/engine/analyzer';
 import { metricsJson } from '../../panels/engine/export';
 import { parseRecording } from '../../panels/engine/recording';
+import { complete } from '../../panels/engine/requests';
 import { Store } from '../../panels/store';
 import { buildReport } from '../../cli/routing-report';
 import { reportText } from '../../cli/commands/report';
@@ -102,6 +103,29 @@ describe('explanations and expert weights in the panel store', () => {
     expect(json.expertParameters.findings.map((f: { kind: string; experts: number[] }) => [f.kind, f.experts])).toEqual([
       ['near_duplicate', [0, 3]], ['dead_by_weights', [2]],
     ]);
+  });
+
+  it('a recording started after the weights were read begins with them, and reopens to the same matrices', async () => {
+    const { store } = setup();
+    const id = store.analyzeExperts()!;
+    store.receive(params(id, 0, 2));
+    store.receive(params(id, 2, 4));
+    const before = store.state.jobs.get(7)!.expertParams!.layers.get(0)!;
+    store.startRecording();
+    store.receive(update(2));
+    store.stopRecording();
+    const recorded = parseRecording(store.state.saved!.text).messages;
+    expect(recorded.map((m) => m.type)).toEqual(['attached', 'expert-params', 'update']);
+    expect(recorded[1]).toMatchObject({ rowStart: 0, rowEnd: 4, parts: 1 });
+
+    expect(await store.openRecording('r.moerec', store.state.saved!.text)).toBe(true);
+    const replay = store.state.jobs.get(store.state.selectedPid!)!.expertParams!;
+    expect(complete(replay)).toBe(true);
+    const after = replay.layers.get(0)!;
+    expect(Array.from(after.weightCosine!)).toEqual(Array.from(before.weightCosine!));
+    expect(Array.from(after.routerCosine!).every(Number.isNaN)).toBe(true); // null (NaN) stays NaN, not 0
+    expect(Array.from(after.routerNorms!)).toEqual([0.8, 0.9, 0, 0.85]);
+    expect(after.groups).toEqual(['w']);
   });
 
   it('the command line reports the weights\' findings of a recording, with the same analysis', () => {
