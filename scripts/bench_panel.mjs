@@ -63,7 +63,7 @@ import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { attachThroughPanel, launchBrowser, makeProfile, openMoEPanel, undockDevTools } from './lib/devtools-harness.mjs';
+import { attachThroughPanel, clickInPanel, launchBrowser, makeProfile, openMoEPanel, undockDevTools } from './lib/devtools-harness.mjs';
 import { ROOT, requireProjectPython } from './python-env.mjs';
 import { quantile } from './lib/stats.mjs';
 
@@ -74,8 +74,8 @@ const TARGET_UPDATE_HZ = 30;
 // "30 Hz"; the exact rate is reported.
 const MIN_UPDATE_HZ = 27;
 const DEVTOOLS_SIZE = { width: 1280, height: 800 };
-const ALL_VIEWS = ['overview', 'load', 'heatmap', 'tokens', 'timeline', 'coactivation', 'profiler'];
-const VIEW_LABEL = { overview: 'Overview', load: 'Load', heatmap: 'Heatmap', tokens: 'Tokens', timeline: 'Timeline', coactivation: 'Co-activation', profiler: 'Profiler' };
+const ALL_VIEWS = ['overview', 'load', 'heatmap', 'tokens', 'timeline', 'coactivation', 'profiler', 'experts'];
+const VIEW_LABEL = { overview: 'Overview', load: 'Load', heatmap: 'Heatmap', tokens: 'Tokens', timeline: 'Timeline', coactivation: 'Co-activation', profiler: 'Profiler', experts: 'Experts' };
 
 const TRACE_CATEGORIES = [
   'devtools.timeline',
@@ -113,7 +113,7 @@ function parseArgs(argv) {
     else if (a === '--json') opts.json = next();
     else if (a === '--help' || a === '-h') {
       console.log('usage: node scripts/bench_panel.mjs [--quick] [--seconds S] [--layers L] [--experts E] [--top-k K] [--tokens N]\n' +
-        '  [--rate PASSES_PER_S] [--views overview,load,heatmap,tokens,timeline,coactivation,profiler] [--profile] [--headful]\n' +
+        '  [--rate PASSES_PER_S] [--views overview,load,heatmap,tokens,timeline,coactivation,profiler,experts] [--profile] [--headful]\n' +
         '  [--trace-dir DIR] [--settle S] [--warmup S] [--json OUT]');
       process.exit(0);
     } else throw new Error(`unknown argument ${a}`);
@@ -435,6 +435,11 @@ async function main() {
 
     for (const view of opts.views) {
       await showView(panel, view);
+      if (view === 'experts') {
+        // measured with every layer's expert-weight analysis loaded (64 x 512 x 512 similarities, twice)
+        await clickInPanel(panel, '[data-testid="experts-analyze"]');
+        await panel.waitForSelector('[data-testid="experts-cost"]', { timeout: 300000 });
+      }
       await devtools.bringToFront();
       await sleep(opts.settle * 1000);
       const categories = [...(opts.profile ? [...TRACE_CATEGORIES, 'disabled-by-default-v8.cpu_profiler'] : TRACE_CATEGORIES), ...(process.env.BENCH_PANEL_EXTRA_CATEGORIES ?? '').split(',').filter(Boolean)];

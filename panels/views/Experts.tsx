@@ -10,9 +10,18 @@ import type { Store } from '../store';
 import { fmt, int } from './format';
 import { MatrixCanvas } from './MatrixCanvas';
 import { SimilarityGraph } from './SimilarityGraph';
+import { complete } from '../engine/requests';
 import { useStoreSlice } from './useStoreSlice';
 
 type Kind = 'weights' | 'router';
+
+/** Rows of the norms table shown at first: a 512-expert table re-laid out 5 times a second costs a frame. */
+const TABLE_ROWS = 64;
+
+/** The experts the table lists: all, or the first TABLE_ROWS and every expert a finding names. */
+function shownExperts(experts: number, all: boolean, dead: ReadonlySet<number>, duplicate: ReadonlySet<number>): number[] {
+  return Array.from({ length: experts }, (_, e) => e).filter((e) => all || e < TABLE_ROWS || dead.has(e) || duplicate.has(e));
+}
 
 const KIND_LABEL: Record<Kind, string> = { weights: 'cosine of the experts’ weights', router: 'cosine of their router rows' };
 
@@ -24,10 +33,15 @@ export function Experts({ store, a, layer }: { store: Store; a: Analysis; layer:
   const request = [...requests.values()].filter((r) => r.pid === pid && r.kind === 'expert-params').pop();
   const running = request?.state === 'running';
   const label = (l: number) => a.rows[l]?.label ?? `layer ${l}`;
-  const layers = useMemo(() => (result ? [...result.layers.values()].sort((x, y) => x.layer - y.layer) : []), [result]);
-  const findings = useMemo(() => parameterFindings(layers, label), [layers, a.rows]);
+  // Findings scan every pair of every layer: computed once the whole answer is in (not with each
+  // of its parts, nor with each analysis), and again only if the layer names change.
+  const ready = result !== undefined && complete(result);
+  const layers = useMemo(() => (result && ready ? [...result.layers.values()].sort((x, y) => x.layer - y.layer) : []), [result, ready]);
+  const labels = a.rows.map((r) => r.label).join('\n');
+  const findings = useMemo(() => parameterFindings(layers, label), [layers, labels]);
   const p = result?.layers.get(layer);
   const [kind, setKind] = useState<Kind>('weights');
+  const [allRows, setAllRows] = useState(false);
   const [thresholdText, setThreshold] = useState('');
   const matrix = p ? (kind === 'weights' ? p.weightCosine ?? p.routerCosine : p.routerCosine ?? p.weightCosine) : null;
   const shownKind: Kind = p && matrix === p.weightCosine ? 'weights' : 'router';
@@ -37,6 +51,22 @@ export function Experts({ store, a, layer }: { store: Store; a: Analysis; layer:
   const duplicate = new Set(findings.filter((f) => f.kind === 'near_duplicate' && f.layer === layer).flatMap((f) => f.experts));
   const row = a.rows[layer];
   const load = (e: number) => (row ? a.window.counts[row.offset + e] ?? NaN : NaN);
+  const deadKey = [...dead].join(',');
+  const duplicateKey = [...duplicate].join(',');
+  // The graph and the matrix depend on the weights alone: the same elements across the analysis'
+  // updates (5 a second), so that Preact skips them; only the table follows the window's loads.
+  const pictures = useMemo(() => (p && matrix ? (
+    <div class="graph-box">
+      <SimilarityGraph matrix={matrix} n={p.experts} threshold={threshold} dead={dead} what={KIND_LABEL[shownKind]}
+        describe={(e) => `router row norm ${fmt(p.routerNorms?.[e] ?? NaN, 4)}, weights norm ${fmt(p.expertNorms?.[e] ?? NaN, 3)}${dead.has(e) ? ', router row collapsed' : ''}${duplicate.has(e) ? ', near-duplicate' : ''}`} />
+      <div class="experts-matrix">
+        <MatrixCanvas rows={p.experts} cols={p.experts} height={Math.min(420, Math.max(140, p.experts * 12))}
+          intensity={(i, j) => (i === j ? NaN : Math.max(0, matrix[i * p.experts + j]!))}
+          describe={(i, j) => `experts ${i} and ${j}: ${KIND_LABEL[shownKind]} ${fmt(matrix[i * p.experts + j]!, 4)}`}
+          rowLabel="expert" colLabel="expert" testid="similarity-matrix" />
+      </div>
+    </div>
+  ) : null), [p, matrix, threshold, shownKind, deadKey, duplicateKey]);
 
   return (
     <div class="experts-view" data-testid="experts-view" data-layer={layer}>
@@ -47,7 +77,8 @@ export function Experts({ store, a, layer }: { store: Store; a: Analysis; layer:
           {result ? 'Analyze expert weights again' : 'Analyze expert weights'}
         </button>
         {running && <span class="muted" data-testid="experts-running">reading the weights… {result ? `${result.layers.size} of ${result.parts} layers` : ''}</span>}
-        {result && !running && (
+        {result && !ready && !running && <span class="muted">only {result.layers.size} of {result.parts} layers arrived</span>}
+        {result && ready && (
           <span class="muted" data-testid="experts-cost">
             {layers.length} layers read in {fmt(layers.reduce((s, l) => s + l.seconds, 0), 2)} s, at most {int(Math.max(0, ...layers.map((l) => l.peakBytes)) / 1024)} KiB held at once
           </span>
@@ -61,7 +92,7 @@ export function Experts({ store, a, layer }: { store: Store; a: Analysis; layer:
             : 'This job holds no expert-weight analysis (it is computed by the probe of a live job).'}
         </p>
       )}
-      {result && (
+      {result && ready && (
         <>
           <h3>Findings from the weights <span class="muted">(near-duplicate: cosine ≥ {PARAMETER_THRESHOLDS.duplicateCosine}; dead by weights: router row norm ≤ {100 * PARAMETER_THRESHOLDS.collapsedRouterRow} % of the layer’s median)</span></h3>
           {findings.length === 0 && !running ? <p class="ok-line" data-testid="experts-no-findings">No near-duplicate experts and no collapsed router rows in {layers.length} layers.</p> : (
@@ -94,16 +125,7 @@ export function Experts({ store, a, layer }: { store: Store; a: Analysis; layer:
                     onChange={(e) => setThreshold((e.target as HTMLInputElement).value)} />
                 </label>
               </div>
-              <div class="graph-box">
-                <SimilarityGraph matrix={matrix} n={p.experts} threshold={threshold} dead={dead} what={KIND_LABEL[shownKind]}
-                  describe={(e) => `router row norm ${fmt(p.routerNorms?.[e] ?? NaN, 4)}, weights norm ${fmt(p.expertNorms?.[e] ?? NaN, 3)}, ${int(load(e))} assignments in the window${dead.has(e) ? ', router row collapsed' : ''}${duplicate.has(e) ? ', near-duplicate' : ''}`} />
-                <div class="experts-matrix">
-                  <MatrixCanvas rows={p.experts} cols={p.experts} height={Math.min(420, Math.max(140, p.experts * 12))}
-                    intensity={(i, j) => (i === j ? NaN : Math.max(0, matrix[i * p.experts + j]!))}
-                    describe={(i, j) => `experts ${i} and ${j}: ${KIND_LABEL[shownKind]} ${fmt(matrix[i * p.experts + j]!, 4)}`}
-                    rowLabel="expert" colLabel="expert" testid="similarity-matrix" />
-                </div>
-              </div>
+              {pictures}
             </>
           ) : <p class="muted">Neither the router rows nor the experts’ weights of this layer could be read.</p>}
           <div class="table-scroll">
@@ -112,7 +134,7 @@ export function Experts({ store, a, layer }: { store: Store; a: Analysis; layer:
                 <tr><th>Expert</th><th>Router row norm</th>{p.routerBias && <th>{p.routerBiasName}</th>}<th>Weights norm</th>{p.groups.map((g) => <th key={g}>{g}</th>)}<th>Assignments in window</th></tr>
               </thead>
               <tbody>
-                {Array.from({ length: p.experts }, (_, e) => (
+                {shownExperts(p.experts, allRows, dead, duplicate).map((e) => (
                   <tr key={e} class={dead.has(e) ? 'zero' : ''} data-expert={e}>
                     <td class="num">{e}{duplicate.has(e) ? ' ≈' : ''}</td>
                     <td class="num" data-testid="router-norm">{fmt(p.routerNorms?.[e] ?? NaN, 4)}</td>
@@ -125,6 +147,11 @@ export function Experts({ store, a, layer }: { store: Store; a: Analysis; layer:
               </tbody>
             </table>
           </div>
+          {p.experts > TABLE_ROWS && (
+            <button class="link" data-testid="experts-all-rows" onClick={() => setAllRows(!allRows)}>
+              {allRows ? `Show the first ${TABLE_ROWS} experts (and any named in a finding)` : `Show all ${p.experts} experts`}
+            </button>
+          )}
         </>
       )}
     </div>
