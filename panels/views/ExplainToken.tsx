@@ -35,6 +35,8 @@ export function ExplainToken({ store, a, row, index }: { store: Store; a: Analys
   const [steps, setSteps] = useState(32);
   const [baseline, setBaseline] = useState<ExplainBaseline>('zero');
   const [baselineToken, setBaselineToken] = useState(0);
+  const [maxSeconds, setMaxSeconds] = useState(60);
+  const [maxMB, setMaxMB] = useState(512);
   const live = job?.status === 'attached';
   if (!current || expert === undefined) return null;
   const key = explanationKey({ pass: row.pass, index, layer: current.layer, expert });
@@ -72,9 +74,15 @@ export function ExplainToken({ store, a, row, index }: { store: Store; a: Analys
           </select>
           {baseline === 'token' && <input type="number" min="0" aria-label="Baseline token id" data-testid="explain-baseline-token" value={baselineToken} onChange={(e) => setBaselineToken(Math.max(0, Math.round(Number((e.target as HTMLInputElement).value)) || 0))} />}
         </label>
+        <label title="The probe stops and says so past this time, or when one batch of steps would hold more than this for its gradients (the process's peak grows by about twice that)">
+          Limits <input type="number" min="1" max="3600" aria-label="Most seconds" data-testid="explain-max-seconds" value={maxSeconds}
+            onChange={(e) => setMaxSeconds(Math.max(1, Math.min(3600, Number((e.target as HTMLInputElement).value) || 60)))} /> s,{' '}
+          <input type="number" min="1" max="1048576" aria-label="Most MiB for gradients" data-testid="explain-max-mb" value={maxMB}
+            onChange={(e) => setMaxMB(Math.max(1, Math.min(1048576, Number((e.target as HTMLInputElement).value) || 512)))} /> MiB
+        </label>
         <button class="primary" data-testid="explain-run" disabled={!live || running}
           title={live ? 'The probe recomputes this sequence on its own thread, with gradients there only' : 'Explanations need a live job (this one is not attached)'}
-          onClick={() => store.explain({ pass: row.pass, index, layer: current.layer, expert, steps, baseline, ...(baseline === 'token' ? { baselineToken } : {}) })}>
+          onClick={() => store.explain({ pass: row.pass, index, layer: current.layer, expert, steps, baseline, maxSeconds, maxMB, ...(baseline === 'token' ? { baselineToken } : {}) })}>
           {found ? 'Explain again' : 'Explain'}
         </button>
         {running && <Running started={status!.started} />}
