@@ -222,7 +222,7 @@ def main():
              "note": "every MoE layer, %.1fM expert weights read" % (r["params_read"] / 1e6)},
             {"metric": "%s: one expert-weight analysis, peak extra memory" % short,
              "value": mib(r["params_gpu_bytes"] if r["params_gpu_bytes"] is not None else r["params_extra_bytes"]),
-             "unit": "MiB", "digits": 1, "note": "chunks of at most %.1f MiB at once (probe's figure)" % (r["params_chunk_peak_bytes"] / 2**20)},
+             "unit": "MiB", "digits": 1, "note": "the probe's own bound on what it held at once: %.1f MiB (a chunk and its stacked copy, counted twice)" % (r["params_chunk_peak_bytes"] / 2**20)},
             {"metric": "%s: outputs bitwise identical after, no .grad" % short, "value": "yes" if r["identical"] and not r["grads"] else "NO",
              "target": "yes", "pass": bool(r["identical"] and not r["grads"])},
         ]
