@@ -12,22 +12,29 @@ import type { ErrorCode, ExplainRequest, ExplanationMessage, HostMessage, JobUpd
 import type { ModelInfo } from '../src/protocol/probe';
 import { unknownLayer } from '../src/analysis/layers';
 import type { Analysis, AnalysisSettings, TokenRow, WindowMode } from './engine/analyzer';
+import type { ViewRequests } from './engine/view-data';
 import { parseRecording, RecordingError, serializeRecording, withPid } from './engine/recording';
 import { addExpertParams, addExplanation, complete, expertParamsAsMessages, explanationKey, type ExpertParamsResult, type RequestStatus } from './engine/requests';
+import type { JobRanks } from './engine/ranks';
 
 export type ConnectionState = 'connecting' | 'connected' | 'disconnected';
 
-export type ViewId = 'overview' | 'load' | 'heatmap' | 'tokens' | 'timeline' | 'coactivation' | 'profiler' | 'experts';
+export type ViewId = 'overview' | 'load' | 'heatmap' | 'flow' | 'activity' | 'layers' | 'tokens' | 'timeline' | 'coactivation' | 'profiler' | 'ranks' | 'experts';
 
 export const VIEWS: Array<{ id: ViewId; label: string }> = [
   { id: 'overview', label: 'Overview' },
   { id: 'load', label: 'Load' },
   { id: 'heatmap', label: 'Heatmap' },
+  { id: 'flow', label: 'Flow' },
+  { id: 'activity', label: '3D map' },
+  { id: 'layers', label: 'Layers' },
   { id: 'tokens', label: 'Tokens' },
   { id: 'timeline', label: 'Timeline' },
   { id: 'coactivation', label: 'Co-activation' },
   { id: 'profiler', label: 'Profiler' },
   { id: 'experts', label: 'Experts' },
+  /** Distributed jobs only. */
+  { id: 'ranks', label: 'Ranks' },
 ];
 
 export interface JobState {
@@ -54,6 +61,18 @@ export interface JobState {
   explanations?: ExplanationMessage[];
   /** The experts' weight analysis, as far as it has arrived. */
   expertParams?: ExpertParamsResult;
+  /** A distributed job shown as one: its ranks (the host's last word on them). */
+  ranks?: JobRanks;
+  /** A process that is one rank of such a job: the job's id. */
+  rankOf?: number;
+}
+
+/** A relay on another node this panel's host is connected to. */
+export interface RelayState {
+  address: string;
+  node: string;
+  status: 'connected' | 'closed';
+  message?: string;
 }
 
 export interface Notice {
@@ -101,6 +120,9 @@ export interface StoreState {
   token: { pass: number; index: number; row?: TokenRow } | null;
   /** Explain and expert-params requests by id: running, answered or refused. */
   requests: Map<number, RequestStatus>;
+  relays: RelayState[];
+  /** What each view asks the analysis for beyond the window (only the shown view's request is computed). */
+  viewRequests: Partial<Record<ViewId, ViewRequests>>;
 }
 
 export type Send = (request: PanelRequest) => void;
@@ -145,6 +167,8 @@ export class Store {
       saved: null,
       token: null,
       requests: new Map(),
+      relays: [],
+      viewRequests: {},
     };
   }
 
@@ -181,6 +205,16 @@ export class Store {
     this.send({ type: 'connect', address: address.trim(), token: token.trim() });
   }
 
+  /** Attach to every rank of a distributed job at once (the host attaches in parallel and shows them as one job). */
+  attachJob(pids: number[]) {
+    for (const pid of pids) if (!this.state.jobs.has(pid) || this.state.jobs.get(pid)!.status === 'detached') this.attach(pid);
+  }
+
+  /** Connect to a relay on another node (the local end of an SSH tunnel to its port). */
+  connectRelay(address: string, token: string) {
+    this.send({ type: 'connect-relay', address: address.trim(), token: token.trim() });
+  }
+
   attach(pid: number) {
     const jobs = new Map(this.state.jobs);
     jobs.set(pid, { pid, status: 'attaching', models: [], latest: new Map(), updates: 0 });
@@ -201,12 +235,22 @@ export class Store {
   }
 
   selectLayer(layer: number) {
-    if (this.state.selectedPid !== null) this.dirty.add(this.state.selectedPid);
+    const pid = this.state.selectedPid;
+    if (pid !== null) this.dirty.add(pid);
+    // a distributed job's updates carry each rank's counts of one layer: this one from now on
+    if (pid !== null && this.state.jobs.get(pid)?.ranks) this.send({ type: 'rank-layer', pid, layer });
     this.set({ selectedLayer: layer });
   }
 
   selectView(view: ViewId) {
+    if (this.state.selectedPid !== null && this.state.viewRequests[view]) this.dirty.add(this.state.selectedPid);
     this.set({ view });
+  }
+
+  /** A view's request to the analysis (flow layers, time buckets, ...); the next analysis answers it. */
+  setViewRequest(view: ViewId, request: ViewRequests) {
+    if (this.state.selectedPid !== null) this.dirty.add(this.state.selectedPid);
+    this.set({ viewRequests: { ...this.state.viewRequests, [view]: request } });
   }
 
   selectToken(token: { pass: number; index: number; row?: TokenRow } | null) {
@@ -321,14 +365,16 @@ export class Store {
     }
     let explanations: ExplanationMessage[] | undefined;
     let expertParams: ExpertParamsResult | undefined;
+    let ranks: JobRanks | undefined;
     for (const m of messages) {
       if (m.type === 'layers') models = models.map((x) => (x.id === m.model ? { ...x, layers: m.layers } : x));
       if (m.type === 'explanation') explanations = addExplanation(explanations, m);
       if (m.type === 'expert-params') expertParams = addExpertParams(expertParams, m);
+      if (m.type === 'ranks') ranks = { key: m.key, label: m.label, worldSize: m.worldSize, ranks: m.ranks };
     }
     await this.analyzer?.ingestMany(messages);
     const jobs = new Map(this.state.jobs);
-    jobs.set(id, { pid: id, status: 'recording', models, latest, updates, replay: { file, pid: recording.header.pid }, method: 'recording', explanations, expertParams });
+    jobs.set(id, { pid: id, status: 'recording', models, latest, updates, replay: { file, pid: recording.header.pid }, method: 'recording', explanations, expertParams, ...(ranks ? { ranks } : {}) });
     this.dirty.add(id);
     this.set({ jobs, selectedPid: id, token: null });
     await this.tick();
@@ -367,6 +413,7 @@ export class Store {
         layer: this.state.selectedLayer,
         tokenPasses: 300,
         tokenBudget: 400,
+        views: this.state.viewRequests[this.state.view],
       });
       if (result && this.state.jobs.has(pid)) {
         const analyses = new Map(this.state.analyses);
@@ -408,7 +455,9 @@ export class Store {
           argv: message.argv, models: message.models, attachedMessage: message,
           attachDetail: message.attempts?.map((a) => `${a.method}: ${a.message}`).join('\n'),
         });
-        if (message.method === 'tcp') this.set({ selectedPid: message.pid });
+        if (message.method === 'tcp' || message.job) this.set({ selectedPid: message.pid });
+        if (message.job) this.send({ type: 'rank-layer', pid: message.pid, layer: this.state.selectedLayer });
+        if (message.rank && message.rank.group >= 0) this.patchJob(message.pid, { rankOf: message.rank.group });
         // What the probe can see only partly (CUDA graph replays, torch.compile) is said at once.
         for (const w of message.warnings ?? []) this.notice({ pid: message.pid, code: 'partial_visibility', message: w.message });
         this.refresh();
@@ -429,6 +478,16 @@ export class Store {
         void this.analyzer?.ingest(message);
         this.dirty.add(message.pid);
         return this.patchJob(message.pid, { models: job.models.map((m) => (m.id === message.model ? { ...m, layers: message.layers } : m)) });
+      }
+      case 'ranks': {
+        if (!this.state.jobs.has(message.pid)) return;
+        void this.analyzer?.ingest(message);
+        this.dirty.add(message.pid);
+        return this.patchJob(message.pid, { ranks: { key: message.key, label: message.label, worldSize: message.worldSize, ranks: message.ranks } });
+      }
+      case 'relay': {
+        const relays = [...this.state.relays.filter((r) => r.address !== message.address), { address: message.address, node: message.node, status: message.status, message: message.message }];
+        return this.set({ relays });
       }
       case 'tokens': {
         if (!this.state.jobs.has(message.pid)) return;

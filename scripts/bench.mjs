@@ -25,6 +25,7 @@ export const BENCHMARKS = [
   { id: 'probe_overhead', title: 'Probe overhead', script: 'scripts/bench_probe_overhead.py' },
   { id: 'host_relay', title: 'Host relay', script: 'scripts/bench_host_relay.mjs' },
   { id: 'panel', title: 'Panel frame time', script: 'scripts/bench_panel.mjs' },
+  { id: 'ranks', title: 'Distributed job (ranks)', script: 'scripts/bench_ranks.mjs' },
   { id: 'explain', title: 'Explanations and expert weights', script: 'scripts/bench_explain.py' },
 ];
 

@@ -19,8 +19,13 @@ export interface PassRecord {
   out: string;
   hooks: number;
   threads: string[];
-  /** When the pass ended (seconds since the epoch) and how many parameters carried a .grad (tiny job). */
-  t?: number;
+  /** tiny_moe_job.py: input distribution (0, or 1 after --switch-file) and wall time. */
+  phase?: number;
+  time?: number;
+  /** With --log-tokens: input token ids (batch flattened) and each token's top-k experts per layer [layer][token][k]. */
+  input?: number[];
+  ids?: number[][][];
+  /** How many parameters carried a .grad when the pass ended (tiny job). */
   grads?: number;
 }
 

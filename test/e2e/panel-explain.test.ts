@@ -126,7 +126,7 @@ describe('why a token went to an expert, and what the experts look like', () => 
 
     // The job: passes ran while the probe explained, every output hash is its batch's, no .grad anywhere.
     await new Promise((r) => setTimeout(r, 300));
-    const during = planted.passes().filter((p) => p.t! >= started && p.t! <= answered);
+    const during = planted.passes().filter((p) => p.time! >= started && p.time! <= answered);
     expect(during.length).toBeGreaterThan(0);
     expect(hashesStable(planted.passes())).toBe(true);
     expect(planted.passes().every((p) => p.grads === 0)).toBe(true);
