@@ -129,6 +129,15 @@ export class Host {
       case 'explain':
       case 'expert-params': {
         // Answered by the probe on a thread of its own; the answer comes back as a frame.
+        if (this.groups.isGroup(request.pid)) {
+          // one probe answers for its own process: which rank's sequence and weights to ask, and
+          // how to number its answer in the job's view, is not decided yet
+          this.send({
+            type: 'refused', pid: request.pid, id: request.id, request: request.type, code: 'distributed_job',
+            message: 'Explanations and the expert-weight analysis are not available for a distributed job yet (its ranks are shown as one). Run the model in a single process to use them.',
+          });
+          return;
+        }
         const job = this.jobs.get(request.pid);
         if (!job) {
           this.send({ type: 'refused', pid: request.pid, id: request.id, request: request.type, code: 'bad_request', message: `Not attached to process ${request.pid}.` });

@@ -325,7 +325,8 @@ export interface ProbeRefused {
   request: 'explain' | 'expert-params' | 'unknown';
   /**
    * bad_request, busy, no_context (the pass's input is not kept), training_mode, compiled, no_router, no_embedding,
-   * no_scores, not_differentiable, decoder_layer, over_limit (time or memory), model_error, cancelled, failed.
+   * no_scores, not_differentiable, decoder_layer, over_limit (time or memory), model_error, cancelled, failed; and from the
+   * host, distributed_job (asked of a distributed job shown as one).
    */
   code: string;
   message: string;
