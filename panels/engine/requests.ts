@@ -54,7 +54,7 @@ export function addExpertParams(result: ExpertParamsResult | undefined, m: Exper
   if (!layer) {
     layer = {
       layer: m.layer, experts: E, computeExperts: m.computeExperts, routerNorms: null,
-      routerCosine: m.routerCosine ? new Float32Array(E * E).fill(NaN) : null, routerBias: null, routerBiasName: m.routerBiasName,
+      routerCosine: m.routerCosine ? new Float32Array(E * E).fill(NaN) : null, routerBias: null, routerBiasName: m.routerBiasName, routerName: m.routerName,
       expertNorms: null, groupNorms: null, groups: m.groups, weightCosine: m.weightCosine ? new Float32Array(E * E).fill(NaN) : null,
       layout: m.layout, params: m.params, seconds: m.seconds, peakBytes: m.peakBytes, notes: m.notes,
     };
@@ -86,7 +86,7 @@ export function expertParamsAsMessages(result: ExpertParamsResult, pid: number):
   const list = (values: Float64Array | Float32Array | null) => (values ? Array.from(values, (v) => (Number.isFinite(v) ? v : null)) : null);
   return [...result.layers.values()].sort((a, b) => a.layer - b.layer).map((p, part) => ({
     type: 'expert-params', pid, id: result.id, model: result.model, layer: p.layer, part, parts: result.parts,
-    experts: p.experts, computeExperts: p.computeExperts, rowStart: 0, rowEnd: p.experts, routerName: '',
+    experts: p.experts, computeExperts: p.computeExperts, rowStart: 0, rowEnd: p.experts, routerName: p.routerName ?? '',
     routerNorms: list(p.routerNorms), routerCosine: list(p.routerCosine), routerBiasName: p.routerBiasName, routerBias: list(p.routerBias),
     layout: p.layout, groups: p.groups, params: p.params, expertNorms: list(p.expertNorms), groupNorms: list(p.groupNorms),
     weightCosine: list(p.weightCosine), seconds: p.seconds, peakBytes: p.peakBytes, notes: p.notes,

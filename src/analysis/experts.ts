@@ -27,6 +27,8 @@ export interface ExpertParameterLayer {
   routerCosine: Float32Array | null;
   routerBias: Float64Array | null;
   routerBiasName: string;
+  /** The router weight's parameter name, as the probe found it ('' when unknown). */
+  routerName?: string;
   /** [E] norm of each expert's weights. */
   expertNorms: Float64Array | null;
   /** [groups x E] norm of each parameter group of each expert. */

@@ -126,6 +126,7 @@ describe('explanations and expert weights in the panel store', () => {
     expect(Array.from(after.routerCosine!).every(Number.isNaN)).toBe(true); // null (NaN) stays NaN, not 0
     expect(Array.from(after.routerNorms!)).toEqual([0.8, 0.9, 0, 0.85]);
     expect(after.groups).toEqual(['w']);
+    expect(after.routerName).toBe('weight');
   });
 
   it('the command line reports the weights\' findings of a recording, with the same analysis', () => {
