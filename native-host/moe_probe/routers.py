@@ -45,6 +45,8 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 import torch
 from torch import nn
 
+from . import compiled
+
 
 class Routing(NamedTuple):
     """What one MoE layer decided for the N tokens of one call."""
@@ -154,30 +156,37 @@ class MoELayer:
     # -- hooks -----------------------------------------------------------------
 
     def install(self, on_routing: OnRouting) -> list:
-        """Add hooks that call on_routing(self, routing) once per routed call; return their handles."""
+        """Add hooks that call on_routing(self, routing) once per routed call; return their handles.
+
+        The hooks are taps (see compiled.py): they read the same way whether the module runs
+        eagerly or inside torch.compile'd code, and every hooked module's forward is marked so
+        that code compiled before they existed recompiles once to include them."""
         handles = []
         deliver = functools.partial(self._guarded, on_routing)
+        hooked = []
         if self.router is not None:
-            handles.append(self.router.register_forward_hook(
-                lambda module, args, output: deliver(self._on_router, args, output)))
+            handles.append(compiled.post_hook(self.router, "router", functools.partial(deliver, self._on_router)))
+            hooked.append(self.router)
         if self.route_fn:
-            handles.append(_patch_route_fn(self, deliver))
+            handles.append(_patch_route_fn(self, functools.partial(deliver, _read_route_fn(self))))
+            hooked.append(self.module)
         if self.dispatch is not None:
-            handles.append(self.dispatch.register_forward_pre_hook(
-                lambda module, args, kwargs: deliver(self._on_dispatch, args, kwargs), with_kwargs=True))
+            handles.append(compiled.pre_hook(self.dispatch, "dispatch", functools.partial(deliver, self._on_dispatch)))
+            hooked.append(self.dispatch)
         if self.expert_modules:
             for position, expert in enumerate(self.expert_modules):
-                handles.append(expert.register_forward_pre_hook(
-                    lambda module, args, kwargs, e=position: self._on_expert_input(e, args, kwargs),
-                    with_kwargs=True))
+                handles.append(compiled.pre_hook(expert, "expert_input",
+                                                 functools.partial(self._on_expert_input, position)))
+                hooked.append(expert)
             # The rows are tallied over one call of whatever runs the experts: the dispatching
             # container when it has a forward of its own, else the block.
             outer = self.dispatch if self.dispatch is not None else self.module
-            handles.append(outer.register_forward_pre_hook(
-                lambda module, args, kwargs: self._start_rows(args, kwargs), with_kwargs=True))
-            handles.append(outer.register_forward_hook(
-                lambda module, args, output: deliver(self._end_rows, args, output), always_call=True))
-        return handles
+            handles.append(compiled.pre_hook(outer, "rows_start", self._start_rows))
+            handles.append(compiled.post_hook(outer, "rows_end", functools.partial(deliver, self._end_rows),
+                                              always_call=True))
+            hooked.append(outer)
+        marks = [compiled.mark_forward(module) for module in dict.fromkeys([self.module] + hooked)]
+        return handles + [mark for mark in marks if mark is not None]
 
     def _guarded(self, on_routing, reader, args, other):
         try:
@@ -206,9 +215,9 @@ class MoELayer:
             self.top_k = top_k
             self.changed = True
 
-    def _on_router(self, args, output):
-        items = list(output) if isinstance(output, (tuple, list)) else [output]
-        if self.logits_index is not None and isinstance(output, (tuple, list)):
+    def _on_router(self, _args, items):
+        items = list(items)  # the router's output items (compiled.outputs)
+        if self.logits_index is not None:
             # transformers says which item holds the logits: move it last so it wins
             idx = self.logits_index if self.logits_index >= 0 else len(items) + self.logits_index
             if 0 <= idx < len(items):
@@ -234,7 +243,7 @@ class MoELayer:
         return wide[-1] if wide else None
 
     def _on_dispatch(self, args, kwargs):
-        values = list(args) + list(kwargs.values())
+        values = list(args) + list(kwargs)
         if self.expert_modules:
             # The rows each expert receives decide; the arguments matter only if every
             # expert turns out to run on every token (read then, in _end_rows).
@@ -253,14 +262,14 @@ class MoELayer:
 
     def _start_rows(self, args, kwargs):
         self._rows = [0] * len(self.expert_modules)
-        hidden = _first_float(list(args) + list(kwargs.values()))
+        hidden = _first_float(list(args) + list(kwargs))
         self._call_tokens = None if hidden is None else _leading(hidden)
 
     def _on_expert_input(self, position, args, kwargs):
         # Python ints only: the shape is known on the host without touching the data.
         if self._rows is None:
             return
-        hidden = _first_float(list(args) + list(kwargs.values()))
+        hidden = _first_float(list(args) + list(kwargs))
         if hidden is not None:
             self._rows[position] += _leading(hidden)
 
@@ -494,41 +503,15 @@ def _rows_of(routing: Routing) -> Optional[int]:
     return routing.tokens
 
 
-class _AttributePatch:
-    """Handle for a method wrapped by an instance attribute; remove() puts things back exactly."""
-
-    def __init__(self, obj, attr: str, make_wrapper):
-        self.obj = obj
-        self.attr = attr
-        self.active = True
-        self._had = attr in obj.__dict__
-        self._previous = obj.__dict__.get(attr)
-        self.wrapper = make_wrapper(getattr(obj, attr), self)
-        obj.__dict__[attr] = self.wrapper
-
-    def remove(self):
-        if not self.active:
-            return
-        self.active = False  # the wrapper becomes a pass-through even if we cannot unhook it
-        if self.obj.__dict__.get(self.attr) is self.wrapper:
-            if self._had:
-                self.obj.__dict__[self.attr] = self._previous
-            else:
-                del self.obj.__dict__[self.attr]
-        # else: someone wrapped our wrapper since; deleting it would drop theirs, so it stays
-        # in their chain as an inactive pass-through.
-
-
 ROUTE_FN = "route_tokens_to_experts"
 
 
-def _patch_route_fn(layer: MoELayer, deliver) -> _AttributePatch:
-    """Wrap the block's `route_tokens_to_experts`: its result ((ids, weights) or (weights, ids))
+def _read_route_fn(layer: MoELayer):
+    """Reads the block's `route_tokens_to_experts`: its result ((ids, weights) or (weights, ids))
     is what the block hands to its experts; a float [.., E] argument is kept as the logits."""
 
     def read(args, result):
-        items = list(result) if isinstance(result, (tuple, list)) else [result]
-        routing = layer._read_items(items)
+        routing = layer._read_items(result)
         if routing is None:
             return None
         layer._router_out = None
@@ -541,17 +524,29 @@ def _patch_route_fn(layer: MoELayer, deliver) -> _AttributePatch:
                 routing = routing._replace(logits=flat)
         return routing
 
-    def make_wrapper(original, patch):
-        @functools.wraps(original)
-        def route_tokens_to_experts(*args, **kwargs):
-            result = original(*args, **kwargs)
-            if patch.active:
-                deliver(read, tuple(args) + tuple(kwargs.values()), result)
-            return result
+    return read
 
-        return route_tokens_to_experts
 
-    return _AttributePatch(layer.module, ROUTE_FN, make_wrapper)
+class _RouteFnPatch:
+    """The block's `route_tokens_to_experts` wrapped by an instance attribute that taps its
+    arguments and result (compiled.wrap_method); remove() puts things back exactly."""
+
+    def __init__(self, layer: MoELayer, handler):
+        self.tap = None
+
+        def make_wrapper(original, patch):
+            self.tap, call = compiled.wrap_method(layer.module, "route_fn", original, handler)
+            return functools.wraps(original)(call)
+
+        self.patch = compiled.InstancePatch(layer.module, ROUTE_FN, make_wrapper)
+
+    def remove(self):
+        self.tap.remove()  # a wrapper someone else wrapped since calls no handler any more
+        self.patch.remove()
+
+
+def _patch_route_fn(layer: MoELayer, handler) -> _RouteFnPatch:
+    return _RouteFnPatch(layer, handler)
 
 
 # -- where a layer sits in the model -----------------------------------------------------------
