@@ -290,7 +290,7 @@ class MoELayer:
                 # every expert on every token, weighted by the router: soft routing, counted by
                 # each token's largest-logit expert
                 self._learn("recomputed", design="soft", top_k=1)
-                ids = logits.argmax(dim=-1, keepdim=True)
+                ids = _scores(logits).argmax(dim=-1, keepdim=True)
                 routing = Routing(ids=ids)
             elif logits is not None:
                 routing = self._read_items([logits])
@@ -348,7 +348,7 @@ class MoELayer:
         if ids is None and dispatch is not None:
             ids, dropped = _from_one_hot(dispatch, logits)
         if ids is None and logits is not None:
-            ids = torch.topk(logits, k, dim=-1).indices
+            ids = torch.topk(_scores(logits), k, dim=-1).indices
             if weights is None and len(floats_e) > 1:
                 weights = floats_e[-2].gather(-1, ids)
         if ids is None:
@@ -401,7 +401,7 @@ def read_dispatch(layer: MoELayer, values) -> Optional[Routing]:
             if layer.identity_experts == 1 and weights is not None:
                 # A router with one skip class may hand a skip choice to the experts as expert 0
                 # with weight 0 (Zaya): a zero-weight assignment is the skip class.
-                ids = torch.where(weights == 0, torch.full_like(ids, E - 1), ids)
+                ids = torch.where(_scores(weights) == 0, torch.full_like(ids, E - 1), ids)
             if not layer.k_known:
                 layer.k_known = True
                 layer._learn(design="top-k")
@@ -420,7 +420,7 @@ def read_dispatch(layer: MoELayer, values) -> Optional[Routing]:
         # ids only from the router's logits (the gate's own top-k on the same tensor)
         loads = [int(x) for x in sizes[0]]
         logits = layer._router_logits()
-        token_ids = None if logits is None else torch.topk(logits, k, dim=-1).indices
+        token_ids = None if logits is None else torch.topk(_scores(logits), k, dim=-1).indices
         tokens = logits.shape[0] if logits is not None else sum(loads) // max(1, k)
         return Routing(loads=loads, tokens=tokens, logits=logits, token_ids=token_ids)
     for item in floats:
@@ -429,7 +429,7 @@ def read_dispatch(layer: MoELayer, values) -> Optional[Routing]:
             # dense weights over all experts and no ids: soft routing. Counted by each
             # token's largest-weight expert; the panel says so.
             layer._learn(design="soft", top_k=1)
-            ids = flat.argmax(dim=-1, keepdim=True)
+            ids = _scores(flat).argmax(dim=-1, keepdim=True)
             return Routing(ids=ids, weights=flat.gather(-1, ids))
     return None
 
@@ -451,7 +451,7 @@ def _from_one_hot(mask: torch.Tensor, logits: Optional[torch.Tensor]):
     chosen = hot.argmax(dim=-1)
     dropped = hot.sum(dim=-1) == 0
     if logits is not None and logits.shape[0] == chosen.shape[0]:
-        chosen = torch.where(dropped, logits.argmax(dim=-1), chosen)
+        chosen = torch.where(dropped, _scores(logits).argmax(dim=-1), chosen)
     return chosen.unsqueeze(-1), dropped
 
 
@@ -475,6 +475,13 @@ def _from_expert_choice(layer: MoELayer, chosen: torch.Tensor, n: int) -> Routin
                                       torch.ones(chosen.numel(), dtype=torch.int64, device=chosen.device))
     loads = [int(chosen.shape[1])] * chosen.shape[0]
     return Routing(loads=loads, tokens=n, dropped=per_token == 0)
+
+
+def _scores(t: torch.Tensor) -> torch.Tensor:
+    """A float tensor to rank or compare: itself, or float32 for 8-bit floats (fp8 logits or
+    weights), which CPU kernels cannot rank. Converting them to float32 is exact, so the order
+    (and ties) stay those of the values the model computed."""
+    return t.float() if t.is_floating_point() and t.element_size() == 1 else t
 
 
 def _flat(item: torch.Tensor) -> torch.Tensor:
