@@ -9,6 +9,7 @@ import { fmt, int } from './format';
 import { Heatmap } from './Heatmap';
 import { Load } from './Load';
 import { Overview } from './Overview';
+import { Visibility } from './Visibility';
 import { ProcessList } from './ProcessList';
 import { Profiler } from './Profiler';
 import { Timeline } from './Timeline';
@@ -214,6 +215,7 @@ function JobView({ store, job, analysis: a }: { store: Store; job: JobState; ana
         <span class="job-title">{model ? `${model.class}` : 'Model'} · {title}</span>
         <span class="muted" title={job.attachDetail} data-testid="attach-status">{status}</span>
       </div>
+      <Visibility update={model ? job.latest.get(model.id) : undefined} />
       <nav class="tabs" role="tablist">
         {VIEWS.map((v) => (
           <button key={v.id} role="tab" aria-selected={view === v.id} class={`tab ${view === v.id ? 'selected' : ''}`} data-testid={`tab-${v.id}`} onClick={() => store.selectView(v.id)}>

@@ -9,6 +9,10 @@ what the panel shows and that the job is unchanged after detach.
 
 Inputs cycle through --cycle fixed batches, so pass i and pass i + cycle must
 produce identical outputs.
+
+--compile runs the model under torch.compile (inductor, or aot_eager for dynamo alone), as
+jobs really run: every pass goes through the compiled model, router outputs included, and
+the log also says how many graphs dynamo has compiled so far and how long the pass took.
 """
 
 import argparse
@@ -104,6 +108,8 @@ def main():
                         help="plant a dead expert: its router row is set so it never wins (mixtral)")
     parser.add_argument("--collapse", action="append", type=int, default=[], metavar="LAYER",
                         help="plant router collapse: experts 0..top_k-1 win every token of LAYER (mixtral)")
+    parser.add_argument("--compile", choices=["inductor", "aot_eager"],
+                        help="run every pass through torch.compile(model, backend=...)")
     args = parser.parse_args()
 
     torch.set_num_threads(1)
@@ -115,23 +121,33 @@ def main():
     for layer, kind, expert in sorted(faults):  # lower layers first: their edits change later layers' inputs
         plant_fault(model, layer, kind, expert, args.top_k, batches)
 
+    forward = model
+    if args.compile:
+        from torch._dynamo.utils import counters
+        forward = torch.compile(model, backend=args.compile)
+
     with open(args.log, "a", buffering=1) as log:
         log.write(json.dumps({"ready": True, "pid": os.getpid(), "arch": args.arch,
                               "layers": args.layers, "experts": args.experts, "top_k": args.top_k}) + "\n")
         i = 0
         while args.passes == 0 or i < args.passes:
+            started = time.perf_counter()
             with torch.no_grad():
-                out = model(batches[i % args.cycle], output_router_logits=True)
+                out = forward(batches[i % args.cycle], output_router_logits=True)
+            seconds = time.perf_counter() - started
             counts = []
             for logits in out.router_logits:
                 probs = torch.softmax(logits.float(), dim=-1)
                 ids = torch.topk(probs, args.top_k, dim=-1).indices
                 counts.append(torch.bincount(ids.reshape(-1), minlength=args.experts).tolist())
             digest = hashlib.sha256(out.logits.contiguous().numpy().tobytes()).hexdigest()[:16]
-            log.write(json.dumps({
+            record = {
                 "pass": i, "counts": counts, "out": digest, "hooks": hook_count(model),
                 "threads": sorted(t.name for t in threading.enumerate()),
-            }) + "\n")
+            }
+            if args.compile:
+                record.update(graphs=counters["stats"]["unique_graphs"], seconds=seconds)
+            log.write(json.dumps(record) + "\n")
             i += 1
             if args.sleep:
                 time.sleep(args.sleep)
