@@ -11,9 +11,10 @@ host (scripts/bench_probe_overhead.py's consumer). Measured side by side in this
    compare with the 100 before attaching; no recompilation may happen at detach.
 2. Rounds alternating 100 passes without and with the probe (re-attaching each time: no
    recompilation expected), for the steady-state overhead and the machine's noise.
-3. The alternatives: the hooks traced as graph breaks (the probe's fallback where torch has no
-   custom ops: each tap splits the graph and runs in Python), and the eager model with the
-   probe (what reading would cost if the probe could not read compiled code).
+3. The alternatives: the hooks traced as graph breaks (each tap splits the graph and runs in
+   Python; never chosen by the probe, since a graph break fails a job compiled with
+   fullgraph=True), and the eager model with the probe (what reading would cost if the probe
+   could not read compiled code).
 
 Every pass's logits are compared bit for bit with the compiled model's own output without the
 probe; every attached session's counts with passes x tokens x top-k x layers.

@@ -40,10 +40,11 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
-# How a traced tap reaches its handler at run time: "op" (the custom op, no graph break),
-# or "graph-break" (a call dynamo leaves to eager Python: the graph is split around each
-# tap). "op" is used wherever torch has custom ops with effects (2.4+); the other is the
-# fallback, and the benchmark's alternative.
+# How a traced tap reaches its handler at run time: "op" (the custom op, no graph break; torch
+# 2.4+ has custom ops with effects), or "graph-break" (a call dynamo leaves to eager Python,
+# splitting the graph around each tap: the benchmark's alternative, never chosen by itself,
+# since a graph break fails a job compiled with fullgraph=True). Where the op cannot be defined,
+# traced taps emit nothing: compiled passes go unseen rather than the job being put at risk.
 TAP_MODE = "op"
 
 # torch.compiler.is_compiling (torch 2.3+): True while dynamo traces the calling code.
@@ -76,7 +77,6 @@ _taps: Dict[int, _Tap] = {}  # key -> tap
 # (data_ptr of a tap's anchor parameter, role) -> key: how a traced tap names its module
 # without baking a per-module constant into the graph (see _emit).
 _anchored: Dict[Tuple[int, int], int] = {}
-_anchors_checked = [0.0]
 
 
 def key_for(module, role: str) -> int:
@@ -180,28 +180,38 @@ def _decode(tensors, ints, layout):
     return values[: layout[0]], values[layout[0]:]
 
 
+# (data_ptr, role) slots that were still unknown right after a refresh: a module whose compiled
+# code has taps but that is not attached. Remembered so that such a module costs one refresh, not
+# one per call; forgotten whenever the taps change.
+_unknown: set = set()
+
+
 def _find_tap(anchor, role, key) -> Optional[_Tap]:
     if anchor is None:
         return _taps.get(key)
-    key = _anchored.get((anchor.data_ptr(), role))
-    if key is None:
-        _refresh_anchors()  # the parameters moved since attach (model.to(...)): look again
-        key = _anchored.get((anchor.data_ptr(), role))
+    slot = (anchor.data_ptr(), role)
+    key = _anchored.get(slot)
+    if key is None and _taps and slot not in _unknown:
+        # The parameters moved since attach (model.to(...), or storage re-allocated per pass):
+        # look again at once, so that no pass after a move is lost.
+        _refresh_anchors()
+        key = _anchored.get(slot)
+        if key is None:
+            if len(_unknown) > 4096:
+                _unknown.clear()
+            _unknown.add(slot)
     return None if key is None else _taps.get(key)
 
 
 def _refresh_anchors():
-    now = perf_counter()
-    if now - _anchors_checked[0] < 1.0:
-        return
-    _anchors_checked[0] = now
     with _lock:
+        _unknown.clear()
         _anchored.clear()
         for tap in _taps.values():
             module = tap.module()
             if module is not None and tap.anchor is not None:
                 try:
-                    _anchored.setdefault((_parameter(module, tap.anchor).data_ptr(), tap.role), tap.key)
+                    _anchored.setdefault((_parameter(module, tap.anchor).data_ptr(), _ROLE_INDEX[tap.role]), tap.key)
                 except Exception:
                     pass
 
@@ -303,12 +313,11 @@ def _emit(module, anchor, role, key, first, second):
     differs per layer would give each layer of a per-layer compiled model a graph of its own
     (past dynamo's recompile limit for deep models)."""
     anchor_tensor = None if anchor is None else _parameter(module, anchor)
-    op = _op
-    if TAP_MODE == "op" and op is not None:
-        tensors, ints, layout = _encode(first, second)
-        op(anchor_tensor, role, 0 if anchor is not None else key, tensors, ints, layout)
-    else:
+    if TAP_MODE == "graph-break":
         _break_runner(anchor_tensor, role, key, first, second)
+    elif _op is not None:
+        tensors, ints, layout = _encode(first, second)
+        _op(anchor_tensor, role, 0 if anchor is not None else key, tensors, ints, layout)
 
 
 _frames_skipped = False
@@ -427,6 +436,7 @@ def _register(module, role, handler) -> _Tap:
         if tap is None:
             tap = _taps[key] = _Tap(key, role, module, _anchor_of(module))
         tap.handlers.append(handler)
+        _unknown.clear()
         if tap.anchor is not None:
             slot = (_parameter(module, tap.anchor).data_ptr(), _ROLE_INDEX[role])
             if _anchored.setdefault(slot, key) != key:
@@ -483,6 +493,7 @@ def forget(key, handler):
             return
         tap.handlers.remove(handler)
         if not tap.handlers:
+            _unknown.clear()
             del _taps[key]
             for slot in [slot for slot, k in _anchored.items() if k == key]:
                 del _anchored[slot]
@@ -633,6 +644,6 @@ class CompileWatch:
             self.other_compile_s += seconds
 
 
-def emits_into_graphs() -> bool:
-    """True when traced taps become calls of the op (no graph break)."""
-    return TAP_MODE == "op" and _tap_op() is not None
+def reads_compiled_code() -> bool:
+    """True when traced taps reach their handlers (the op could be defined, or graph breaks were asked for)."""
+    return TAP_MODE == "graph-break" or _tap_op() is not None

@@ -214,6 +214,10 @@ class Recorder:
         # What the probe could see of how passes ran (see visibility()).
         self._on_cuda = False
         self._pass_compiled = False
+        # Whether any MoE layer was read in the current pass: a pass whose layers all ran where
+        # the hooks could not reach (compiled code without the probe's op) is not counted.
+        self._pass_routed = False
+        self.unseen_passes = 0  # passes whose start and end were seen but none of their layers
         self.compiled_passes = 0  # passes read (partly) from compiled code, through the taps
         self._capture: Optional[CaptureRecord] = None  # the pass being recorded into a CUDA graph
         self.captured_passes = 0  # passes recorded into CUDA graphs while attached
@@ -249,7 +253,7 @@ class Recorder:
     def stop(self):
         with self._lock:
             self.active = False
-            for handle in self._handles:
+            for handle in reversed(self._handles):  # last in, first out: wrappers nest
                 handle.remove()
             self._handles = []
             if self.captured_passes:
@@ -266,6 +270,7 @@ class Recorder:
         t0 = perf_counter()
         try:
             self._in_pass = True
+            self._pass_routed = False
             self._pass_compiled = compiled.from_compiled()
             ids = first[0] if first else None
             if ids is not None:
@@ -347,6 +352,7 @@ class Recorder:
         if self._ungated and layer.index == 0 and self._capture is None and self._capturing():
             self._capture = CaptureRecord(self.num_layers, self._phase)
         t0 = perf_counter()
+        self._pass_routed = True
         try:
             if compiled.from_compiled():
                 self._pass_compiled = True
@@ -438,6 +444,14 @@ class Recorder:
                 # Recorded into a CUDA graph, not run: it counts when (and each time) it is replayed.
                 self.captured_passes += 1
                 cudagraphs.watch.pass_captured(self, capture)
+                return
+            routed, self._pass_routed = self._pass_routed, False
+            if not routed:
+                # Its layers ran where no hook reached them: claiming it as a pass would show
+                # routing that was never read (all zeros).
+                self.unseen_passes += 1
+                self._token_record = None
+                self._pass_compiled = False
                 return
             self.passes += 1
             self.phase_passes[self._phase] += 1

@@ -185,6 +185,8 @@ class MoELayer:
             handles.append(compiled.post_hook(outer, "rows_end", functools.partial(deliver, self._end_rows),
                                               always_call=True))
             hooked.append(outer)
+        if not compiled.reads_compiled_code():
+            return handles  # (torch without custom ops) a recompilation would gain nothing
         marks = [compiled.mark_forward(module) for module in dict.fromkeys([self.module] + hooked)]
         return handles + [mark for mark in marks if mark is not None]
 

@@ -459,10 +459,15 @@ def visibility_warnings(roots, cuda_graphs=0, wrapped=frozenset()):
             continue
         what = type(root).__name__ if parts == [""] else "%s (%s)" % (
             type(root).__name__, ", ".join(parts[:3]) + (" and %d more" % (len(parts) - 3) if len(parts) > 3 else ""))
-        warnings.append({"code": "compiled", "message": (
-            "%s runs under torch.compile: the probe's hooks go into its compiled code at its next pass, "
-            "which waits for one recompilation; routing is then read from inside the compiled code, with no "
-            "graph break. Detaching returns to the original compiled code without recompiling." % what)})
+        if compiled.reads_compiled_code():
+            message = ("%s runs under torch.compile: the probe's hooks go into its compiled code at its next pass, "
+                       "which waits for one recompilation; routing is then read from inside the compiled code, with no "
+                       "graph break. Detaching returns to the original compiled code without recompiling." % what)
+        else:
+            message = ("%s runs under torch.compile, and this torch (%s) has no custom operators for the probe's hooks "
+                       "to go into compiled code with: passes that run compiled are not seen (torch 2.4 or newer reads "
+                       "them)." % (what, torch.__version__))
+        warnings.append({"code": "compiled", "message": message})
     return warnings
 
 

@@ -193,9 +193,10 @@ def test_every_way_of_compiling_is_read_exactly_with_at_most_one_recompilation(n
         assert not marks_left(model)
 
 
-def test_hooks_that_break_the_graph_are_the_fallback_and_still_exact(monkeypatch):
-    """Where torch has no custom ops (before 2.4), a traced tap is a call dynamo leaves to
-    Python, splitting the graph around it: slower (see the benchmark), but read the same."""
+def test_hooks_that_break_the_graph_are_the_alternative_and_still_exact(monkeypatch):
+    """The benchmark's alternative to the op (never chosen by the probe itself, since a graph
+    break fails a job compiled with fullgraph=True): a traced tap as a call dynamo leaves to
+    Python, splitting the graph around it. Slower (see the benchmark), but read the same."""
     monkeypatch.setattr(compiled, "TAP_MODE", "graph-break")
     model = tiny_mixtral(seed=3)
     x = batch(seed=4)
@@ -212,6 +213,62 @@ def test_hooks_that_break_the_graph_are_the_fallback_and_still_exact(monkeypatch
             assert torch.equal(model(x).logits, reference)
     recorder.stop()
     assert torch.equal(recorder.flush_now().to_host()["counts"], truth * 2)
+
+
+def test_without_custom_ops_compiled_passes_go_unseen_and_the_job_is_untouched(monkeypatch):
+    """Where the probe's op cannot be defined (torch before 2.4), traced taps emit nothing and
+    no forward marks are set: attaching neither recompiles nor breaks the job's graphs, its
+    outputs stay bit for bit, the probe claims no compiled pass, and its warning says so."""
+    from moe_probe.server import visibility_warnings
+    monkeypatch.setattr(compiled, "_op", None)
+    monkeypatch.setattr(compiled, "_op_defined", True)
+    assert not compiled.reads_compiled_code()
+    torch._dynamo.reset()  # code compiled with taps by earlier tests would match this model's guards
+    model = tiny_mixtral(seed=11)
+    x = batch(seed=12)
+    model.compile(backend="aot_eager", fullgraph=True)  # a graph break would fail this job
+    with torch.no_grad():
+        reference = model(x).logits
+    graphs = unique_graphs()
+    layers = find_moe_layers(model)
+    recorder = Recorder(0, model, layers, queue.Queue(), Settings(flush_interval_s=0), print)
+    recorder.start()
+    assert not marks_left(model), "no forward marks: a recompilation would gain nothing"
+    with torch.no_grad():
+        for _ in range(3):
+            assert torch.equal(model(x).logits, reference)
+    recorder.stop()
+    assert unique_graphs() == graphs, "attaching made the job recompile"
+    assert recorder.passes == 0 and recorder.compiled_passes == 0, "claimed passes it could not see"
+    assert recorder.unseen_passes == 3  # the model's own call was seen, its layers were not
+    [warning] = visibility_warnings([model])
+    assert warning["code"] == "compiled" and "not seen" in warning["message"], warning
+
+
+def test_parameters_moved_after_attach_are_still_read_from_compiled_code():
+    """Compiled code names each tap by its module's first parameter; when the parameters get new
+    storage while attached (model.to(...), a loaded checkpoint), the next pass is read all the same."""
+    torch._dynamo.reset()  # compiled here with the probe's op, whatever earlier tests compiled
+    model = tiny_mixtral(seed=13)
+    x = batch(seed=14)
+    with torch.no_grad():
+        truth = routed_counts(model(x, output_router_logits=True).router_logits)
+    model.compile(backend="aot_eager")
+    with torch.no_grad():
+        reference = model(x).logits
+    layers = find_moe_layers(model)
+    recorder = Recorder(0, model, layers, queue.Queue(), Settings(flush_interval_s=0), print)
+    recorder.start()
+    with torch.no_grad():
+        assert torch.equal(model(x).logits, reference)
+        before = {name: p.data_ptr() for name, p in model.named_parameters()}
+        for p in model.parameters():
+            p.data = p.data.clone()  # same values, new storage
+        assert all(p.data_ptr() != before[name] for name, p in model.named_parameters())
+        assert torch.equal(model(x).logits, reference)
+    recorder.stop()
+    assert recorder.compiled_passes == 2
+    assert torch.equal(recorder.flush_now().to_host()["counts"], truth * 2), "a pass after the move was lost"
 
 
 # -- CUDA graphs ----------------------------------------------------------------------------
