@@ -23,7 +23,7 @@ class Survey(NamedTuple):
     wrapped: frozenset = frozenset()  # ids of models found inside torch.compile's wrapper (OptimizedModule)
 
 
-def survey(explicit_models=None) -> Survey:
+def survey(explicit_models=None, expert_map=None) -> Survey:
     """The models (and tokenizer) of this process: found from its own names when possible,
     else from every object the garbage collector tracks.
 
@@ -33,10 +33,10 @@ def survey(explicit_models=None) -> Survey:
     MoE model, and for CUDA jobs, whose captured graphs are only found that way.
     """
     if explicit_models is None and not torch.cuda.is_initialized():
-        found = survey_from_names()
+        found = survey_from_names(expert_map)
         if found is not None:
             return found
-    return survey_all_objects(explicit_models)
+    return survey_all_objects(explicit_models, expert_map)
 
 
 # How far survey_from_names looks: attribute/item hops from a name, and objects visited.
@@ -44,7 +44,7 @@ NAME_DEPTH = 4
 NAME_BUDGET = 50000
 
 
-def survey_from_names() -> Optional[Survey]:
+def survey_from_names(expert_map=None) -> Optional[Survey]:
     """Models reachable from the program's names: __main__'s globals and the locals of every
     thread's frames, through containers and plain objects' attributes (a trainer's .model, an
     engine's .model_runner.model), up to NAME_DEPTH hops. None when no MoE model is reached."""
@@ -93,7 +93,7 @@ def survey_from_names() -> Optional[Survey]:
         for child in module.modules():
             if child is not module:
                 descendants.add(id(child))
-    roots = find_model_roots([m for m in modules if id(m) not in descendants])
+    roots = find_model_roots([m for m in modules if id(m) not in descendants], expert_map=expert_map)
     if not roots:
         return None
     return Survey(roots, len(modules), tokenizer, 0, [], _wrapped(modules))
@@ -107,7 +107,7 @@ _LEAVES = (str, bytes, bytearray, int, float, complex, bool, type(None), type, t
 _REFERENTS = 1000
 
 
-def survey_all_objects(explicit_models=None) -> Survey:
+def survey_all_objects(explicit_models=None, expert_map=None) -> Survey:
     """One pass over every object the garbage collector tracks.
 
     An injected probe has no other handle on the model. The scan holds the GIL, so it
@@ -138,7 +138,7 @@ def survey_all_objects(explicit_models=None) -> Survey:
     graphs = sum(1 for obj in picked if type(obj) in graph_types)
     rejected: List[Rejection] = []
     candidates = modules if explicit_models is None else explicit_models
-    roots = find_model_roots(candidates, rejected)
+    roots = find_model_roots(candidates, rejected, expert_map)
     return Survey(roots, len(modules), tokenizer, graphs, rejected, _wrapped(candidates))
 
 
@@ -152,7 +152,8 @@ def _is_tokenizer(cls) -> bool:
     return callable(getattr(cls, "convert_ids_to_tokens", None)) and any("Tokenizer" in c.__name__ for c in cls.__mro__)
 
 
-def find_model_roots(candidates, rejected: Optional[List[Rejection]] = None) -> List[Tuple[nn.Module, List[MoELayer]]]:
+def find_model_roots(candidates, rejected: Optional[List[Rejection]] = None,
+                     expert_map=None) -> List[Tuple[nn.Module, List[MoELayer]]]:
     """Top-level modules among candidates (not a submodule of another) that contain MoE layers.
     What looked like an MoE router or experts but could not be read goes to `rejected`."""
     candidates = [unwrap_compiled(module) for module in candidates]
@@ -166,7 +167,7 @@ def find_model_roots(candidates, rejected: Optional[List[Rejection]] = None) -> 
         if id(module) in child_ids or id(module) in seen:
             continue
         seen.add(id(module))
-        layers = find_moe_layers(module, rejected)
+        layers = find_moe_layers(module, rejected, expert_map)
         if layers:
             found.append((module, layers))
     return found

@@ -22,6 +22,12 @@ export interface PassRecord {
   /** --compile: graphs dynamo had compiled in the job by the end of this pass, and the pass's seconds. */
   graphs?: number;
   seconds?: number;
+  /** tiny_moe_job.py: input distribution (0, or 1 after --switch-file) and wall time. */
+  phase?: number;
+  time?: number;
+  /** With --log-tokens: input token ids (batch flattened) and each token's top-k experts per layer [layer][token][k]. */
+  input?: number[];
+  ids?: number[][][];
 }
 
 export interface Job {
