@@ -218,6 +218,11 @@ const valid = [
       max_logit: float64s([2.5, 1.75]),
       time_s: [0.0625, 0.03125], probe_s: 0.00025, prefill: 2, decode: 0, shape: [2, 4], dropped_tokens: 0,
       expert_s: [0.015625, 0],
+      // every pass eager, in view of the probe
+      visibility: {
+        compiled_passes: 0, tap_compiles: 0, tap_compile_s: 0, other_compiles: 0, graph_breaks: 0,
+        captured_passes: 0, replayed_passes: 0, unseen_replays: 0,
+      },
     },
   },
   {
