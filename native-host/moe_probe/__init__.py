@@ -58,7 +58,7 @@ def attach(
         ImportError: torch is not installed in this environment.
         TypeError: an unknown setting was given.
     """
-    from .recorder import Settings
+    from .settings import Settings
     from .server import start_server
 
     models: Optional[List[Any]] = None

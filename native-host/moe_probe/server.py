@@ -21,12 +21,9 @@ import threading
 import time
 import traceback
 
-import torch
-
-from . import paths
+from . import frameworks, paths
 from .framing import FrameError, FrameReader, encode_frame
-from .models import describe_model, no_moe_message, survey
-from .recorder import Recorder, Settings
+from .settings import Settings
 
 PROTOCOL_VERSION = 2
 QUEUE_SIZE = 64
@@ -69,10 +66,18 @@ def _check_token(conn, token):
         return False
 
 
-def _tensor_bytes(tensor: torch.Tensor) -> bytes:
-    """Raw little-endian bytes of a contiguous host tensor, without numpy."""
+def _tensor_bytes(tensor) -> bytes:
+    """Raw little-endian bytes of a host tensor: a torch tensor (read without numpy) or, from the
+    other frameworks' backends, a numpy array."""
+    if not hasattr(tensor, "data_ptr"):
+        return tensor.tobytes()  # numpy: C order, the machine's (little-endian) byte order
     tensor = tensor.contiguous()
     return ctypes.string_at(tensor.data_ptr(), tensor.numel() * tensor.element_size())
+
+
+def _on_host(tensor):
+    """A torch tensor copied to host memory (the sender thread's job); numpy arrays already are."""
+    return tensor.to("cpu") if hasattr(tensor, "data_ptr") else tensor
 
 
 class ProbeServer:
@@ -255,30 +260,32 @@ class Session:
                 pass
 
     def _run(self):
-        found = survey(self.server.explicit_models)
-        roots = found.roots
+        # Every framework the job has loaded is surveyed (frameworks.py); each model found is
+        # read by its own framework's backend, and all of them share this one session.
+        found = frameworks.survey(self.server.explicit_models)
         settings = self.server.settings
         hello = {
             "t": "hello",
             "v": PROTOCOL_VERSION,
             "pid": os.getpid(),
             "mode": self.server.mode,
-            "framework": "torch",
-            "framework_version": torch.__version__,
+            "framework": found.framework,
+            "framework_version": found.version,
+            "frameworks": found.frameworks,
             "python": platform.python_version(),
             "argv": list(sys.argv)[:16],
-            "models": [describe_model(i, root, layers) for i, (root, layers) in enumerate(roots)],
+            "models": [model.describe(i) for i, model in enumerate(found.models)],
             "settings": settings.describe(),
-            "warnings": visibility_warnings([root for root, _ in roots], found.cuda_graphs),
+            "warnings": found.warnings,
         }
-        if not roots:
-            hello["error"] = {"code": "no_moe", "message": no_moe_message(found)}
+        if not found.models:
+            hello["error"] = {"code": "no_moe", "message": found.no_moe_message}
             self.send(hello)
             self._wait_for_close(1.0)
             return
         self.tokenizer = found.tokenizer
-        for model_id, (root, layers) in enumerate(roots):
-            self.recorders.append(Recorder(model_id, root, layers, self.queue, settings, self.fail))
+        for model_id, model in enumerate(found.models):
+            self.recorders.append(model.recorder(model_id, self.queue, settings, self.fail))
         self.send(hello)
         for recorder in self.recorders:
             recorder.start()
@@ -309,14 +316,14 @@ class Session:
         self.seq += 1
         tensors = snapshot.to_host()
         host = snapshot.host
-        for index, start, end in host["gpu_events"]:
+        for index, start, end in host["gpu_events"]:  # CUDA events (torch on a GPU); [] elsewhere
             if end is not None:
                 end.synchronize()
                 recorder.gpu_time_s[index] += start.elapsed_time(end) / 1000.0
-        time_s = host["time_s"]
-        if any(recorder.gpu_time_s):
+        time_s = host["time_s"]  # None where the backend cannot time layers (compiled graphs)
+        if time_s is not None and any(recorder.gpu_time_s):
             time_s = [a + b for a, b in zip(time_s, recorder.gpu_time_s)]
-        self.send({
+        frame = {
             "t": "counts",
             "model": recorder.model_id,
             "seq": self.seq,
@@ -335,7 +342,10 @@ class Session:
             "decode": host["decode"],
             "shape": host["shape"],
             "dropped_tokens": host["dropped_tokens_records"],
-        })
+        }
+        if time_s is None:
+            del frame["time_s"]
+        self.send(frame)
 
     def _send_tokens(self, recorder, record):
         layers = []
@@ -349,10 +359,10 @@ class Session:
                 "layer": index,
                 "n": ids.shape[0],
                 "k": ids.shape[1],
-                "ids": _tensor_bytes(ids.to("cpu")),
-                "weights": None if weights is None else _tensor_bytes(weights.to("cpu")),
+                "ids": _tensor_bytes(_on_host(ids)),
+                "weights": None if weights is None else _tensor_bytes(_on_host(weights)),
             })
-        token_ids = None if record.token_ids is None else record.token_ids.to("cpu")
+        token_ids = None if record.token_ids is None else _on_host(record.token_ids)
         texts = None
         if token_ids is not None and self.tokenizer is not None:
             texts = token_texts(self.tokenizer, token_ids.tolist())

@@ -7,7 +7,7 @@
  * UTF-8 JSON, on the host's stdin (requests) and stdout (messages). Send hello
  * first; closing stdin makes the host detach from every job and exit.
  */
-import { describeValue, type LayerInfo, type ModelInfo } from './probe';
+import { describeValue, type FrameworkInfo, type LayerInfo, type ModelInfo } from './probe';
 
 export const PANEL_PROTOCOL_VERSION = 1;
 /** Chrome disconnects a native host that sends a message over 1 MiB. */
@@ -19,7 +19,10 @@ export interface ProcessInfo {
   /** Command line, joined with spaces, truncated for display. */
   cmdline: string;
   python: string | null;
+  /** torch's libraries are loaded in the process. */
   torch: boolean;
+  /** The frameworks whose libraries the process has loaded: torch, jax, tensorflow, onnxruntime (see FRAMEWORKS). */
+  frameworks?: string[];
   /** A probe is already listening in this process (moe_probe.attach / python -m moe_probe run, or attached before). */
   probe: boolean;
   attached: boolean;
@@ -100,6 +103,25 @@ export interface JobUpdate {
   shape?: number[];
   /** Per-token records dropped on the way. */
   droppedTokens?: number;
+  /** Passes run in training mode, cumulative. */
+  train?: number;
+  /** Backward passes seen, cumulative. */
+  backward?: number;
+  /** Seconds in each MoE layer's backward, cumulative. */
+  backwardS?: number[];
+}
+
+/** Per-layer training losses of some passes (see ProbeLosses): aux and z are [passes][layers], NaN as null. */
+export interface LossesUpdate {
+  type: 'losses';
+  pid: number;
+  model: number;
+  passes: number[];
+  ts: number;
+  aux: Array<Array<number | null>>;
+  z: Array<Array<number | null>>;
+  modelAux: Array<number | null>;
+  loss: Array<number | null>;
 }
 
 /** The routing of every sampled token of one pass. */
@@ -129,6 +151,8 @@ export type HostMessage =
       python: string;
       framework: string;
       frameworkVersion: string;
+      /** Every framework the job has loaded, with its version. */
+      frameworks?: FrameworkInfo[];
       argv: string[];
       models: ModelInfo[];
       /** What the probe can see only partly (CUDA graph replays, compiled modules). */
@@ -138,6 +162,7 @@ export type HostMessage =
     }
   | JobUpdate
   | TokenUpdate
+  | LossesUpdate
   /** A model's layers as the probe now understands them (after the first calls showed how routing is read). */
   | { type: 'layers'; pid: number; model: number; layers: LayerInfo[] }
   /** Answer to a history request; long answers come in several parts, the last with done. */
