@@ -168,15 +168,16 @@ class HostRecorder:
                 if record is None and pass_id > self.passes and self._want_token_record(perf_counter()):
                     record = self._token_records[pass_id] = HostTokenRecord(pass_id, self._phase_of(shape), None)
                 if record is not None:
-                    ids = np.ascontiguousarray(np.asarray(data.ids).reshape(data.ids.shape[0], -1), dtype=np.int32)
-                    weights = None if data.weights is None else np.ascontiguousarray(
-                        np.asarray(data.weights).reshape(ids.shape[0], -1), dtype=np.float32)
+                    # Copies (np.array): a framework may free or reuse the buffers it handed over.
+                    ids = np.array(data.ids, dtype=np.int32).reshape(data.ids.shape[0], -1)
+                    weights = None if data.weights is None else np.array(
+                        data.weights, dtype=np.float32).reshape(ids.shape[0], -1)
                     record.layers[index] = (ids, weights)
         if token_ids is not None and first_of_pass is not None:
             record = self._token_records.get(first_of_pass)
             if record is not None:
-                record.token_ids = np.ascontiguousarray(np.asarray(token_ids).reshape(-1)[: self.settings.token_sample],
-                                                        dtype=np.int32)
+                record.token_ids = np.array(np.asarray(token_ids).reshape(-1)[: self.settings.token_sample],
+                                            dtype=np.int32)
         done = min(self._calls)
         while self.passes < done:
             self.passes += 1
