@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from .routers import MoELayer, Routing
+from .training import TrainingReader, in_backward
 from .settings import Settings  # noqa: F401  (imported from here by older callers)
 
 # Columns of the per-layer health accumulator (float64, cumulative).
@@ -176,6 +177,9 @@ class Recorder:
         self._health_pass = False
         self._health_t = 0.0
         self._block_on_gpu = [False] * self.num_layers
+        # Training passes: per-layer aux and z losses, backward passes (training.py).
+        self.training = TrainingReader(root, layers)
+        self._train_pass = False
 
     # -- lifecycle (called from the probe's own thread) --
 
@@ -202,6 +206,7 @@ class Recorder:
             for handle in self._handles:
                 handle.remove()
             self._handles = []
+            self.training.stop()
 
     # -- hooks (called from the job's thread, inside its forward) --
 
@@ -214,6 +219,7 @@ class Recorder:
         t0 = perf_counter()
         try:
             self._in_pass = True
+            self._train_pass = self.training.begin(module, self.passes + 1, kwargs)
             ids = _input_ids(args, kwargs)
             if ids is not None:
                 self.last_shape = list(ids.shape)
@@ -263,6 +269,8 @@ class Recorder:
     def _timer_end(self, index):
         def hook(module, args, output):
             if self.active and self._in_pass:
+                if self._train_pass:
+                    self.training.on_block(index, args, output)
                 if self._block_on_gpu[index]:
                     if self._gpu_events and self._gpu_events[-1][0] == index:
                         event = torch.cuda.Event(enable_timing=True)
@@ -282,6 +290,8 @@ class Recorder:
     def _on_routing(self, layer: MoELayer, routing: Routing):
         if not self.active:
             return  # a hook snapshot taken by torch just before detach
+        if in_backward():
+            return  # a checkpointed layer recomputing its forward for the backward pass: seen already
         if not (self._in_pass or self._ungated):
             self._calls_outside_pass += 1
             if self._calls_outside_pass > 4 * self.num_layers:
@@ -313,6 +323,8 @@ class Recorder:
                 if state.ones.numel() < flat.numel():
                     state.ones = torch.ones(flat.numel(), dtype=torch.int64, device=ids.device)
                 state.counts.scatter_add_(0, flat, state.ones[: flat.numel()])
+            if self._train_pass:
+                self.training.on_logits(index, routing.logits)
             if self._health_pass or self._ungated:
                 device = _device_of(routing)
                 if device is not None:
@@ -365,6 +377,8 @@ class Recorder:
         if self._pass_depth:
             return
         self._in_pass = False
+        if self._train_pass:
+            self.training.end(output)
         self._end_pass()
 
     def _end_pass(self):
@@ -393,6 +407,9 @@ class Recorder:
                 return  # a clone now would be recorded into the graph, not run
             self._force_flush = False
             self._last_flush = now
+            losses = self.training.take()
+            if losses:  # before the counts that cover them
+                self._enqueue(("losses", self, losses), is_snapshot=False)
             snapshot = self._snapshot(time.time())
             self._enqueue(("counts", self, snapshot), is_snapshot=True)
         except Exception as exc:
@@ -422,6 +439,9 @@ class Recorder:
             "layer_tokens": list(self.layer_tokens),
             "total_experts": self.total_experts,
             "host_loads": None if self.host_loads is None else list(self.host_loads),
+            "train": self.training.train_passes,
+            "backward": self.training.backward_passes,
+            "backward_s": list(self.training.backward_s),
         }
         self._gpu_events = []
         return Snapshot(self.passes, tensors, event, wall_time, host)

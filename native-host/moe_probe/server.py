@@ -307,6 +307,8 @@ class Session:
         kind, recorder, payload = item
         if kind == "counts":
             self._send_counts(recorder, payload)
+        elif kind == "losses":
+            self._send_losses(recorder, payload)
         elif kind == "layers":
             self.send({"t": "layers", "model": recorder.model_id, "layers": payload})
         else:
@@ -345,7 +347,23 @@ class Session:
         }
         if time_s is None:
             del frame["time_s"]
+        if host.get("train"):  # a training run (torch): forward passes in training mode, backward passes
+            frame.update(train=host["train"], backward=host["backward"], backward_s=host["backward_s"])
         self.send(frame)
+
+    def _send_losses(self, recorder, passes):
+        """Per-layer training losses of some passes, computed here, off the job's forward (training.py)."""
+        aux, z, model_aux, loss = recorder.training.compute(passes)
+        self.send({
+            "t": "losses",
+            "model": recorder.model_id,
+            "passes": [p.pass_id for p in passes],
+            "ts": time.time(),
+            "aux": _tensor_bytes(aux),
+            "z": _tensor_bytes(z),
+            "model_aux": _tensor_bytes(model_aux),
+            "loss": _tensor_bytes(loss),
+        })
 
     def _send_tokens(self, recorder, record):
         layers = []
