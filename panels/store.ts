@@ -9,14 +9,14 @@
  * to it and keeps the latest result. DOM-free, so unit tests drive it directly.
  */
 import type { ErrorCode, HostMessage, JobUpdate, PanelRequest, ProcessInfo } from '../src/protocol/panel';
-import type { ModelInfo } from '../src/protocol/probe';
+import type { FrameworkInfo, ModelInfo } from '../src/protocol/probe';
 import { unknownLayer } from '../src/analysis/layers';
 import type { Analysis, AnalysisSettings, TokenRow, WindowMode } from './engine/analyzer';
 import { parseRecording, RecordingError, serializeRecording, withPid } from './engine/recording';
 
 export type ConnectionState = 'connecting' | 'connected' | 'disconnected';
 
-export type ViewId = 'overview' | 'load' | 'heatmap' | 'tokens' | 'timeline' | 'coactivation' | 'profiler';
+export type ViewId = 'overview' | 'load' | 'heatmap' | 'tokens' | 'timeline' | 'coactivation' | 'profiler' | 'training';
 
 export const VIEWS: Array<{ id: ViewId; label: string }> = [
   { id: 'overview', label: 'Overview' },
@@ -26,6 +26,7 @@ export const VIEWS: Array<{ id: ViewId; label: string }> = [
   { id: 'timeline', label: 'Timeline' },
   { id: 'coactivation', label: 'Co-activation' },
   { id: 'profiler', label: 'Profiler' },
+  { id: 'training', label: 'Training' },
 ];
 
 export interface JobState {
@@ -38,7 +39,14 @@ export interface JobState {
   attachDetail?: string;
   python?: string;
   argv?: string[];
+  /** The frameworks the job's models run on ("torch", "jax", ...; several joined by "+"), and their versions. */
+  framework?: string;
+  frameworkVersion?: string;
+  /** Every framework the job has loaded, with its version. */
+  frameworks?: FrameworkInfo[];
   models: ModelInfo[];
+  /** The model shown, when the job holds several (e.g. a torch model and an ONNX Runtime session). */
+  model?: number;
   /** Latest cumulative counts per model id. */
   latest: Map<number, JobUpdate>;
   /** Updates received, for the status bar's rate. */
@@ -185,6 +193,15 @@ export class Store {
     this.send({ type: 'detach', pid });
   }
 
+  /** Show another of the selected job's models. */
+  selectModel(model: number) {
+    const pid = this.state.selectedPid;
+    if (pid === null) return;
+    this.dirty.add(pid);
+    this.patchJob(pid, { model });
+    this.set({ selectedLayer: 0, token: null });
+  }
+
   selectJob(pid: number) {
     this.dirty.add(pid);
     this.set({ selectedPid: pid, token: null });
@@ -281,7 +298,10 @@ export class Store {
     }
     await this.analyzer?.ingestMany(messages);
     const jobs = new Map(this.state.jobs);
-    jobs.set(id, { pid: id, status: 'recording', models, latest, updates, replay: { file, pid: recording.header.pid }, method: 'recording' });
+    const framework = attached && attached.type === 'attached'
+      ? { framework: attached.framework, frameworkVersion: attached.frameworkVersion, frameworks: attached.frameworks }
+      : {};
+    jobs.set(id, { pid: id, status: 'recording', models, latest, updates, replay: { file, pid: recording.header.pid }, method: 'recording', ...framework });
     this.dirty.add(id);
     this.set({ jobs, selectedPid: id, token: null });
     await this.tick();
@@ -320,6 +340,7 @@ export class Store {
         layer: this.state.selectedLayer,
         tokenPasses: 300,
         tokenBudget: 400,
+        model: this.state.jobs.get(pid)?.model,
       });
       if (result && this.state.jobs.has(pid)) {
         const analyses = new Map(this.state.analyses);
@@ -358,6 +379,7 @@ export class Store {
         void this.analyzer?.ingest(message);
         this.patchJob(message.pid, {
           status: 'attached', method: message.method, attachMs: message.ms, python: message.python,
+          framework: message.framework, frameworkVersion: message.frameworkVersion, frameworks: message.frameworks,
           argv: message.argv, models: message.models, attachedMessage: message,
           attachDetail: message.attempts?.map((a) => `${a.method}: ${a.message}`).join('\n'),
         });
@@ -383,6 +405,7 @@ export class Store {
         this.dirty.add(message.pid);
         return this.patchJob(message.pid, { models: job.models.map((m) => (m.id === message.model ? { ...m, layers: message.layers } : m)) });
       }
+      case 'losses':
       case 'tokens': {
         if (!this.state.jobs.has(message.pid)) return;
         void this.analyzer?.ingest(message);

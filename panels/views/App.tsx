@@ -5,7 +5,7 @@ import { layerLabel, routingDescription } from '../../src/analysis';
 import type { Analysis } from '../engine/analyzer';
 import { VIEWS, type JobState, type Store } from '../store';
 import { Coactivation } from './Coactivation';
-import { fmt, int } from './format';
+import { fmt, frameworkName, int } from './format';
 import { Heatmap } from './Heatmap';
 import { Load } from './Load';
 import { Overview } from './Overview';
@@ -13,6 +13,7 @@ import { ProcessList } from './ProcessList';
 import { Profiler } from './Profiler';
 import { Timeline } from './Timeline';
 import { Tokens } from './Tokens';
+import { Training } from './Training';
 
 function useStore(store: Store) {
   const [, setTick] = useState(0);
@@ -185,7 +186,7 @@ function Notices({ store }: { store: Store }) {
 }
 
 function JobView({ store, job, analysis: a }: { store: Store; job: JobState; analysis?: Analysis }) {
-  const model = job.models[0];
+  const model = job.models.find((m) => m.id === job.model) ?? job.models[0];
   const layer = Math.min(store.state.selectedLayer, Math.max(0, (model?.layers.length ?? a?.layers ?? 1) - 1));
   const info = model?.layers[layer];
   const view = store.state.view;
@@ -202,6 +203,7 @@ function JobView({ store, job, analysis: a }: { store: Store; job: JobState; ana
       {view === 'timeline' && <Timeline a={a} />}
       {view === 'coactivation' && <Coactivation a={a} layer={layer} />}
       {view === 'profiler' && <Profiler a={a} />}
+      {view === 'training' && <Training a={a} />}
     </div>
   ) : null), [store, a, view, layer, token]);
 
@@ -212,8 +214,21 @@ function JobView({ store, job, analysis: a }: { store: Store; job: JobState; ana
     <div class="job" data-testid="job" data-pid={job.pid} data-status={job.status}>
       <div class="job-head">
         <span class="job-title">{model ? `${model.class}` : 'Model'} · {title}</span>
+        {job.framework && <FrameworkTag job={job} framework={model?.framework ?? job.framework} />}
         <span class="muted" title={job.attachDetail} data-testid="attach-status">{status}</span>
       </div>
+      {job.models.length > 1 && (
+        <div class="controls">
+          <label>
+            Model{' '}
+            <select data-testid="model-select" value={model?.id} onChange={(e) => store.selectModel(Number((e.target as HTMLSelectElement).value))}>
+              {job.models.map((m) => (
+                <option value={m.id} key={m.id}>{m.class} ({frameworkName(m.framework ?? job.framework ?? '')}, {m.layers.length} MoE layers)</option>
+              ))}
+            </select>
+          </label>
+        </div>
+      )}
       <nav class="tabs" role="tablist">
         {VIEWS.map((v) => (
           <button key={v.id} role="tab" aria-selected={view === v.id} class={`tab ${view === v.id ? 'selected' : ''}`} data-testid={`tab-${v.id}`} onClick={() => store.selectView(v.id)}>
@@ -262,6 +277,17 @@ function StatusBar({ store, job, analysis: a }: { store: Store; job?: JobState; 
         <span>{job ? `pid ${job.pid}: ${job.status}` : 'Not attached'}</span>
       )}
     </footer>
+  );
+}
+
+/** The framework the shown model runs on, with its version (hover: every framework the job loaded). */
+function FrameworkTag({ job, framework }: { job: JobState; framework: string }) {
+  const version = job.frameworks?.find((f) => f.name === framework)?.version ?? (framework === job.framework ? job.frameworkVersion : undefined);
+  const loaded = job.frameworks?.map((f) => `${frameworkName(f.name)} ${f.version}`).join(', ');
+  return (
+    <span class="tag" data-testid="job-framework" data-framework={framework} title={loaded ? `Loaded in the job: ${loaded}` : undefined}>
+      {frameworkName(framework)}{version ? ` ${version}` : ''}
+    </span>
   );
 }
 
