@@ -99,8 +99,10 @@ export async function attachThroughPanel(panel, pid, timeout = 30000) {
     { polling: 100, timeout },
     pid,
   );
+  // Attached: notices may still say what the probe sees only partly (e.g. a JAX job re-traced).
+  if (await panel.$(`[data-testid="job"][data-pid="${pid}"][data-status="attached"]`)) return;
   const notice = await panel.$eval('[data-testid="notice"]', (el) => el.textContent).catch(() => null);
-  if (notice) throw new Error(`attach failed in the panel: ${notice}`);
+  throw new Error(`attach failed in the panel: ${notice}`);
 }
 
 /** What the panel shows for the selected layer: the passes counter and the per-expert counts. */
