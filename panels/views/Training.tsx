@@ -64,7 +64,8 @@ export function Training({ a }: { a: Analysis }) {
         {int(t.backwardPasses)} backward passes. Per layer, each loss as the model computes it: the load-balancing loss of
         that layer's router logits alone (the model's own function), and the router z-loss, mean of logsumexp(logits)².
       </p>
-      <table class="grid training-table" data-testid="training-table" data-pass={last?.pass ?? ''}>
+      <table class="grid training-table" data-testid="training-table" data-pass={last?.pass ?? ''} data-loss={String(last?.loss ?? NaN)}
+        data-model-aux={String(last?.modelAux ?? NaN)}>
         <thead>
           <tr><th>Layer</th><th>aux (last pass)</th><th>aux (mean)</th><th>z-loss (last pass)</th><th>z-loss (mean)</th><th>backward ms / pass</th></tr>
         </thead>
