@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 
-from test_probe_safety import Client
+from probe_client import Client
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 NATIVE_HOST = os.path.dirname(HERE)

@@ -81,3 +81,45 @@ def test_added_outputs_leave_every_original_byte_and_output_as_it_was():
     for a, b in zip(plain, more):
         assert a.tobytes() == b.tobytes()
     assert more[-2].shape == (16, 2) and more[-2].dtype == np.int64
+
+
+def test_a_process_with_models_of_two_frameworks_shows_both_each_read_by_its_own_backend():
+    """A torch Mixtral and an ONNX Runtime session in one process: one hello, two models, each
+    counted exactly as its own framework routed, and both left as they were after detach."""
+    from job_check import find_window, last_counts, layer_counts
+    import time
+    import torch
+    job = Job.start("multi_framework_job.py", min_passes=6)
+    try:
+        before = job.passes()
+        reference = outputs_by_input(before)
+        hooks = before[-1]["hooks"]
+        client = job.attach()
+        hello = hello_of(client)
+        assert hello["framework"] == "torch+onnxruntime"
+        assert hello["framework_version"] == "%s, %s" % (torch.__version__, ort.__version__)
+        assert [(m["id"], m["class"], m["framework"], len(m["layers"])) for m in hello["models"]] == [
+            (0, "MixtralForCausalLM", "torch", 2), (1, "InferenceSession", "onnxruntime", 2)]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not all(
+                (last_counts(client, m) or {}).get("passes", 0) >= 8 for m in (0, 1)):
+            time.sleep(0.05)
+        job.wait_passes(len(job.passes()) + 2)
+        passes = job.passes()
+        for model, key in ((0, "counts_torch"), (1, "counts")):
+            frame = last_counts(client, model)
+            assert frame["passes"] >= 8, "model %d: %s passes" % (model, frame and frame["passes"])
+            records = [dict(r, counts=r[key]) for r in passes]
+            for layer in range(2):
+                shown = layer_counts(frame, layer)
+                assert find_window(records, layer, frame["passes"], shown) >= 0, (model, layer, shown)
+        client.detach()
+        client.wait(lambda f: f["t"] == "bye", timeout=30)
+        detached_at = len(job.passes())
+        job.wait_passes(detached_at + 8)
+        for record in job.passes()[detached_at + 2:]:
+            assert record["hooks"] == hooks
+        for record in job.passes():
+            assert record["out"] == reference[record["pass"] % 4]
+    finally:
+        job.stop()

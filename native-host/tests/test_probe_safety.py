@@ -20,6 +20,7 @@ if NATIVE_HOST not in sys.path:
     sys.path.insert(0, NATIVE_HOST)
 
 import moe_probe  # noqa: E402
+from probe_client import Client  # noqa: E402,F401  (used here and by other tests)
 from moe_probe import routers  # noqa: E402
 
 torch.set_num_threads(1)
@@ -42,53 +43,6 @@ def socket_dir(monkeypatch):
         monkeypatch.setenv("MOE_DEVTOOLS_SOCKET_DIR", d)
         yield d
     moe_probe.detach()
-
-
-class Client:
-    """A minimal host: connects, reads frames with the reference msgpack package."""
-
-    def __init__(self, path, read=True):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.connect(path)
-        self.frames = []
-        self.buf = b""
-        self.closed = False
-        if read:
-            self.thread = threading.Thread(target=self._read, daemon=True)
-            self.thread.start()
-
-    def _read(self):
-        while True:
-            try:
-                data = self.sock.recv(1 << 16)
-            except OSError:
-                break
-            if not data:
-                break
-            self.buf += data
-            while len(self.buf) >= 4:
-                (n,) = struct.unpack("<I", self.buf[:4])
-                if len(self.buf) < 4 + n:
-                    break
-                self.frames.append(msgpack.unpackb(self.buf[4:4 + n], raw=False))
-                self.buf = self.buf[4 + n:]
-        self.closed = True
-
-    def wait(self, predicate, timeout=10):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for frame in list(self.frames):
-                if predicate(frame):
-                    return frame
-            time.sleep(0.01)
-        raise AssertionError("no matching frame; got %s" % [f.get("t") for f in self.frames])
-
-    def detach(self):
-        body = msgpack.packb({"t": "detach"})
-        self.sock.sendall(struct.pack("<I", len(body)) + body)
-
-    def close(self):
-        self.sock.close()
 
 
 def hook_count(model):
