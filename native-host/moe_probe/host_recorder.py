@@ -111,12 +111,8 @@ class HostRecorder:
     # -- lifecycle (probe thread) --
 
     def start(self):
-        self.active = True
-        try:
-            self.install()
-        except BaseException:
-            self.active = False
-            raise
+        self.install()
+        self.active = True  # after install: whatever the framework delivers from now on is whole
 
     def stop(self):
         self.active = False

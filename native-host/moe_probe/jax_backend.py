@@ -44,6 +44,7 @@ import numpy as np
 
 from .frameworks import BackendSurvey, Model
 from .host_recorder import HostRecorder, LayerPass
+from .retrace import Interception
 from .structure import EXPERT_COUNT_ATTRS, TOP_K_ATTRS, LayerSpec, _attr, _int_attr, gating_of, settings_of
 
 try:  # private, so guarded: where they moved, layers are read from the router and called back on their own
@@ -134,6 +135,12 @@ def _nnx_layers(root):
     return found
 
 
+def _nnx_paths(root):
+    """id(module) -> path name of every module of an nnx model."""
+    nnx = _nnx()
+    return {id(node): _path_name(path) for path, node in nnx.iter_graph(root) if isinstance(node, nnx.Module)}
+
+
 def _path_name(path) -> str:
     return ".".join(str(p) for p in path)
 
@@ -173,17 +180,15 @@ class _PassState:
         self.stack = []  # modules whose calls are open, innermost last
         self.blocks = {}  # id(block) -> [layer, logits, ids, weights]
         self.stash = {}  # layer index -> device values handed out at the end of the pass
+        self.in_top_k = False
 
 
-class _Interception:
+class _Interception(Interception):
     """Flax method interception (linen), method wrapping (nnx) and top_k catching, installed for
-    the whole process while any JAX model is watched; removed, and the caches cleared, after."""
+    the whole process while any JAX model is watched (see retrace.py)."""
 
     def __init__(self):
-        self.lock = threading.Lock()
-        self.holders = set()
-        self.installed = False
-        self.read_anything = False  # whether a trace got our reading in (then detach must clear caches)
+        super().__init__(jax.clear_caches)
         self.models: Dict[object, _Watched] = {}
         self.local = threading.local()
         self._linen_stack = None
@@ -191,21 +196,7 @@ class _Interception:
         self.installed_at = 0.0
         self.first_pass_s: Optional[float] = None  # from attach to the first pass's numbers on the host
 
-    # lifecycle (probe thread)
-
-    def acquire(self, holder):
-        with self.lock:
-            self.holders.add(holder)
-            if not self.installed:
-                self._install()
-
-    def release(self, holder):
-        with self.lock:
-            self.holders.discard(holder)
-            if self.installed and not self.holders:
-                self._uninstall()
-
-    def _install(self):
+    def patch(self):
         linen = _linen()
         if linen is not None:
             module = sys.modules["flax.linen.module"]
@@ -214,12 +205,10 @@ class _Interception:
         if _top_k_p is not None:
             original = _top_k_p.bind
             _top_k_p.bind = partial(self._top_k, original)
-        self.installed = True
         self.installed_at = perf_counter()
         self.first_pass_s = None
-        jax.clear_caches()  # jitted functions trace again, with the reading in them
 
-    def _uninstall(self):
+    def unpatch(self):
         if self._linen_stack is not None:
             sys.modules["flax.linen.module"]._global_interceptor_stack = self._linen_stack
             self._linen_stack = None
@@ -229,10 +218,6 @@ class _Interception:
             _restore(cls, name, original)
         self._patched = []
         self.models = {}
-        self.installed = False
-        if self.read_anything:
-            self.read_anything = False
-            jax.clear_caches()  # and once more without it, as they were before attach
 
     def watch_nnx(self, root, layers):
         """Wrap __call__ of an nnx model's class, its blocks' classes and their routers' classes."""
@@ -247,6 +232,8 @@ class _Interception:
                                  gating=gating_of([block, router]))
                 specs[name] = _Layer(spec, router_attr)
             watched = self.models[key] = _Watched(key, key.__name__, "nnx", specs)
+            # The live model's paths, for its eager calls; a jitted call runs on a rebuilt copy.
+            watched.live = (root, _nnx_paths(root))
             for cls in {key} | {type(b) for _, b, _, _, _ in layers} | {type(getattr(b, a)) for _, b, a, _, _ in layers}:
                 self._wrap(cls)
         return watched
@@ -290,13 +277,14 @@ class _Interception:
             watched = self.models.get(type(module))
             if watched is None or not self.installed:
                 return original(module, *args, **kwargs)
-            nnx = _nnx()
-            paths = {id(node): _path_name(path) for path, node in nnx.iter_graph(module) if isinstance(node, nnx.Module)}
+            live = getattr(watched, "live", None)
+            paths = live[1] if live is not None and live[0] is module else _nnx_paths(module)
             return self._pass(watched, module, args, kwargs, lambda *a, **k: original(module, *a, **k), paths)
         return self._inner_call(state, module, args, kwargs, lambda *a, **k: original(module, *a, **k), linen=False,
                                 is_call=True)
 
     def _pass(self, watched, root, args, kwargs, call, paths):
+        self.note_pass()
         trace = _jax_core.trace_ctx.trace if _jax_core is not None else None
         ids = _token_ids(args, kwargs)
         state = self.local.state = _PassState(watched, root, trace, ids, paths)
@@ -357,10 +345,16 @@ class _Interception:
         return layer
 
     def _top_k(self, original, operand, **params):
-        out = original(operand, **params)
         state = self._state()
-        if state is None or not state.blocks:
-            return out
+        if state is None or not state.blocks or state.in_top_k:
+            # Eagerly, binding top_k compiles it, which binds it again inside that compilation:
+            # only the outer call's values belong to the model.
+            return original(operand, **params)
+        state.in_top_k = True
+        try:
+            out = original(operand, **params)
+        finally:
+            state.in_top_k = False
         try:
             entry = state.blocks.get(id(state.stack[-1]))
             if entry is not None and entry[2] is None:

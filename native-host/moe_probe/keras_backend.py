@@ -35,6 +35,7 @@ import numpy as np
 
 from .frameworks import BackendSurvey, Model
 from .host_recorder import HostRecorder, LayerPass
+from .retrace import Interception
 from .structure import EXPERT_COUNT_ATTRS, TOP_K_ATTRS, LayerSpec, _attr, gating_of, settings_of
 
 import keras  # noqa: E402  (imported only when the job has)
@@ -159,30 +160,18 @@ class _PassState:
         self.stash = {}
 
 
-class _Interception:
+class _Interception(Interception):
+    """Keras `call` wrapping and top-k catching, installed for the whole process while any Keras
+    model is watched (see retrace.py)."""
+
     def __init__(self):
-        self.lock = threading.Lock()
-        self.holders = set()
-        self.installed = False
-        self.read_anything = False
+        super().__init__(_clear_traces)
         self.roots: Dict[int, _Watched] = {}  # id(root model) -> watched
         self.blocks: Dict[int, tuple] = {}  # id(block) -> (watched, spec, router)
         self.routers: Dict[int, int] = {}  # id(router) -> id(block)
         self.local = threading.local()
         self._patched = []
         self._top_k = None
-
-    def acquire(self, holder):
-        with self.lock:
-            self.holders.add(holder)
-            if not self.installed:
-                self._install()
-
-    def release(self, holder):
-        with self.lock:
-            self.holders.discard(holder)
-            if self.installed and not self.holders:
-                self._uninstall()
 
     def watch(self, root, found):
         specs = []
@@ -212,15 +201,13 @@ class _Interception:
         self._patched.append((cls, own))
         cls.call = call
 
-    def _install(self):
+    def patch(self):
         gen_nn_ops = sys.modules.get("tensorflow.python.ops.gen_nn_ops")
         if gen_nn_ops is not None:
             self._top_k = (gen_nn_ops, gen_nn_ops.top_kv2)
             gen_nn_ops.top_kv2 = partial(self._catch_top_k, gen_nn_ops.top_kv2)
-        self.installed = True
-        _clear_traces()  # tf.functions trace again, with the reading in them
 
-    def _uninstall(self):
+    def unpatch(self):
         for cls, own in reversed(self._patched):
             if own is None:
                 del cls.call  # it was inherited
@@ -232,10 +219,6 @@ class _Interception:
             module.top_kv2 = original
             self._top_k = None
         self.roots, self.blocks, self.routers = {}, {}, {}
-        self.installed = False
-        if self.read_anything:
-            self.read_anything = False
-            _clear_traces()  # and once more without it
 
     # job's threads
 
@@ -269,6 +252,7 @@ class _Interception:
         return out
 
     def _pass(self, watched, original, root, args, kwargs):
+        self.note_pass()
         tf = _tf()
         state = self.local.state = _PassState(watched, _graph(tf), _token_ids(tf, args, kwargs))
         try:

@@ -20,6 +20,8 @@ from probe_client import Client
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 NATIVE_HOST = os.path.dirname(HERE)
+if NATIVE_HOST not in sys.path:
+    sys.path.insert(0, NATIVE_HOST)  # for the tests that read the probe's own modules
 ROOT = os.path.dirname(NATIVE_HOST)
 JOBS = os.path.join(ROOT, "test", "jobs")
 
