@@ -23,6 +23,7 @@ import { ROOT, projectPython } from './python-env.mjs';
 export const BENCHMARKS = [
   { id: 'attach', title: 'Attach safety and time', script: 'scripts/bench_attach.mjs' },
   { id: 'probe_overhead', title: 'Probe overhead', script: 'scripts/bench_probe_overhead.py' },
+  { id: 'framework_overhead', title: 'Probe overhead, other backends', script: 'scripts/bench_framework_overhead.py' },
   { id: 'host_relay', title: 'Host relay', script: 'scripts/bench_host_relay.mjs' },
   { id: 'panel', title: 'Panel frame time', script: 'scripts/bench_panel.mjs' },
 ];
