@@ -18,6 +18,9 @@ import { listCommand } from './commands/list';
 import { describeRecord, recordCommand } from './commands/record';
 import { failingFindings, parseFailOn, reportJson, reportText } from './commands/report';
 import { exportCommand, parseTarget } from './commands/export';
+import { relayCommand } from './commands/relay';
+import { flowJson, flowText, recordingFlow } from './commands/flow';
+import { FLOW_WEIGHTINGS, type FlowWeighting } from '../src/analysis';
 
 /** One version for the command line and the probe package (a test holds moe_probe.__version__ to it). */
 const VERSION = packageJson.version;
@@ -33,6 +36,11 @@ export const USAGE = `usage: moe-devtools <command> [options]
   export FILE --to TARGET DEST        tensorboard DIR | perfetto FILE | wandb DIR | csv DIR
          [--force] [--python PATH] [--project NAME]   (W&B: a Python with wandb, default $MOE_PYTHON or python3)
   report and export: [--step S] [--window S]   a point of the series every S s over the trailing S s (1, 30)
+  relay [--port P] [--token-file F]   serve this node's ranks of a distributed job to a panel elsewhere
+        [--node NAME] [--job KEY]      (127.0.0.1 only: ssh -L P:127.0.0.1:P node; token printed,
+        [--all-namespaces]             or MOE_DEVTOOLS_RELAY_TOKEN); runs until Ctrl-C
+  flow FILE --from L --to L2 [--json]  sampled tokens' transitions between consecutive MoE layers L..L2
+         [--weighting top1|slots|gates]  (the panel's Flow view; default top1) [--filter TEXT] [--passes A-B]
 
 Exit status: 0 done; 1 report --fail-on found something; 2 error (one line on stderr).`;
 
@@ -136,8 +144,42 @@ async function run(argv: string[]): Promise<number> {
       out(message);
       return EXIT.ok;
     }
+    case 'relay': {
+      const { values, positionals: args } = parseArgs({ args: rest, allowPositionals: true, strict: true, options: {
+        port: { type: 'string' }, 'token-file': { type: 'string' }, node: { type: 'string' }, job: { type: 'string' },
+        'all-namespaces': { type: 'boolean' },
+      } });
+      positionals(args, [], 'relay');
+      const port = values.port === undefined ? 5800 : Number(values.port);
+      if (!Number.isInteger(port) || port < 0 || port > 65535) throw new CliError(`--port should be a TCP port (0 for any free one), got "${values.port}"`);
+      await relayCommand({
+        port, tokenFile: values['token-file'], node: values.node, job: values.job, allNamespaces: Boolean(values['all-namespaces']),
+        probeRoot: PROBE_ROOT, log: (line) => process.stderr.write(`${line}\n`),
+      });
+      return EXIT.ok;
+    }
+    case 'flow': {
+      const { values, positionals: args } = parseArgs({ args: rest, allowPositionals: true, strict: true, options: {
+        from: { type: 'string' }, to: { type: 'string' }, weighting: { type: 'string' }, filter: { type: 'string' }, passes: { type: 'string' }, json: { type: 'boolean' },
+      } });
+      const [file] = positionals(args, ['FILE'], 'flow');
+      const layer = (v: string | undefined, flag: string) => {
+        if (v === undefined || !/^\d+$/.test(v)) throw new CliError(`${flag} needs a layer index (0 for the first MoE layer), got ${v === undefined ? 'nothing' : `"${v}"`}`);
+        return Number(v);
+      };
+      const weighting = (values.weighting ?? 'top1') as FlowWeighting;
+      if (!FLOW_WEIGHTINGS.includes(weighting)) throw new CliError(`--weighting should be one of ${FLOW_WEIGHTINGS.join(', ')}, got "${values.weighting}"`);
+      const passes = values.passes === undefined ? null : /^(\d+)-(\d+)$/.exec(values.passes);
+      if (values.passes !== undefined && !passes) throw new CliError(`--passes takes a range FIRST-LAST of pass numbers, got "${values.passes}"`);
+      const result = recordingFlow(readRecording(file!), {
+        from: layer(values.from, '--from'), to: layer(values.to, '--to'), weighting, filter: values.filter ?? '',
+        fromPass: passes ? Number(passes[1]) : undefined, toPass: passes ? Number(passes[2]) : undefined,
+      });
+      out(values.json ? flowJson(result) : flowText(result));
+      return EXIT.ok;
+    }
     default:
-      throw new CliError(`unknown command "${command}" (commands: list, record, report, export; see moe-devtools --help)`);
+      throw new CliError(`unknown command "${command}" (commands: list, record, report, export, relay, flow; see moe-devtools --help)`);
   }
 }
 

@@ -12,21 +12,28 @@ import type { ErrorCode, HostMessage, JobUpdate, PanelRequest, ProcessInfo } fro
 import type { FrameworkInfo, ModelInfo } from '../src/protocol/probe';
 import { unknownLayer } from '../src/analysis/layers';
 import type { Analysis, AnalysisSettings, TokenRow, WindowMode } from './engine/analyzer';
+import type { ViewRequests } from './engine/view-data';
 import { parseRecording, RecordingError, serializeRecording, withPid } from './engine/recording';
+import type { JobRanks } from './engine/ranks';
 
 export type ConnectionState = 'connecting' | 'connected' | 'disconnected';
 
-export type ViewId = 'overview' | 'load' | 'heatmap' | 'tokens' | 'timeline' | 'coactivation' | 'profiler' | 'training';
+export type ViewId = 'overview' | 'load' | 'heatmap' | 'flow' | 'activity' | 'layers' | 'tokens' | 'timeline' | 'coactivation' | 'profiler' | 'training' | 'ranks';
 
 export const VIEWS: Array<{ id: ViewId; label: string }> = [
   { id: 'overview', label: 'Overview' },
   { id: 'load', label: 'Load' },
   { id: 'heatmap', label: 'Heatmap' },
+  { id: 'flow', label: 'Flow' },
+  { id: 'activity', label: '3D map' },
+  { id: 'layers', label: 'Layers' },
   { id: 'tokens', label: 'Tokens' },
   { id: 'timeline', label: 'Timeline' },
   { id: 'coactivation', label: 'Co-activation' },
   { id: 'profiler', label: 'Profiler' },
   { id: 'training', label: 'Training' },
+  /** Distributed jobs only. */
+  { id: 'ranks', label: 'Ranks' },
 ];
 
 export interface JobState {
@@ -56,6 +63,18 @@ export interface JobState {
   attachedMessage?: HostMessage;
   /** For an opened recording: its file name and the pid it was recorded from. */
   replay?: { file: string; pid: number };
+  /** A distributed job shown as one: its ranks (the host's last word on them). */
+  ranks?: JobRanks;
+  /** A process that is one rank of such a job: the job's id. */
+  rankOf?: number;
+}
+
+/** A relay on another node this panel's host is connected to. */
+export interface RelayState {
+  address: string;
+  node: string;
+  status: 'connected' | 'closed';
+  message?: string;
 }
 
 export interface Notice {
@@ -101,6 +120,9 @@ export interface StoreState {
   /** Token selected in the Tokens view: pass and position. */
   /** The token whose path is shown; `row` is kept so the path stays while its pass scrolls out of the stream. */
   token: { pass: number; index: number; row?: TokenRow } | null;
+  relays: RelayState[];
+  /** What each view asks the analysis for beyond the window (only the shown view's request is computed). */
+  viewRequests: Partial<Record<ViewId, ViewRequests>>;
 }
 
 export type Send = (request: PanelRequest) => void;
@@ -143,6 +165,8 @@ export class Store {
       recording: null,
       saved: null,
       token: null,
+      relays: [],
+      viewRequests: {},
     };
   }
 
@@ -179,6 +203,16 @@ export class Store {
     this.send({ type: 'connect', address: address.trim(), token: token.trim() });
   }
 
+  /** Attach to every rank of a distributed job at once (the host attaches in parallel and shows them as one job). */
+  attachJob(pids: number[]) {
+    for (const pid of pids) if (!this.state.jobs.has(pid) || this.state.jobs.get(pid)!.status === 'detached') this.attach(pid);
+  }
+
+  /** Connect to a relay on another node (the local end of an SSH tunnel to its port). */
+  connectRelay(address: string, token: string) {
+    this.send({ type: 'connect-relay', address: address.trim(), token: token.trim() });
+  }
+
   attach(pid: number) {
     const jobs = new Map(this.state.jobs);
     jobs.set(pid, { pid, status: 'attaching', models: [], latest: new Map(), updates: 0 });
@@ -208,12 +242,22 @@ export class Store {
   }
 
   selectLayer(layer: number) {
-    if (this.state.selectedPid !== null) this.dirty.add(this.state.selectedPid);
+    const pid = this.state.selectedPid;
+    if (pid !== null) this.dirty.add(pid);
+    // a distributed job's updates carry each rank's counts of one layer: this one from now on
+    if (pid !== null && this.state.jobs.get(pid)?.ranks) this.send({ type: 'rank-layer', pid, layer });
     this.set({ selectedLayer: layer });
   }
 
   selectView(view: ViewId) {
+    if (this.state.selectedPid !== null && this.state.viewRequests[view]) this.dirty.add(this.state.selectedPid);
     this.set({ view });
+  }
+
+  /** A view's request to the analysis (flow layers, time buckets, ...); the next analysis answers it. */
+  setViewRequest(view: ViewId, request: ViewRequests) {
+    if (this.state.selectedPid !== null) this.dirty.add(this.state.selectedPid);
+    this.set({ viewRequests: { ...this.state.viewRequests, [view]: request } });
   }
 
   selectToken(token: { pass: number; index: number; row?: TokenRow } | null) {
@@ -293,15 +337,17 @@ export class Store {
       const u = [...latest.values()][0]!;
       models = [{ id: u.model, class: 'Recorded model', model_type: '', device: '', dtype: '', layers: u.widths.map((w, i) => unknownLayer(i, w)) }];
     }
+    let ranks: JobRanks | undefined;
     for (const m of messages) {
       if (m.type === 'layers') models = models.map((x) => (x.id === m.model ? { ...x, layers: m.layers } : x));
+      if (m.type === 'ranks') ranks = { key: m.key, label: m.label, worldSize: m.worldSize, ranks: m.ranks };
     }
     await this.analyzer?.ingestMany(messages);
     const jobs = new Map(this.state.jobs);
     const framework = attached && attached.type === 'attached'
       ? { framework: attached.framework, frameworkVersion: attached.frameworkVersion, frameworks: attached.frameworks }
       : {};
-    jobs.set(id, { pid: id, status: 'recording', models, latest, updates, replay: { file, pid: recording.header.pid }, method: 'recording', ...framework });
+    jobs.set(id, { pid: id, status: 'recording', models, latest, updates, replay: { file, pid: recording.header.pid }, method: 'recording', ...framework, ...(ranks ? { ranks } : {}) });
     this.dirty.add(id);
     this.set({ jobs, selectedPid: id, token: null });
     await this.tick();
@@ -341,6 +387,7 @@ export class Store {
         tokenPasses: 300,
         tokenBudget: 400,
         model: this.state.jobs.get(pid)?.model,
+        views: this.state.viewRequests[this.state.view],
       });
       if (result && this.state.jobs.has(pid)) {
         const analyses = new Map(this.state.analyses);
@@ -383,7 +430,9 @@ export class Store {
           argv: message.argv, models: message.models, attachedMessage: message,
           attachDetail: message.attempts?.map((a) => `${a.method}: ${a.message}`).join('\n'),
         });
-        if (message.method === 'tcp') this.set({ selectedPid: message.pid });
+        if (message.method === 'tcp' || message.job) this.set({ selectedPid: message.pid });
+        if (message.job) this.send({ type: 'rank-layer', pid: message.pid, layer: this.state.selectedLayer });
+        if (message.rank && message.rank.group >= 0) this.patchJob(message.pid, { rankOf: message.rank.group });
         // What the probe can see only partly (CUDA graph replays, torch.compile) is said at once.
         for (const w of message.warnings ?? []) this.notice({ pid: message.pid, code: 'partial_visibility', message: w.message });
         this.refresh();
@@ -404,6 +453,16 @@ export class Store {
         void this.analyzer?.ingest(message);
         this.dirty.add(message.pid);
         return this.patchJob(message.pid, { models: job.models.map((m) => (m.id === message.model ? { ...m, layers: message.layers } : m)) });
+      }
+      case 'ranks': {
+        if (!this.state.jobs.has(message.pid)) return;
+        void this.analyzer?.ingest(message);
+        this.dirty.add(message.pid);
+        return this.patchJob(message.pid, { ranks: { key: message.key, label: message.label, worldSize: message.worldSize, ranks: message.ranks } });
+      }
+      case 'relay': {
+        const relays = [...this.state.relays.filter((r) => r.address !== message.address), { address: message.address, node: message.node, status: message.status, message: message.message }];
+        return this.set({ relays });
       }
       case 'losses':
       case 'tokens': {

@@ -26,6 +26,7 @@ export const BENCHMARKS = [
   { id: 'framework_overhead', title: 'Probe overhead, other backends', script: 'scripts/bench_framework_overhead.py' },
   { id: 'host_relay', title: 'Host relay', script: 'scripts/bench_host_relay.mjs' },
   { id: 'panel', title: 'Panel frame time', script: 'scripts/bench_panel.mjs' },
+  { id: 'ranks', title: 'Distributed job (ranks)', script: 'scripts/bench_ranks.mjs' },
 ];
 
 const OUT_DIR = path.join(ROOT, 'bench-results');

@@ -72,11 +72,12 @@ def _backend(name: str):
     return backend
 
 
-def survey(explicit_models=None) -> Found:
+def survey(explicit_models=None, expert_map=None) -> Found:
     """Every MoE model of this process, over every loaded framework.
 
     explicit_models: the objects given to moe_probe.attach(...); each goes to the backend of
-    its framework, and nothing else is looked for.
+    its framework, and nothing else is looked for. expert_map: moe_probe.attach(expert_map=...),
+    for torch's expert-parallel layers (distributed.py).
     """
     names = loaded()
     frameworks, models, warnings, messages, tokenizer = [], [], [], [], None
@@ -88,7 +89,7 @@ def survey(explicit_models=None) -> Found:
             mine = [m for m in explicit_models if backend.owns(m)]
             if not mine:
                 continue
-        result = backend.survey(mine)
+        result = backend.survey(mine, expert_map) if name == "torch" else backend.survey(mine)
         models += result.models
         warnings += result.warnings
         if result.message:

@@ -23,6 +23,7 @@ import traceback
 
 from . import frameworks, paths
 from .framing import FrameError, FrameReader, encode_frame
+from .distributed import dist_info
 from .settings import Settings
 
 PROTOCOL_VERSION = 2
@@ -82,7 +83,7 @@ def _on_host(tensor):
 
 class ProbeServer:
     def __init__(self, mode: str, once: bool, socket_dir: str = None, models=None, settings=None,
-                 tcp_port=None):
+                 tcp_port=None, expert_map=None):
         self.mode = mode  # "injected" or "library"
         self.once = once
         # Optional TCP listener for a job on a remote machine reached through an SSH tunnel:
@@ -93,6 +94,7 @@ class ProbeServer:
         self._tcp_listener = None
         self.socket_dir = socket_dir
         self.explicit_models = models  # roots given by moe_probe.attach(model), else found by gc
+        self.expert_map = expert_map  # the user's expert-parallel map (distributed.check_expert_map)
         self.settings = settings or Settings()
         self.path = None
         self._listener = None
@@ -262,7 +264,7 @@ class Session:
     def _run(self):
         # Every framework the job has loaded is surveyed (frameworks.py); each model found is
         # read by its own framework's backend, and all of them share this one session.
-        found = frameworks.survey(self.server.explicit_models)
+        found = frameworks.survey(self.server.explicit_models, self.server.expert_map)
         settings = self.server.settings
         hello = {
             "t": "hello",
@@ -278,6 +280,9 @@ class Session:
             "settings": settings.describe(),
             "warnings": found.warnings,
         }
+        where = dist_info()
+        if where is not None:
+            hello["dist"] = where  # one rank of a distributed job: the host shows all ranks as one
         if not found.models:
             hello["error"] = {"code": "no_moe", "message": found.no_moe_message}
             self.send(hello)
@@ -347,6 +352,9 @@ class Session:
         }
         if time_s is None:
             del frame["time_s"]
+        if host.get("expert_s") is not None:
+            # expert-parallel layers: the time in this process's own experts (GPU events after the blocks')
+            frame["expert_s"] = [a + b for a, b in zip(host["expert_s"], recorder.gpu_time_s[recorder.num_layers:])]
         if host.get("train"):  # a training run (torch): forward passes in training mode, backward passes
             frame.update(train=host["train"], backward=host["backward"], backward_s=host["backward_s"])
         self.send(frame)
@@ -472,13 +480,13 @@ def current_server():
     return _server
 
 
-def start_server(mode, once, socket_dir=None, models=None, settings=None, tcp_port=None):
+def start_server(mode, once, socket_dir=None, models=None, settings=None, tcp_port=None, expert_map=None):
     global _server
     with _server_lock:
         if _server is not None and _server.running:
             return _server
         _server = ProbeServer(mode=mode, once=once, socket_dir=socket_dir, models=models, settings=settings,
-                              tcp_port=tcp_port)
+                              tcp_port=tcp_port, expert_map=expert_map)
         _server.start()
         return _server
 

@@ -17,10 +17,10 @@ def owns(obj) -> bool:
     return isinstance(obj, nn.Module)
 
 
-def survey(explicit=None) -> BackendSurvey:
+def survey(explicit=None, expert_map=None) -> BackendSurvey:
     from .server import visibility_warnings
 
-    found = survey_process(explicit)
+    found = survey_process(explicit, expert_map)
     models = [_model(root, layers) for root, layers in found.roots]
     warnings = visibility_warnings([root for root, _ in found.roots], found.cuda_graphs)
     return BackendSurvey(models, warnings, "" if models else no_moe_message(found), found.tokenizer)

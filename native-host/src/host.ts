@@ -6,14 +6,17 @@
  * to native messaging.
  */
 import * as fs from 'node:fs';
-import { MAX_HOST_MESSAGE_BYTES, PANEL_PROTOCOL_VERSION, type AttachAttempt, type AttachMethod, type HostMessage, type JobUpdate, type LossesUpdate, type PanelRequest, type TokenUpdate } from '../../src/protocol/panel';
+import { HANDLE_BASE, MAX_HOST_MESSAGE_BYTES, PANEL_PROTOCOL_VERSION, type AttachAttempt, type AttachMethod, type HostMessage, type JobUpdate, type LossesUpdate, type PanelRequest, type TokenUpdate } from '../../src/protocol/panel';
 import { HEALTH_COLUMNS, countsToNumbers, float32s, float64s, int32s, layerOffsets, type ModelInfo, type ProbeCounts, type ProbeFrame, type ProbeHello, type ProbeLosses, type ProbeTokens } from '../../src/protocol/probe';
 import { AttachError, HINTS } from './attach-errors';
+import { localJobKey } from './dist-discovery';
 import { DEFAULT_HISTORY_BYTES, History } from './history';
 import { attachMethods, type InjectMethod, injectProbe, preflight, waitForProbe } from './inject';
 import { probeSocketPath, socketDir } from './paths';
 import { ProbeClient } from './probe-client';
 import { listTorchProcesses, processExists } from './processes';
+import { RankGroups } from './rank-groups';
+import { RelayLinks } from './relay-client';
 
 export interface HostOptions {
   /** Folder that holds the moe_probe package (dist/host in a build). */
@@ -32,6 +35,11 @@ export interface HostOptions {
    * and token records dropped (and counted) rather than queued without bound.
    */
   congested?: () => boolean;
+  /**
+   * Show the ranks of a distributed job as one job (rank-groups.ts; default true). A relay and
+   * the command line's record, which stream each process on its own, turn it off.
+   */
+  groupRanks?: boolean;
 }
 
 interface Job {
@@ -45,6 +53,8 @@ interface Job {
   detaching: boolean;
   /** Reached over TCP: its pid is on another machine, so no local process checks. */
   remote: boolean;
+  /** The distributed job it is a rank of (a RankGroups handle), when shown as one. */
+  group?: number;
 }
 
 export class Host {
@@ -56,6 +66,9 @@ export class Host {
   private readonly dir: string;
   readonly history: History;
   droppedToPanel = 0;
+  private nextHandle = HANDLE_BASE;
+  private readonly groups: RankGroups;
+  private readonly relays: RelayLinks;
 
   constructor(
     private readonly send: (message: HostMessage) => void,
@@ -63,6 +76,8 @@ export class Host {
   ) {
     this.dir = opts.socketDir ?? socketDir();
     this.history = new History(opts.historyBytes ?? DEFAULT_HISTORY_BYTES);
+    this.groups = new RankGroups(send, () => this.nextHandle++, (handle, via) => void (via ? this.relays.detach(handle) : this.detach(handle)));
+    this.relays = new RelayLinks(send, this.groups, () => this.nextHandle++);
     this.timer = setInterval(() => this.flushUpdates(), 1000 / (opts.updateHz ?? 30));
     // A job killed hard may leave its socket open for a moment; poll so the panel hears within a second.
     this.watchdog = setInterval(() => this.checkJobsAlive(), 250);
@@ -95,6 +110,11 @@ export class Host {
         return this.detach(request.pid);
       case 'connect':
         return this.connectTcp(request.address, request.token);
+      case 'connect-relay':
+        return this.relays.connect(request.address, request.token);
+      case 'rank-layer':
+        this.groups.setDetailLayer(request.pid, request.layer);
+        return;
       case 'history':
         return this.sendHistory(request.pid, request.from, request.to, request.layer);
       case 'token-pass': {
@@ -213,14 +233,38 @@ export class Host {
     this.jobs.set(pid, job);
     client.onFrame((frame) => this.onFrame(job, frame));
     client.on('close', (err) => void this.onClose(job, err));
+    const ms = Math.round(performance.now() - started);
+    const common = { python: hello.python, framework: hello.framework, frameworkVersion: hello.framework_version, argv: hello.argv };
+    // One rank of a distributed job: it joins its job (rank-groups.ts), which the panel sees as one.
+    let rank: Extract<HostMessage, { type: 'attached' }>['rank'];
+    let excluded: string | undefined;
+    if (hello.dist) {
+      const { key, label } = localJobKey(job.remote ? null : pid, hello.dist);
+      const node = hello.dist.node;
+      if (this.opts.groupRanks !== false) {
+        const joined = this.groups.join({
+          handle: pid, pid, node, via: '', rank: hello.dist.rank, worldSize: hello.dist.world_size, key, label,
+          model: hello.models[0], method, ms, ...common,
+        });
+        if (joined.group >= 0) job.group = joined.group;
+        excluded = joined.excluded;
+      }
+      rank = { group: job.group ?? -1, job: key, label, rank: hello.dist.rank, worldSize: hello.dist.world_size, node };
+    }
     this.send({
-      type: 'attached', pid, method, ms: Math.round(performance.now() - started),
-      python: hello.python, framework: hello.framework, frameworkVersion: hello.framework_version,
-      ...(hello.frameworks ? { frameworks: hello.frameworks } : {}), argv: hello.argv, models: hello.models, warnings: hello.warnings ?? [], ...(attempts ? { attempts } : {}),
+      type: 'attached', pid, method, ms, ...common, ...(hello.frameworks ? { frameworks: hello.frameworks } : {}),
+      models: hello.models, warnings: hello.warnings ?? [], ...(attempts ? { attempts } : {}), ...(rank ? { rank } : {}),
     });
+    if (excluded) void this.detach(pid);
   }
 
   async detach(pid: number): Promise<void> {
+    if (this.groups.isGroup(pid)) {
+      // A distributed job: every rank, here and behind relays.
+      this.groups.detaching(pid);
+      await Promise.all(this.groups.liveMembers(pid).map((m) => (m.via ? this.relays.detach(m.handle) : this.detach(m.handle))));
+      return;
+    }
     const job = this.jobs.get(pid);
     if (!job) {
       this.send({ type: 'error', pid, code: 'bad_request', message: `Not attached to process ${pid}.` });
@@ -231,6 +275,7 @@ export class Host {
   }
 
   async detachAll(): Promise<void> {
+    this.relays.closeAll(); // each relay detaches from its node's ranks when its connection ends
     await Promise.all([...this.jobs.values()].map((job) => {
       job.detaching = true;
       return job.client.detach();
@@ -241,6 +286,7 @@ export class Host {
     clearInterval(this.timer);
     clearInterval(this.watchdog);
     clearInterval(this.stats);
+    this.relays.closeAll();
     for (const job of this.jobs.values()) job.client.close();
   }
 
@@ -255,12 +301,18 @@ export class Host {
         this.droppedToPanel += 1;
         return;
       }
-      for (const part of splitTokenUpdate(tokenUpdate(job.pid, frame), MESSAGE_BUDGET)) this.send(part);
+      for (const part of splitTokenUpdate(tokenUpdate(job.pid, frame), MESSAGE_BUDGET)) {
+        if (job.group !== undefined) this.groups.tokens(job.pid, part);
+        else this.send(part);
+      }
     } else if (frame.t === 'layers') {
       job.models = job.models.map((m) => (m.id === frame.model ? { ...m, layers: frame.layers } : m));
-      this.send({ type: 'layers', pid: job.pid, model: frame.model, layers: frame.layers });
+      if (job.group !== undefined) this.groups.layers(job.pid, frame.model, frame.layers);
+      else this.send({ type: 'layers', pid: job.pid, model: frame.model, layers: frame.layers });
     } else if (frame.t === 'losses') {
-      this.send(lossesUpdate(job.pid, frame)); // a few small rows per frame, a frame per counts flush at most
+      // a few small rows per frame, a frame per counts flush at most; a distributed job's ranks
+      // are merged by rank-groups.ts, which does not carry losses: they stay per process
+      if (job.group === undefined) this.send(lossesUpdate(job.pid, frame));
     } else if (frame.t === 'error') {
       this.send({ type: 'error', pid: job.pid, code: 'probe_failed', message: `The probe stopped itself: ${frame.message}` });
     }
@@ -272,14 +324,20 @@ export class Host {
     this.jobs.delete(job.pid);
     // A dying job closes its sockets a moment before it is gone from the process table.
     if (!job.detaching && !job.remote) await waitForExit(job.pid, 300);
+    let detached: Extract<HostMessage, { type: 'detached' }>;
     if (job.detaching) {
-      this.send({ type: 'detached', pid: job.pid, reason: 'requested' });
+      detached = { type: 'detached', pid: job.pid, reason: 'requested' };
     } else if (!job.remote && !processExists(job.pid)) {
-      this.send({ type: 'detached', pid: job.pid, reason: 'process_exited', message: `Process ${job.pid} exited.` });
+      detached = { type: 'detached', pid: job.pid, reason: 'process_exited', message: `Process ${job.pid} exited.` };
     } else if (err) {
-      this.send({ type: 'detached', pid: job.pid, reason: 'error', message: `Connection to the probe failed: ${err.message}` });
+      detached = { type: 'detached', pid: job.pid, reason: 'error', message: `Connection to the probe failed: ${err.message}` };
     } else {
-      this.send({ type: 'detached', pid: job.pid, reason: 'probe_closed', message: 'The probe closed the connection.' });
+      detached = { type: 'detached', pid: job.pid, reason: 'probe_closed', message: 'The probe closed the connection.' };
+    }
+    this.send(detached);
+    if (job.group !== undefined) {
+      const status = detached.reason === 'requested' ? 'detached' : detached.reason === 'process_exited' ? 'exited' : 'lost';
+      this.groups.end(job.pid, status, status === 'exited' ? 'exited' : status === 'detached' ? 'was detached' : `stopped streaming: ${detached.message}`);
     }
   }
 
@@ -295,11 +353,14 @@ export class Host {
       return;
     }
     for (const job of this.jobs.values()) this.flushJob(job);
+    this.groups.flush(); // each distributed job: the sum over its ranks, and each rank's figures
   }
 
   private flushJob(job: Job) {
     for (const counts of job.pending.values()) {
-      this.send(jobUpdate(job.pid, counts, job.coalesced));
+      const update = jobUpdate(job.pid, counts, job.coalesced);
+      if (job.group !== undefined) this.groups.counts(job.pid, update);
+      else this.send(update);
     }
     job.pending.clear();
   }
@@ -320,6 +381,7 @@ export function jobUpdate(pid: number, counts: ProbeCounts, coalesced: number): 
   if (counts.health) update.health = float64s(counts.health);
   if (counts.max_logit) update.maxLogit = float64s(counts.max_logit);
   if (counts.time_s) update.timeS = counts.time_s;
+  if (counts.expert_s) update.expertS = counts.expert_s;
   if (counts.probe_s !== undefined) update.probeS = counts.probe_s;
   if (counts.prefill !== undefined) update.prefill = counts.prefill;
   if (counts.decode !== undefined) update.decode = counts.decode;

@@ -4,13 +4,19 @@
  * cumulative snapshots, differences them into a recent window, and runs the
  * routing analyses of src/analysis over that window.
  */
-import type { HostMessage, JobUpdate, LossesUpdate, TokenUpdate } from '../../src/protocol/panel';
+import type { HostMessage, JobUpdate, LossesUpdate, RankSample, TokenUpdate } from '../../src/protocol/panel';
 import { HEALTH_COLUMNS, layerOffsets, type LayerInfo, type ModelInfo } from '../../src/protocol/probe';
 import {
   coactivation, findings, layerLabel, loadStats, maxVio, resolveThresholds, smallestJudgeableWindow, unknownLayer, vocabularySpecialization,
   type Finding, type LayerWindow, type Thresholds,
 } from '../../src/analysis';
+import { BucketHistory } from './buckets';
+import { LongHistory } from './long-history';
 import { Ring } from './ring';
+import { analyzeRanks, type JobRanks, type RanksAnalysis } from './ranks';
+import { thinIndices } from './thin';
+import { packTokenRows } from './transfer';
+import { viewData, type ViewData, type ViewRequests } from './view-data';
 
 const HC = HEALTH_COLUMNS.length;
 const H_TOKENS = HEALTH_COLUMNS.indexOf('logit_tokens');
@@ -40,6 +46,10 @@ export interface Snapshot {
   train: number;
   backward: number;
   backwardS: Float64Array | null;
+  /** A distributed job's ranks, each cumulative since its attach (null for a single process). */
+  ranks: RankSample[] | null;
+  /** The layer of RankSample.counts. */
+  rankLayer: number;
 }
 
 export type WindowMode = 'seconds' | 'tokens' | 'all';
@@ -60,6 +70,8 @@ export interface AnalysisSettings {
   tokenBudget?: number;
   /** Which of the job's models to analyse (a job may hold several, e.g. of different frameworks); default: the first seen. */
   model?: number;
+  /** What the shown view needs beyond the window (panels/engine/view-data.ts). */
+  views?: ViewRequests;
 }
 
 /** Token ids seen fewer times than this in the window are left out of vocabulary specialization. */
@@ -208,6 +220,10 @@ export interface Analysis {
     trainPasses: number;
     backwardPasses: number;
   } | null;
+  /** A distributed job: each rank over the window (absent for a single process). */
+  ranks?: RanksAnalysis;
+  /** What settings.views asked for. */
+  views?: ViewData;
 }
 
 /** Snapshot memory budget per job (bytes of counts); bounds the ring's capacity. */
@@ -215,6 +231,8 @@ const SNAPSHOT_BUDGET = 64 * 1024 * 1024;
 /** Snapshots closer together than this are thinned (the newest is always kept). */
 const MIN_SPACING_S = 0.2;
 const TIMELINE_POINTS = 3600;
+/** Most timeline points an analysis carries (thinned, keeping peaks and dips): about a plot's width in pixels. */
+const TIMELINE_SENT = 1200;
 const TOKEN_PASSES = 512;
 const LOSS_ROWS = 2000;
 /** Training rows an analysis carries (the most recent); it is posted from the worker several times a second. */
@@ -239,13 +257,20 @@ interface JobData {
   timeline: Ring<TimelinePoint>;
   tokens: Ring<TokenRow>;
   losses: Ring<LossRow>;
+  /** Routing per time bucket and the whole session's snapshots, for the views that look back (view-data.ts). */
+  buckets: BucketHistory;
+  long: LongHistory;
+  viewCache: Map<string, unknown>;
   version: number;
+  /** When each rank's figures were first seen (its rates until a window baseline holds it). */
+  rankFirstSeen: Map<number, number>;
 }
 
 export class Analyzer {
   /** Per job, per model of it (a job may hold several models, e.g. a torch model beside an ONNX session). */
   private jobs = new Map<number, Map<number, JobData>>();
   private models = new Map<number, ModelInfo[]>();
+  private ranks = new Map<number, JobRanks>();
 
   /** Take one host message (only 'attached', 'layers', 'update' and 'tokens' matter here). */
   ingest(message: HostMessage): void {
@@ -266,6 +291,9 @@ export class Analyzer {
       this.ingestTokens(message);
     } else if (message.type === 'losses') {
       this.ingestLosses(message);
+    } else if (message.type === 'ranks') {
+      this.ranks.set(message.pid, { key: message.key, label: message.label, worldSize: message.worldSize, ranks: message.ranks });
+      for (const job of this.jobs.get(message.pid)?.values() ?? []) job.version++;
     }
   }
 
@@ -280,6 +308,9 @@ export class Analyzer {
       job.timeline.clear();
       job.tokens.clear();
       job.losses.clear();
+      job.buckets.clear();
+      job.long.clear();
+      job.viewCache.clear();
       job.zero = null;
       if (job.latest) job.history.push(job.latest);
       job.version++;
@@ -289,6 +320,7 @@ export class Analyzer {
   forget(pid: number): void {
     this.jobs.delete(pid);
     this.models.delete(pid);
+    this.ranks.delete(pid);
   }
 
   version(pid: number, model?: number): number {
@@ -316,7 +348,8 @@ export class Analyzer {
       job = {
         pid, model, layers: widths.length, widths: widths.slice(), offsets, total, infos, topK: infos.map((l) => l.top_k),
         history: new Ring(capacity), latest: null, zero: null, t0: NaN,
-        timeline: new Ring(TIMELINE_POINTS), tokens: new Ring(TOKEN_PASSES), losses: new Ring(LOSS_ROWS), version: 0,
+        timeline: new Ring(TIMELINE_POINTS), tokens: new Ring(TOKEN_PASSES), losses: new Ring(LOSS_ROWS),
+        buckets: new BucketHistory(total), long: new LongHistory(total), viewCache: new Map(), version: 0, rankFirstSeen: new Map(),
       };
       models.set(model, job);
     }
@@ -332,15 +365,21 @@ export class Analyzer {
       job.history.clear();
       job.timeline.clear();
       job.losses.clear();
+      job.buckets.clear();
+      job.long.clear();
+      job.viewCache.clear();
       job.latest = null;
     }
     if (!job.latest) {
       job.t0 = snap.ts;
       if (job.history.size === 0) job.zero = zeroSnapshot(snap);
     }
+    for (const r of snap.ranks ?? []) if (!job.rankFirstSeen.has(r.handle)) job.rankFirstSeen.set(r.handle, r.ts);
     const prev = job.history.last();
     if (!prev || snap.ts - prev.ts >= MIN_SPACING_S) job.history.push(snap);
     job.latest = snap;
+    job.buckets.add(snap, job.t0);
+    job.long.add(snap);
     this.addTimelinePoint(job, snap);
     job.version++;
   }
@@ -545,7 +584,15 @@ export class Analyzer {
       }
     }
 
-    const points = job.timeline.toArray();
+    const recentTokens = recentTokenRows(job.tokens.toArray(), s.tokenPasses, s.tokenBudget);
+    const views = s.views ? viewData({
+      layers: L, widths, offsets, topK: job.topK, t0: job.t0, latest, base, tokensInWindow: inWindow, recentTokens,
+      buckets: job.buckets, longSpacing: job.long.spacing, cache: job.viewCache,
+      snapshots: () => snapshotsOf(job),
+    }, s.views) : undefined;
+
+    const all = job.timeline.toArray();
+    const points = thinIndices(all.length, TIMELINE_SENT, (i) => all[i]!.maxVio).map((i) => all[i]!);
     const timelineMaxVio = new Float32Array(points.length * L);
     const timeline = points.map((p, i): TimelineSample => {
       timelineMaxVio.set(p.maxVioByLayer.subarray(0, L), i * L);
@@ -571,15 +618,41 @@ export class Analyzer {
       },
       dropped: latest.dropped,
       droppedTokenRecords: latest.droppedTokens,
-      tokens: recentTokenRows(job.tokens.toArray(), s.tokenPasses, s.tokenBudget),
+      tokens: packTokenRows(recentTokens),
       coactivation: co,
       vocabulary,
       tokenPassesKept: job.tokens.size,
       training: latest.train > 0 || job.losses.size > 0
         ? { rows: job.losses.toArray().slice(-LOSS_ROWS_SHOWN), trainPasses: latest.train - base.train, backwardPasses: latest.backward - base.backward }
         : null,
+      ...(latest.ranks ? { ranks: this.ranksOf(job, latest, base) } : {}),
+      views,
     };
   }
+
+  /** Each rank over the window; its per-expert counts from the first snapshot of the same layer. */
+  private ranksOf(job: JobData, latest: Snapshot, base: Snapshot): RanksAnalysis {
+    let countsBase: Snapshot = base;
+    if (base.ranks && base.rankLayer !== latest.rankLayer) {
+      countsBase = latest;
+      for (let i = 0; i < job.history.size; i++) {
+        const snap = job.history.at(i)!;
+        if (snap.ts >= base.ts && snap.rankLayer === latest.rankLayer) {
+          countsBase = snap;
+          break;
+        }
+      }
+    }
+    return analyzeRanks(this.ranks.get(job.pid), latest, base, countsBase, job.rankFirstSeen);
+  }
+}
+
+/** Every snapshot a job still holds: the zero baseline, the fine history, the long history and the latest. */
+function* snapshotsOf(job: JobData): Iterable<Snapshot> {
+  if (job.zero && job.history.evicted === 0) yield job.zero;
+  for (let i = 0; i < job.history.size; i++) yield job.history.at(i)!;
+  yield* job.long.all();
+  if (job.latest) yield job.latest;
 }
 
 /** The probe's layer descriptions, or stand-ins named by index where it gave none (old recordings). */
@@ -611,6 +684,8 @@ function toSnapshot(u: JobUpdate): Snapshot {
     train: u.train ?? 0,
     backward: u.backward ?? 0,
     backwardS: u.backwardS && u.backwardS.length === L ? Float64Array.from(u.backwardS) : null,
+    ranks: u.ranks ?? null,
+    rankLayer: u.rankLayer ?? 0,
   };
 }
 
@@ -620,7 +695,7 @@ function zeroSnapshot(like: Snapshot): Snapshot {
     tokens: like.tokens ? new Float64Array(like.tokens.length) : null,
     health: like.health ? new Float64Array(like.health.length) : null,
     timeS: like.timeS ? new Float64Array(like.timeS.length) : null,
-    probeS: 0, prefill: 0, decode: 0, dropped: 0, droppedTokens: 0,
+    probeS: 0, prefill: 0, decode: 0, dropped: 0, droppedTokens: 0, ranks: null, rankLayer: like.rankLayer,
     train: 0, backward: 0, backwardS: like.backwardS ? new Float64Array(like.backwardS.length) : null,
   };
 }

@@ -6,11 +6,15 @@ import type { Analysis } from '../engine/analyzer';
 import { VIEWS, type JobState, type Store } from '../store';
 import { Coactivation } from './Coactivation';
 import { fmt, frameworkName, int } from './format';
+import { Activity3D } from './Activity3D';
+import { Flow } from './Flow';
 import { Heatmap } from './Heatmap';
+import { Layers } from './Layers';
 import { Load } from './Load';
 import { Overview } from './Overview';
 import { ProcessList } from './ProcessList';
 import { Profiler } from './Profiler';
+import { Ranks } from './Ranks';
 import { Timeline } from './Timeline';
 import { Tokens } from './Tokens';
 import { Training } from './Training';
@@ -78,7 +82,7 @@ export function App({ store }: { store: Store }) {
         <span class="spacer" />
         {recording && <span class="rec-label" data-testid="recording-status">● REC {recording.messages.length}</span>}
         {job && job.status === 'attached' && (
-          <button data-testid="toolbar-detach" onClick={() => store.detach(job.pid)}>Detach {job.pid}</button>
+          <button data-testid="toolbar-detach" onClick={() => store.detach(job.pid)}>{job.ranks ? 'Detach all ranks' : `Detach ${job.pid}`}</button>
         )}
       </header>
       {settingsOpen && <SettingsBar store={store} />}
@@ -174,7 +178,7 @@ function Notices({ store }: { store: Store }) {
       {notices.map((n) => (
         <div class="notice" role="alert" data-testid="notice" data-code={n.code} key={n.id}>
           <div>
-            <b>{n.pid !== undefined ? `Process ${n.pid}: ` : ''}</b>
+            <b>{n.pid === undefined ? '' : store.state.jobs.get(n.pid)?.ranks ? `${store.state.jobs.get(n.pid)!.ranks!.label}: ` : `Process ${n.pid}: `}</b>
             <span class="notice-message">{n.message}</span>
             {n.hint && <div class="hint">{n.hint}</div>}
           </div>
@@ -189,7 +193,7 @@ function JobView({ store, job, analysis: a }: { store: Store; job: JobState; ana
   const model = job.models.find((m) => m.id === job.model) ?? job.models[0];
   const layer = Math.min(store.state.selectedLayer, Math.max(0, (model?.layers.length ?? a?.layers ?? 1) - 1));
   const info = model?.layers[layer];
-  const view = store.state.view;
+  const view = store.state.view === 'ranks' && !job.ranks ? 'overview' : store.state.view;
   const token = store.state.token;
   // The views change only with the analysis (at most 5 Hz), the layer or the selected token,
   // not with each update message (30 Hz) that re-renders the status bar: the same element
@@ -198,18 +202,24 @@ function JobView({ store, job, analysis: a }: { store: Store; job: JobState; ana
     <div class="view" data-testid={`view-${view}`}>
       {view === 'overview' && <Overview store={store} a={a} />}
       {view === 'load' && <Load store={store} a={a} layer={layer} />}
-      {view === 'heatmap' && <Heatmap a={a} />}
+      {view === 'heatmap' && <Heatmap store={store} a={a} layer={layer} />}
+      {view === 'flow' && <Flow store={store} a={a} layer={layer} />}
+      {view === 'activity' && <Activity3D store={store} a={a} layer={layer} />}
+      {view === 'layers' && <Layers store={store} a={a} />}
       {view === 'tokens' && <Tokens store={store} a={a} />}
       {view === 'timeline' && <Timeline a={a} />}
       {view === 'coactivation' && <Coactivation a={a} layer={layer} />}
       {view === 'profiler' && <Profiler a={a} />}
       {view === 'training' && <Training a={a} />}
+      {view === 'ranks' && <Ranks a={a} />}
     </div>
   ) : null), [store, a, view, layer, token]);
 
   if (job.status === 'attaching') return <div class="welcome">Attaching to process {job.pid}{job.method ? ` via ${job.method}` : ''}…</div>;
-  const title = job.replay ? `Recording of pid ${job.replay.pid}` : `pid ${job.pid}`;
-  const status = job.replay ? job.replay.file : job.status === 'detached' ? `Detached: ${job.detachReason ?? ''}` : `attached via ${job.method} in ${job.attachMs} ms`;
+  const title = job.replay ? `Recording of pid ${job.replay.pid}` : job.ranks ? `${job.ranks.worldSize} ranks` : `pid ${job.pid}`;
+  const status = job.replay ? job.replay.file : job.status === 'detached' ? `Detached: ${job.detachReason ?? ''}`
+    : job.ranks ? `${job.ranks.ranks.filter((r) => r.status === 'attached').length} of ${job.ranks.worldSize} ranks streaming · ${job.ranks.label}`
+      : `attached via ${job.method} in ${job.attachMs} ms`;
   return (
     <div class="job" data-testid="job" data-pid={job.pid} data-status={job.status}>
       <div class="job-head">
@@ -230,14 +240,14 @@ function JobView({ store, job, analysis: a }: { store: Store; job: JobState; ana
         </div>
       )}
       <nav class="tabs" role="tablist">
-        {VIEWS.map((v) => (
+        {VIEWS.filter((v) => v.id !== 'ranks' || job.ranks).map((v) => (
           <button key={v.id} role="tab" aria-selected={view === v.id} class={`tab ${view === v.id ? 'selected' : ''}`} data-testid={`tab-${v.id}`} onClick={() => store.selectView(v.id)}>
             {v.label}
             {v.id === 'overview' && a && a.findings.length > 0 && <span class="badge" data-testid="findings-count">{a.findings.length}</span>}
           </button>
         ))}
       </nav>
-      {model && (view === 'load' || view === 'coactivation') && (
+      {model && (view === 'load' || view === 'coactivation' || view === 'ranks') && (
         <div class="controls">
           <label>
             Layer{' '}

@@ -17,7 +17,7 @@ import { ROOT, findWindow, startFrameworkJob, type Job } from './jobs';
 const ARTIFACTS = path.join(ROOT, 'test-artifacts');
 const ARGS = ['--steps', '300', '--layers', '2', '--sleep', '0.04'];
 
-interface Step { pass: number; loss: number; grads: string; aux: number[]; z: number[]; model_aux: number; counts: number[][] }
+interface Step { pass: number; loss: number; grads: string; aux: number[]; z: number[]; model_aux: number; counts: number[][]; hooks: number }
 
 async function finished(job: Job, timeoutMs = 300000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
@@ -74,7 +74,7 @@ describe('MoE panel attached to a transformers Trainer run', () => {
     expect(forward).toBeGreaterThanOrEqual(20);
     expect(backward).toBeGreaterThanOrEqual(forward - 2);
     expect(backward).toBeLessThanOrEqual(forward);
-    expect(shown.backwardMs.every((ms) => ms > 0)).toBe(true);
+    expect(shown.backwardMs.every((ms: number) => ms > 0)).toBe(true);
     await showView(panel, 'timeline');
     await panel.waitForSelector('[data-testid="timeline-backward"]', { timeout: 20000 });
     await showView(panel, 'training');
