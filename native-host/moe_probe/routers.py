@@ -40,7 +40,7 @@ argmax over [N, E].
 
 import functools
 import inspect
-from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -920,7 +920,7 @@ def _match_router(name, module, declared, parents, rejected) -> Optional[MoELaye
                     design="hash" if _is_hash(module, top_k) else "top-k", gating=_gating(chain))
 
 
-def find_moe_layers(root: nn.Module, rejected: Optional[List[Rejection]] = None, expert_map=None) -> List[MoELayer]:
+def find_moe_layers(root: nn.Module, rejected: Optional[List[Rejection]] = None, expert_map: Optional[Dict[Union[str, int], List[int]]] = None) -> List[MoELayer]:
     """All MoE layers under root, in module order, with .index set 0..L-1.
 
     Blocks are tried before routers, and a claimed module's descendants are
