@@ -40,7 +40,7 @@ describe('MoE panel attached to a job with a torch model and an ONNX Runtime ses
       await panel.waitForSelector(`[data-testid="attach-${job.pid}"]`, { timeout: 30000 });
       await attachThroughPanel(panel, job.pid, 60000);
 
-      const options = await panel.$$eval('[data-testid="model-select"] option', (els: Element[]) => els.map((el) => ({ value: (el as HTMLOptionElement).value, text: el.textContent })));
+      const options: Array<{ value: string; text: string | null }> = await panel.$$eval('[data-testid="model-select"] option', (els: Element[]) => els.map((el) => ({ value: (el as HTMLOptionElement).value, text: el.textContent })));
       expect(options.map((o) => o.value)).toEqual(['0', '1']);
       expect(options[0].text).toMatch(/^MixtralForCausalLM \(PyTorch, 2 MoE layers\)$/);
       expect(options[1].text).toMatch(/^InferenceSession \(ONNX Runtime, 2 MoE layers\)$/);
