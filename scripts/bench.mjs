@@ -27,6 +27,7 @@ export const BENCHMARKS = [
   { id: 'host_relay', title: 'Host relay', script: 'scripts/bench_host_relay.mjs' },
   { id: 'panel', title: 'Panel frame time', script: 'scripts/bench_panel.mjs' },
   { id: 'ranks', title: 'Distributed job (ranks)', script: 'scripts/bench_ranks.mjs' },
+  { id: 'explain', title: 'Explanations and expert weights', script: 'scripts/bench_explain.py' },
 ];
 
 const OUT_DIR = path.join(ROOT, 'bench-results');

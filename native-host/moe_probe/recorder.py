@@ -35,6 +35,8 @@ from typing import Dict, List, Optional
 import torch
 from torch import nn
 
+from . import side
+from .contexts import InputKeeper
 from .routers import MoELayer, Routing
 from .training import TrainingReader, in_backward
 from .settings import Settings  # noqa: F401  (imported from here by older callers)
@@ -187,6 +189,7 @@ class Recorder:
         # Training passes: per-layer aux and z losses, backward passes (training.py).
         self.training = TrainingReader(root, layers)
         self._train_pass = False
+        self.inputs = InputKeeper(settings.token_sample)
 
     # -- lifecycle (called from the probe's own thread) --
 
@@ -222,7 +225,7 @@ class Recorder:
     # -- hooks (called from the job's thread, inside its forward) --
 
     def _on_pass_start(self, module, args, kwargs):
-        if not self.active:
+        if not self.active or side.state.active:
             return
         self._pass_depth += 1
         if self._pass_depth != 1:
@@ -241,11 +244,14 @@ class Recorder:
             if self._health_pass:
                 self._health_t = t0
             self._token_record = None
-            if self._want_token_record(t0):
+            sampled = self._want_token_record(t0)
+            if sampled:
                 sample = None
                 if ids is not None:
                     sample = ids.detach().reshape(-1)[: self.settings.token_sample].to(torch.int32, copy=True)
                 self._token_record = TokenRecord(self.passes + 1, self._phase, sample)
+            # the rows behind sampled tokens, so that their routing can be explained on request
+            self.inputs.on_pass(ids, kwargs, self.passes + 1, self._phase, sampled)
         except Exception as exc:
             self.on_error(exc)
         self.probe_time_s += perf_counter() - t0
@@ -272,7 +278,7 @@ class Recorder:
         starts = self._block_start if index < self.num_layers else self._expert_start
 
         def hook(module, args):
-            if self.active and self._in_pass:
+            if self.active and self._in_pass and not side.state.active:
                 if self._block_on_gpu[layer]:
                     event = torch.cuda.Event(enable_timing=True)
                     event.record()
@@ -287,7 +293,7 @@ class Recorder:
                           else (self._expert_start, self.expert_time_s))
 
         def hook(module, args, output):
-            if self.active and self._in_pass:
+            if self.active and self._in_pass and not side.state.active:
                 if self._train_pass and index < self.num_layers:
                     self.training.on_block(index, args, output)
                 if self._block_on_gpu[layer]:
@@ -394,7 +400,7 @@ class Recorder:
             row[5] += float(dropped)
 
     def _on_pass_end(self, module, args, output):
-        if not self.active or self._pass_depth == 0:
+        if not self.active or self._pass_depth == 0 or side.state.active:
             return  # the pass began before our hooks went in: it was not counted
         self._pass_depth -= 1
         if self._pass_depth:

@@ -45,6 +45,7 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Tuple, Union
 import torch
 from torch import nn
 
+from . import side
 from .structure import (EXPERT_COUNT_ATTRS, ROUTER_CHILD_NAMES, SCORING_ATTRS, SHARED_COUNT_ATTRS,  # noqa: F401
                         TOP_K_ATTRS, _attr, _int_attr, layer_position)
 
@@ -174,6 +175,8 @@ class MoELayer:
         return handles
 
     def _guarded(self, on_routing, reader, args, other):
+        if side.state.active:
+            return  # the probe's own side computation (an explanation): not the job's routing
         try:
             routing = reader(args, other)
         except Exception as exc:  # a probe bug must never break the job's forward
@@ -246,13 +249,15 @@ class MoELayer:
         return routing
 
     def _start_rows(self, args, kwargs):
+        if side.state.active:
+            return
         self._rows = [0] * len(self.expert_modules)
         hidden = _first_float(list(args) + list(kwargs.values()))
         self._call_tokens = None if hidden is None else _leading(hidden)
 
     def _on_expert_input(self, position, args, kwargs):
         # Python ints only: the shape is known on the host without touching the data.
-        if self._rows is None:
+        if self._rows is None or side.state.active:
             return
         hidden = _first_float(list(args) + list(kwargs.values()))
         if hidden is not None:

@@ -233,6 +233,7 @@ class Session:
         self.error_trace = ""
         self.reader = FrameReader()
         self.tokenizer = None
+        self.requests = None  # answers explain / expert-params requests on a thread of its own
 
     def send(self, message):
         self.conn.sendall(encode_frame(message))
@@ -252,6 +253,9 @@ class Session:
         except (OSError, FrameError, ValueError):
             pass  # the host went away or spoke nonsense: just clean up
         finally:
+            if self.requests is not None:
+                self.requests.stop()  # cancels a running request at its next step
+                self.requests = None
             for recorder in self.recorders:
                 recorder.stop()
             self.recorders = []
@@ -291,6 +295,10 @@ class Session:
         self.tokenizer = found.tokenizer
         for model_id, model in enumerate(found.models):
             self.recorders.append(model.recorder(model_id, self.queue, settings, self.fail))
+        if "torch" in sys.modules:  # explain and expert-params read torch models; requests.py imports torch
+            from .requests import RequestWorker
+
+            self.requests = RequestWorker(self.recorders, self.queue, self._texts)
         self.send(hello)
         for recorder in self.recorders:
             recorder.start()
@@ -316,6 +324,8 @@ class Session:
             self._send_losses(recorder, payload)
         elif kind == "layers":
             self.send({"t": "layers", "model": recorder.model_id, "layers": payload})
+        elif kind == "frame":
+            self.send(payload)  # an answer to a request, built on the request thread
         else:
             self._send_tokens(recorder, payload)
 
@@ -439,7 +449,14 @@ class Session:
             if isinstance(message, dict) and message.get("t") == "detach":
                 self._send_final()
                 return False
+            if isinstance(message, dict) and message.get("t") in ("explain", "expert-params") \
+                    and self.requests is not None:
+                self.requests.submit(message)
         return True
+
+    def _texts(self, ids):
+        """The live tokenizer's strings for token ids, or None without one."""
+        return None if self.tokenizer is None else token_texts(self.tokenizer, ids)
 
     def _wait_for_close(self, timeout):
         end = time.monotonic() + timeout

@@ -14,6 +14,7 @@ import { DEFAULT_HISTORY_BYTES, History } from './history';
 import { attachMethods, type InjectMethod, injectProbe, preflight, waitForProbe } from './inject';
 import { probeSocketPath, socketDir } from './paths';
 import { ProbeClient } from './probe-client';
+import { expertParamsFrame, expertParamsMessages, explainFrame, explanationMessage, refusedMessage } from './requests';
 import { listTorchProcesses, processExists } from './processes';
 import { RankGroups } from './rank-groups';
 import { RelayLinks } from './relay-client';
@@ -123,6 +124,26 @@ export class Host {
           this.send({ type: 'error', pid: request.pid, code: 'bad_request', message: `No token record of pass ${request.pass} is held for process ${request.pid}.` });
         }
         for (const entry of found) for (const part of splitTokenUpdate(tokenUpdate(request.pid, entry.frame), MESSAGE_BUDGET)) this.send(part);
+        return;
+      }
+      case 'explain':
+      case 'expert-params': {
+        // Answered by the probe on a thread of its own; the answer comes back as a frame.
+        if (this.groups.isGroup(request.pid)) {
+          // one probe answers for its own process: which rank's sequence and weights to ask, and
+          // how to number its answer in the job's view, is not decided yet
+          this.send({
+            type: 'refused', pid: request.pid, id: request.id, request: request.type, code: 'distributed_job',
+            message: 'Explanations and the expert-weight analysis are not available for a distributed job yet (its ranks are shown as one). Run the model in a single process to use them.',
+          });
+          return;
+        }
+        const job = this.jobs.get(request.pid);
+        if (!job) {
+          this.send({ type: 'refused', pid: request.pid, id: request.id, request: request.type, code: 'bad_request', message: `Not attached to process ${request.pid}.` });
+          return;
+        }
+        job.client.send(request.type === 'explain' ? explainFrame(request) : expertParamsFrame(request));
         return;
       }
       case 'configure':
@@ -313,6 +334,12 @@ export class Host {
       // a few small rows per frame, a frame per counts flush at most; a distributed job's ranks
       // are merged by rank-groups.ts, which does not carry losses: they stay per process
       if (job.group === undefined) this.send(lossesUpdate(job.pid, frame));
+    } else if (frame.t === 'explanation') {
+      this.send(explanationMessage(job.pid, frame));
+    } else if (frame.t === 'expert-params') {
+      for (const part of expertParamsMessages(job.pid, frame, MESSAGE_BUDGET)) this.send(part);
+    } else if (frame.t === 'refused') {
+      this.send(refusedMessage(job.pid, frame));
     } else if (frame.t === 'error') {
       this.send({ type: 'error', pid: job.pid, code: 'probe_failed', message: `The probe stopped itself: ${frame.message}` });
     }
