@@ -9,7 +9,7 @@
  * to it and keeps the latest result. DOM-free, so unit tests drive it directly.
  */
 import type { ErrorCode, ExplainRequest, ExplanationMessage, HostMessage, JobUpdate, PanelRequest, ProcessInfo } from '../src/protocol/panel';
-import type { ModelInfo } from '../src/protocol/probe';
+import type { FrameworkInfo, ModelInfo } from '../src/protocol/probe';
 import { unknownLayer } from '../src/analysis/layers';
 import type { Analysis, AnalysisSettings, TokenRow, WindowMode } from './engine/analyzer';
 import type { ViewRequests } from './engine/view-data';
@@ -19,7 +19,7 @@ import type { JobRanks } from './engine/ranks';
 
 export type ConnectionState = 'connecting' | 'connected' | 'disconnected';
 
-export type ViewId = 'overview' | 'load' | 'heatmap' | 'flow' | 'activity' | 'layers' | 'tokens' | 'timeline' | 'coactivation' | 'profiler' | 'ranks' | 'experts';
+export type ViewId = 'overview' | 'load' | 'heatmap' | 'flow' | 'activity' | 'layers' | 'tokens' | 'timeline' | 'coactivation' | 'profiler' | 'training' | 'experts' | 'ranks';
 
 export const VIEWS: Array<{ id: ViewId; label: string }> = [
   { id: 'overview', label: 'Overview' },
@@ -32,6 +32,7 @@ export const VIEWS: Array<{ id: ViewId; label: string }> = [
   { id: 'timeline', label: 'Timeline' },
   { id: 'coactivation', label: 'Co-activation' },
   { id: 'profiler', label: 'Profiler' },
+  { id: 'training', label: 'Training' },
   { id: 'experts', label: 'Experts' },
   /** Distributed jobs only. */
   { id: 'ranks', label: 'Ranks' },
@@ -47,7 +48,14 @@ export interface JobState {
   attachDetail?: string;
   python?: string;
   argv?: string[];
+  /** The frameworks the job's models run on ("torch", "jax", ...; several joined by "+"), and their versions. */
+  framework?: string;
+  frameworkVersion?: string;
+  /** Every framework the job has loaded, with its version. */
+  frameworks?: FrameworkInfo[];
   models: ModelInfo[];
+  /** The model shown, when the job holds several (e.g. a torch model and an ONNX Runtime session). */
+  model?: number;
   /** Latest cumulative counts per model id. */
   latest: Map<number, JobUpdate>;
   /** Updates received, for the status bar's rate. */
@@ -229,6 +237,15 @@ export class Store {
     this.send({ type: 'detach', pid });
   }
 
+  /** Show another of the selected job's models. */
+  selectModel(model: number) {
+    const pid = this.state.selectedPid;
+    if (pid === null) return;
+    this.dirty.add(pid);
+    this.patchJob(pid, { model });
+    this.set({ selectedLayer: 0, token: null });
+  }
+
   selectJob(pid: number) {
     this.dirty.add(pid);
     this.set({ selectedPid: pid, token: null });
@@ -374,7 +391,10 @@ export class Store {
     }
     await this.analyzer?.ingestMany(messages);
     const jobs = new Map(this.state.jobs);
-    jobs.set(id, { pid: id, status: 'recording', models, latest, updates, replay: { file, pid: recording.header.pid }, method: 'recording', explanations, expertParams, ...(ranks ? { ranks } : {}) });
+    const framework = attached && attached.type === 'attached'
+      ? { framework: attached.framework, frameworkVersion: attached.frameworkVersion, frameworks: attached.frameworks }
+      : {};
+    jobs.set(id, { pid: id, status: 'recording', models, latest, updates, replay: { file, pid: recording.header.pid }, method: 'recording', explanations, expertParams, ...framework, ...(ranks ? { ranks } : {}) });
     this.dirty.add(id);
     this.set({ jobs, selectedPid: id, token: null });
     await this.tick();
@@ -413,6 +433,7 @@ export class Store {
         layer: this.state.selectedLayer,
         tokenPasses: 300,
         tokenBudget: 400,
+        model: this.state.jobs.get(pid)?.model,
         views: this.state.viewRequests[this.state.view],
       });
       if (result && this.state.jobs.has(pid)) {
@@ -452,6 +473,7 @@ export class Store {
         void this.analyzer?.ingest(message);
         this.patchJob(message.pid, {
           status: 'attached', method: message.method, attachMs: message.ms, python: message.python,
+          framework: message.framework, frameworkVersion: message.frameworkVersion, frameworks: message.frameworks,
           argv: message.argv, models: message.models, attachedMessage: message,
           attachDetail: message.attempts?.map((a) => `${a.method}: ${a.message}`).join('\n'),
         });
@@ -489,6 +511,7 @@ export class Store {
         const relays = [...this.state.relays.filter((r) => r.address !== message.address), { address: message.address, node: message.node, status: message.status, message: message.message }];
         return this.set({ relays });
       }
+      case 'losses':
       case 'tokens': {
         if (!this.state.jobs.has(message.pid)) return;
         void this.analyzer?.ingest(message);

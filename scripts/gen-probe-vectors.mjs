@@ -92,8 +92,9 @@ const valid = [
     name: 'hello',
     frame: {
       t: 'hello', v: 2, pid: 4242, mode: 'library', framework: 'torch', framework_version: '2.13.0+cpu',
+      frameworks: [{ name: 'torch', version: '2.13.0+cpu' }],
       python: '3.12.3', argv: ['train.py', '--layers', '4'],
-      models: [{ id: 0, class: 'MixtralForCausalLM', model_type: 'mixtral', device: 'cpu', dtype: 'float32', layers: layers(4, 8, 2) }],
+      models: [{ id: 0, class: 'MixtralForCausalLM', model_type: 'mixtral', device: 'cpu', dtype: 'float32', layers: layers(4, 8, 2), framework: 'torch' }],
       // An open map of numbers. The probe sends some of these as floats with integral values
       // (10.0), which JSON cannot write: float-valued settings here are non-integral.
       settings: { flush_interval_s: 0.05, token_sample: 128, token_passes_per_s: 10.5, token_bytes_per_s: 2000000, health_passes_per_s: 50.5 },
@@ -142,14 +143,37 @@ const valid = [
     },
   },
   {
+    name: 'hello_frameworks',
+    frame: {
+      // A job with several frameworks loaded: a Flax model read by the JAX backend beside an ONNX
+      // Runtime session; every framework loaded is listed with its version, each model says its own.
+      t: 'hello', v: 2, pid: 2718, mode: 'injected', framework: 'jax+onnxruntime', framework_version: '0.10.2 (flax 0.12.8), 1.30.0',
+      frameworks: [{ name: 'jax', version: '0.10.2 (flax 0.12.8)' }, { name: 'tensorflow', version: '2.21.0 (keras 3.15.1)' }, { name: 'onnxruntime', version: '1.30.0' }],
+      python: '3.11.7', argv: ['serve.py'],
+      settings: { flush_interval_s: 0.05, token_sample: 128, token_passes_per_s: 10.5, token_bytes_per_s: 2000000, health_passes_per_s: 50.5 },
+      models: [
+        {
+          id: 0, class: 'MoELM', model_type: 'flax.linen', device: 'cpu', dtype: 'float32', framework: 'jax',
+          layers: [0, 1].map((i) => layer(i, 8, 2, { name: `layers_${i}.moe`, stack: 'layers', source: 'router', token_source: 'router' })),
+        },
+        {
+          id: 1, class: 'InferenceSession', model_type: 'onnx', device: 'CPUExecutionProvider', dtype: '', framework: 'onnxruntime',
+          layers: [layer(0, 8, 2, { name: 'model.layers.0.mlp', arch: 'topk-node', source: 'router', token_source: 'router' })],
+        },
+      ],
+      warnings: [{ code: 'retrace', message: 'Attaching cleared JAX\'s compilation caches: every jitted function traces and compiles again at its next call.' }],
+    },
+  },
+  {
     name: 'hello_expert_parallel_rank',
     frame: {
       // Rank 1 of 4 of a torchrun job; it holds experts 2 and 3 of each layer's 8 (expert parallel),
       // so its counts are at global ids; the router of the last layer is read on every rank alike.
       t: 'hello', v: 2, pid: 90210, mode: 'injected', framework: 'torch', framework_version: '2.13.0+cpu',
+      frameworks: [{ name: 'torch', version: '2.13.0+cpu' }],
       python: '3.11.7', argv: ['ep_moe_job.py', '--mode', 'ep'],
       models: [{
-        id: 0, class: 'Model', model_type: '', device: 'cpu', dtype: 'float32',
+        id: 0, class: 'Model', model_type: '', device: 'cpu', dtype: 'float32', framework: 'torch',
         layers: [
           layer(0, 8, 2, { name: 'layers.0.mlp', stack: 'layers', source: 'expert-inputs', token_source: 'recomputed', held: [2, 3] }),
           layer(1, 8, 2, { name: 'layers.1.mlp', stack: 'layers', source: 'expert-inputs', token_source: 'recomputed', held: [2, 3] }),
@@ -168,6 +192,7 @@ const valid = [
     name: 'hello_error',
     frame: {
       t: 'hello', v: 2, pid: 77, mode: 'injected', framework: 'torch', framework_version: '2.13.0+cpu',
+      frameworks: [{ name: 'torch', version: '2.13.0+cpu' }],
       python: '3.10.14', argv: ['-c'], models: [],
       settings: { flush_interval_s: 0.05, token_sample: 128, token_passes_per_s: 10.5, token_bytes_per_s: 2000000, health_passes_per_s: 50.5 },
       warnings: [],
@@ -205,6 +230,24 @@ const valid = [
         compiled_passes: 3, tap_compiles: 1, tap_compile_s: 4.5, other_compiles: 0, graph_breaks: 0,
         captured_passes: 2, replayed_passes: 40, unseen_replays: 7,
       },
+    },
+  },
+  {
+    name: 'counts_training',
+    frame: {
+      // A training run: passes in training mode, backward passes and each layer's backward time.
+      t: 'counts', model: 0, seq: 9, ts: 1700000200.5, passes: 6, layers: 2, widths: [4, 4],
+      counts: int64s([12, 0, 7, 5, 3, 9, 0, 12]), tokens: int64s([12, 12]), dropped: 0,
+      train: 5, backward: 4, backward_s: [0.0625, 0.125],
+    },
+  },
+  {
+    name: 'losses',
+    frame: {
+      // Two training passes of a 2-layer model: per-layer aux and z losses, the model's own totals.
+      t: 'losses', model: 0, passes: [5, 6], ts: 1700000200.5,
+      aux: float64s([2.015625, 2.25, 2.0078125, NaN]), z: float64s([0.5, 0.75, 0.625, 0.375]),
+      model_aux: float64s([2.1328125, NaN]), loss: float64s([5.5, 5.25]),
     },
   },
   {
@@ -389,6 +432,15 @@ const invalid = [
   { name: 'counts_time_s_per_layer', frame: { ...countsFull, time_s: [0.5] }, expect_error: 'field "time_s" has 1 values for 2 layers' },
   { name: 'counts_visibility_not_a_map', frame: { ...countsFull, visibility: [1, 2] }, expect_error: 'field "visibility" should be a map' },
   { name: 'counts_visibility_missing_field', frame: { ...countsFull, visibility: without(countsFull.visibility, 'unseen_replays') }, expect_error: 'field "unseen_replays" should be a whole number' },
+  { name: 'counts_backward_s_per_layer', frame: { ...byName('counts_training'), backward_s: [0.5, 0.5, 0.5] }, expect_error: 'field "backward_s" has 3 values for 2 layers' },
+  { name: 'losses_ragged', frame: { ...byName('losses'), aux: float64s([1.5, 1.5, 1.5]) }, expect_error: 'field "aux" holds 24 bytes, not a float64 row per pass for 2 passes' },
+  { name: 'losses_z_wrong_length', frame: { ...byName('losses'), z: float64s([0.5, 0.5]) }, expect_error: 'field "z" holds 16 bytes, expected 32' },
+  { name: 'losses_no_passes', frame: { ...byName('losses'), passes: [] }, expect_error: 'field "aux" holds 32 bytes, not a float64 row per pass for 0 passes' },
+  {
+    name: 'hello_framework_not_a_map',
+    frame: { ...hello, frameworks: ['jax'] },
+    expect_error: 'a framework should be a map',
+  },
   { name: 'counts_expert_s_per_layer', frame: { ...countsFull, expert_s: [0.5, 0.25, 0.125] }, expect_error: 'field "expert_s" has 3 values for 2 layers' },
   { name: 'hello_settings_not_numbers', frame: { ...hello, settings: { token_sample: 'all' } }, expect_error: 'field "settings" should map names to numbers' },
   { name: 'tokens_bad_phase', frame: { ...tokens, phase: 'middle' }, expect_error: 'field "phase" should be "prefill" or "decode"' },

@@ -1,4 +1,5 @@
-// Creates .venv with torch, transformers and the test tools (idempotent: a no-op when satisfied).
+// Creates .venv with torch, transformers, the other frameworks the probe reads (JAX/Flax, TensorFlow,
+// ONNX Runtime) and the test tools (idempotent: a no-op when satisfied).
 //   --if-needed: only when .venv is missing or lacks one of them (what `npm test` runs first).
 import { execFileSync, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -20,7 +21,7 @@ function findBasePython() {
   process.exit(1);
 }
 
-const REQUIRED_MODULES = ['torch', 'transformers', 'safetensors', 'numpy', 'msgpack', 'pytest', 'scipy', 'tensorboard'];
+const REQUIRED_MODULES = ['torch', 'transformers', 'safetensors', 'numpy', 'msgpack', 'pytest', 'scipy', 'tensorboard', 'jax', 'flax', 'tensorflow', 'onnx', 'onnxruntime', 'accelerate'];
 
 /** Whether .venv already has everything (a quick import check instead of a pip run). */
 function venvReady() {

@@ -41,8 +41,10 @@ def attach(
     """Make this process attachable from the MoE panel and the command line.
 
     Args:
-        model: the module (or modules) to watch. None finds MoE models by itself
-            each time a host attaches (every live torch module with MoE layers).
+        model: the model (or models) to watch: a torch module, a Flax linen or nnx
+            module, a Keras model or an onnxruntime InferenceSession (docs/frameworks.md).
+            None finds MoE models by itself each time a host attaches (every live model
+            with MoE layers, in every framework the job has loaded).
         tcp_port: also listen on 127.0.0.1:tcp_port (0 picks a free port), for a
             host that reaches this machine through an SSH tunnel. Clients must
             present the random token written, with the address, to
@@ -69,7 +71,7 @@ def attach(
         ValueError: the expert map cannot be right (empty, negative or repeated ids).
     """
     from .distributed import check_expert_map
-    from .recorder import Settings
+    from .settings import Settings
     from .server import start_server
 
     models: Optional[List[Any]] = None

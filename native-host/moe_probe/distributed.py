@@ -17,6 +17,7 @@ Nothing here runs in the job's forward pass: it is read once, when a host attach
 
 import os
 import socket
+import sys
 from typing import Dict, List, Optional, Sequence, Union
 
 ExpertMap = Union[Sequence[int], Dict[Union[str, int], Sequence[int]]]
@@ -43,9 +44,12 @@ def dist_info(environ=None) -> Optional[dict]:
     backend = ""
     source = "environment"
     try:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
+        # Only where the job has torch: the probe never loads a framework into a job (a JAX,
+        # TensorFlow or ONNX Runtime job's rank comes from its launcher's environment).
+        dist = None
+        if "torch" in sys.modules:
+            import torch.distributed as dist
+        if dist is not None and dist.is_available() and dist.is_initialized():
             rank, world = int(dist.get_rank()), int(dist.get_world_size())
             backend = str(dist.get_backend())
             source = "torch.distributed"
@@ -109,9 +113,8 @@ def check_expert_map(expert_map) -> Optional[Dict[Union[str, int], List[int]]]:
 def _tensor_values(value) -> Optional[List[int]]:
     """The values of a small integer tensor or sequence, read once at attach (never in a hook)."""
     try:
-        import torch
-
-        if isinstance(value, torch.Tensor):
+        torch = sys.modules.get("torch")  # a tensor exists only where the job has torch
+        if torch is not None and isinstance(value, torch.Tensor):
             if value.is_floating_point() or value.dim() != 1 or value.numel() > 1 << 20:
                 return None
             return [int(v) for v in value.detach().to("cpu").tolist()]

@@ -24,11 +24,9 @@ def start(socket_dir, deadline=None, page=None):
         if deadline is not None and time.time() > deadline:
             return  # the host gave up on this attach and said so; a new attach queues a new bootstrap
         _write_status(socket_dir, None)
-        if "torch" not in sys.modules:
-            _write_status(socket_dir, {
-                "code": "no_torch",
-                "message": "This Python process has not imported torch, so there is no model to watch.",
-            })
+        from .frameworks import NO_FRAMEWORK_MESSAGE, loaded
+        if not loaded():  # none of torch, jax, keras, onnxruntime: nothing a backend could read
+            _write_status(socket_dir, {"code": "no_torch", "message": NO_FRAMEWORK_MESSAGE})
             return
         from .server import start_server
         start_server(mode="injected", once=True, socket_dir=socket_dir)

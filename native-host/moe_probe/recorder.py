@@ -38,27 +38,11 @@ from torch import nn
 from . import compiled, cudagraphs, side
 from .contexts import InputKeeper
 from .routers import MoELayer, Routing
+from .training import TrainingReader, in_backward
+from .settings import Settings  # noqa: F401  (imported from here by older callers)
 
 # Columns of the per-layer health accumulator (float64, cumulative).
 HEALTH_COLUMNS = ("logit_tokens", "entropy_sum", "zloss_sum", "nan", "inf", "dropped")
-
-
-class Settings:
-    """Probe settings; the defaults are what the overhead benchmark measures."""
-
-    def __init__(self, flush_interval_s=0.03, token_sample=128, token_passes_per_s=50.0,
-                 token_bytes_per_s=2_000_000, health_passes_per_s=50.0):
-        self.flush_interval_s = flush_interval_s
-        self.token_sample = token_sample  # tokens per sampled pass (the first ones of the batch)
-        self.token_passes_per_s = token_passes_per_s  # most sampled passes per second
-        self.token_bytes_per_s = token_bytes_per_s  # byte budget for token records
-        # Router health costs ~15 small kernels per layer: on fast GPU decode loops it is
-        # computed on at most this many passes per second (entropy and z-loss are means
-        # over the passes measured; NaN/Inf counts cover those passes).
-        self.health_passes_per_s = health_passes_per_s
-
-    def describe(self):
-        return dict(vars(self))
 
 
 class Snapshot:
@@ -153,6 +137,23 @@ def _input_ids_of(args, kwargs):
     return [_input_ids(args, kwargs)], [mask if isinstance(mask, torch.Tensor) else None]
 
 
+def _block_io(args, output):
+    """A block's end, eagerly (its time is not taken in compiled code): its input and output
+    tensors, on which a training pass's gradient hooks time the block's backward (training.py)."""
+    out = output[0] if isinstance(output, (tuple, list)) and output else output
+    return [args[0] if args else None], [out]
+
+
+def _model_totals(args, output):
+    """The root's end: the model's own aux_loss and loss outputs (training runs; None when absent)."""
+    return [], [_output_field(output, "aux_loss"), _output_field(output, "loss")]
+
+
+def _output_field(output, name):
+    value = output.get(name) if isinstance(output, dict) else getattr(output, name, None)
+    return value if isinstance(value, torch.Tensor) else None
+
+
 def _input_ids(args, kwargs):
     ids = kwargs.get("input_ids") if kwargs else None
     if ids is None:
@@ -221,6 +222,9 @@ class Recorder:
         self._health_pass = False
         self._health_t = 0.0
         self._block_on_gpu = [False] * self.num_layers
+        # Training passes: per-layer aux and z losses, backward passes (training.py).
+        self.training = TrainingReader(root, layers)
+        self._train_pass = False
         self.inputs = InputKeeper(settings.token_sample)
         # What the probe could see of how passes ran (see visibility()).
         self._on_cuda = False
@@ -254,7 +258,7 @@ class Recorder:
                 self._handles.append(compiled.pre_hook(block, "block_start", self._timer_start(layer.index),
                                                        pack=compiled.nothing, traced=False))
                 self._handles.append(compiled.post_hook(block, "block_end", self._timer_end(layer.index),
-                                                        pack=compiled.nothing, traced=False, always_call=True))
+                                                        pack=_block_io, traced=False, always_call=True))
             for index in self.ep_layers:
                 for expert in self.layers[index].expert_modules:
                     self._handles.append(compiled.pre_hook(expert, "block_start", self._timer_start(self.num_layers + index),
@@ -263,7 +267,7 @@ class Recorder:
                                                             pack=compiled.nothing, traced=False, always_call=True))
             self._handles.append(compiled.pre_hook(self.root, "pass_start", self._on_pass_start, pack=_input_ids_of))
             # always_call: a forward that raises still ends the pass.
-            self._handles.append(compiled.post_hook(self.root, "pass_end", self._on_pass_end, pack=compiled.nothing,
+            self._handles.append(compiled.post_hook(self.root, "pass_end", self._on_pass_end, pack=_model_totals,
                                                     always_call=True))
             self.active = True
 
@@ -275,6 +279,7 @@ class Recorder:
             self._handles = []
             if self.captured_passes:
                 cudagraphs.keep_alive(list(self._state.values()))  # graphs still point at them
+            self.training.stop()
 
     # -- hooks (called from the job's thread, inside its forward) --
 
@@ -290,6 +295,8 @@ class Recorder:
             self._pass_routed = False
             self._pass_compiled = compiled.from_compiled()
             ids = first[0] if first else None
+            mask = second[0] if second else None
+            self._train_pass = self.training.begin(self.root, self.passes + 1, mask)
             if ids is not None:
                 self.last_shape = list(ids.shape)
                 seq = ids.shape[-1]
@@ -351,8 +358,10 @@ class Recorder:
         starts, totals = ((self._block_start, self.layer_time_s) if index < self.num_layers
                           else (self._expert_start, self.expert_time_s))
 
-        def hook(_first, _second):
+        def hook(block_input, block_output):
             if self.active and self._in_pass and self._capture is None and not side.state.active:
+                if self._train_pass and index < self.num_layers:
+                    self.training.on_block(index, block_input, block_output[0] if block_output else None)
                 if self._block_on_gpu[layer]:
                     # the latest open timing of this index (an expert-parallel block's experts are
                     # timed inside it, so the block's own start may not be the last entry)
@@ -376,6 +385,8 @@ class Recorder:
     def _on_routing(self, layer: MoELayer, routing: Routing):
         if not self.active:
             return  # a hook snapshot taken by torch just before detach
+        if in_backward():
+            return  # a checkpointed layer recomputing its forward for the backward pass: seen already
         if not (self._in_pass or self._ungated):
             self._calls_outside_pass += 1
             if self._calls_outside_pass > 4 * self.num_layers:
@@ -414,6 +425,8 @@ class Recorder:
                 if state.ones.numel() < flat.numel():
                     state.ones = torch.ones(flat.numel(), dtype=torch.int64, device=ids.device)
                 state.counts.scatter_add_(0, flat, state.ones[: flat.numel()])
+            if self._train_pass:
+                self.training.on_logits(index, routing.logits)
             if (self._health_pass or self._ungated) and self._capture is None:
                 device = _device_of(routing)
                 if device is not None:
@@ -459,13 +472,15 @@ class Recorder:
         elif dropped:
             row[5] += float(dropped)
 
-    def _on_pass_end(self, _first, _second):
+    def _on_pass_end(self, _first, totals):
         if not self.active or self._pass_depth == 0 or side.state.active:
             return  # the pass began before our hooks went in: it was not counted
         self._pass_depth -= 1
         if self._pass_depth:
             return
         self._in_pass = False
+        if self._train_pass:
+            self.training.end(*totals)
         self._end_pass()
 
     def _end_pass(self):
@@ -519,6 +534,9 @@ class Recorder:
             return  # a clone now would be recorded into the graph, not run
         self._force_flush = False
         self._last_flush = now
+        losses = self.training.take()
+        if losses:  # before the counts that cover them
+            self._enqueue(("losses", self, losses), is_snapshot=False)
         snapshot = self._snapshot(time.time())
         self._enqueue(("counts", self, snapshot), is_snapshot=True)
 
@@ -575,6 +593,9 @@ class Recorder:
             "compiled_passes": self.compiled_passes,
             "captured_passes": self.captured_passes,
             "replayed_passes": self.replayed_passes,
+            "train": self.training.train_passes,
+            "backward": self.training.backward_passes,
+            "backward_s": list(self.training.backward_s),
         }
         self._gpu_events = []
         return Snapshot(self.passes, tensors, event, wall_time, host)

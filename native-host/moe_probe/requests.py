@@ -131,7 +131,11 @@ class RequestWorker:
         model = _int(message, "model", 0, 0)
         if model >= len(self.recorders):
             raise Refusal("bad_request", "there is no model %d in this job" % model)
-        return self.recorders[model]
+        recorder = self.recorders[model]
+        if getattr(recorder, "root", None) is None or not hasattr(recorder, "inputs"):
+            raise Refusal("bad_request", "model %d is not a PyTorch model: explanations and expert weights are read "
+                                         "from PyTorch models only" % model)
+        return recorder
 
     def _answer(self, message):
         kind = message.get("t") if isinstance(message, dict) else None

@@ -46,6 +46,8 @@ import torch
 from torch import nn
 
 from . import compiled, side
+from .structure import (EXPERT_COUNT_ATTRS, ROUTER_CHILD_NAMES, SCORING_ATTRS, SHARED_COUNT_ATTRS,  # noqa: F401
+                        TOP_K_ATTRS, _attr, _int_attr, layer_position)
 
 
 class Routing(NamedTuple):
@@ -67,15 +69,6 @@ class Routing(NamedTuple):
 
 OnRouting = Callable[["MoELayer", Routing], None]
 
-# Attribute names under which modules and configs keep the expert count and top-k.
-EXPERT_COUNT_ATTRS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
-TOP_K_ATTRS = ("top_k", "num_experts_per_tok", "moe_top_k", "router_top_k", "experts_per_token",
-               "num_selected_experts", "top_k_experts", "moe_k", "moe_topk")
-SHARED_COUNT_ATTRS = ("n_shared_experts", "num_shared_experts", "moe_num_shared_experts", "shared_expert_count")
-SCORING_ATTRS = ("scoring_func", "score_func", "scoring_function", "gating_func", "router_activation",
-                 "router_score_function", "moe_router_score_function")
-# Child names that hold a router in the MoE blocks seen so far; structure decides, names only order.
-ROUTER_CHILD_NAMES = ("gate", "router", "gating", "classifier", "wg", "switch", "router_gate")
 # Children of an attention module: routed experts inside one are mixture-of-attention experts.
 ATTENTION_CHILD_NAMES = ("q_proj", "k_proj", "v_proj", "kv_proj", "qkv_proj", "query", "key", "value")
 
@@ -565,33 +558,7 @@ def _patch_route_fn(layer: MoELayer, handler) -> _RouteFnPatch:
 # -- where a layer sits in the model -----------------------------------------------------------
 
 
-def layer_position(name: str) -> Tuple[int, str]:
-    """The model's own layer number and the stack holding it, from the module path:
-    "model.layers.2.mlp" -> (2, "model.layers"); "decoder.block.3.layer.2.mlp" ->
-    (3, "decoder.block"). The outermost number is the layer (inner ones number sublayers)."""
-    parts = name.split(".") if name else []
-    for i, part in enumerate(parts):
-        if part.isdigit():
-            return int(part), ".".join(parts[:i])
-    return -1, ""
-
-
 # -- structure ---------------------------------------------------------------
-
-
-def _attr(obj, name):
-    try:
-        return getattr(obj, name, None)
-    except Exception:  # properties that raise, proxies that warn
-        return None
-
-
-def _int_attr(obj, names) -> Optional[int]:
-    for name in names:
-        value = _attr(obj, name)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
-    return None
 
 
 def _configs(obj):

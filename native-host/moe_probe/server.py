@@ -21,14 +21,10 @@ import threading
 import time
 import traceback
 
-import torch
-
-from . import compiled, cudagraphs, paths
+from . import frameworks, paths
 from .framing import FrameError, FrameReader, encode_frame
 from .distributed import dist_info
-from .models import compiled_parts, describe_model, no_moe_message, survey
-from .recorder import Recorder, Settings
-from .requests import RequestWorker
+from .settings import Settings
 
 PROTOCOL_VERSION = 2
 QUEUE_SIZE = 64
@@ -71,10 +67,18 @@ def _check_token(conn, token):
         return False
 
 
-def _tensor_bytes(tensor: torch.Tensor) -> bytes:
-    """Raw little-endian bytes of a contiguous host tensor, without numpy."""
+def _tensor_bytes(tensor) -> bytes:
+    """Raw little-endian bytes of a host tensor: a torch tensor (read without numpy) or, from the
+    other frameworks' backends, a numpy array."""
+    if not hasattr(tensor, "data_ptr"):
+        return tensor.tobytes()  # numpy: C order, the machine's (little-endian) byte order
     tensor = tensor.contiguous()
     return ctypes.string_at(tensor.data_ptr(), tensor.numel() * tensor.element_size())
+
+
+def _on_host(tensor):
+    """A torch tensor copied to host memory (the sender thread's job); numpy arrays already are."""
+    return tensor.to("cpu") if hasattr(tensor, "data_ptr") else tensor
 
 
 class ProbeServer:
@@ -230,9 +234,7 @@ class Session:
         self.reader = FrameReader()
         self.tokenizer = None
         self.requests = None  # answers explain / expert-params requests on a thread of its own
-        self.compile_watch = compiled.CompileWatch()
-        self.graphs_watched = False
-        self.unseen_replays_at_start = 0
+        self.pass_watch = None  # torch jobs: how passes ran (torch.compile, CUDA graphs); pass_visibility.py
 
     def send(self, message):
         self.conn.sendall(encode_frame(message))
@@ -259,51 +261,55 @@ class Session:
                 recorder.stop()
             self.recorders = []
             self.tokenizer = None
-            self.compile_watch.stop()
-            if self.graphs_watched:
-                cudagraphs.watch.stop()
-                self.graphs_watched = False
+            if self.pass_watch is not None:
+                self.pass_watch.stop()
+                self.pass_watch = None
             try:
                 self.conn.close()
             except OSError:
                 pass
 
     def _run(self):
-        found = survey(self.server.explicit_models, self.server.expert_map)
-        roots = found.roots
+        # Every framework the job has loaded is surveyed (frameworks.py); each model found is
+        # read by its own framework's backend, and all of them share this one session.
+        found = frameworks.survey(self.server.explicit_models, self.server.expert_map)
         settings = self.server.settings
         hello = {
             "t": "hello",
             "v": PROTOCOL_VERSION,
             "pid": os.getpid(),
             "mode": self.server.mode,
-            "framework": "torch",
-            "framework_version": torch.__version__,
+            "framework": found.framework,
+            "framework_version": found.version,
+            "frameworks": found.frameworks,
             "python": platform.python_version(),
             "argv": list(sys.argv)[:16],
-            "models": [describe_model(i, root, layers) for i, (root, layers) in enumerate(roots)],
+            "models": [model.describe(i) for i, model in enumerate(found.models)],
             "settings": settings.describe(),
-            "warnings": visibility_warnings([root for root, _ in roots], found.cuda_graphs, found.wrapped),
+            "warnings": found.warnings,
         }
         where = dist_info()
         if where is not None:
             hello["dist"] = where  # one rank of a distributed job: the host shows all ranks as one
-        if not roots:
-            hello["error"] = {"code": "no_moe", "message": no_moe_message(found)}
+        if not found.models:
+            hello["error"] = {"code": "no_moe", "message": found.no_moe_message}
             self.send(hello)
             self._wait_for_close(1.0)
             return
         self.tokenizer = found.tokenizer
-        for model_id, (root, layers) in enumerate(roots):
-            self.recorders.append(Recorder(model_id, root, layers, self.queue, settings, self.fail))
-        self.requests = RequestWorker(self.recorders, self.queue, self._texts)
+        for model_id, model in enumerate(found.models):
+            self.recorders.append(model.recorder(model_id, self.queue, settings, self.fail))
+        if "torch" in sys.modules:  # explain and expert-params read torch models; requests.py imports torch
+            from .requests import RequestWorker
+
+            self.requests = RequestWorker(self.recorders, self.queue, self._texts)
         self.send(hello)
-        # What the probe cannot see of how passes run is watched from before the first hook
-        # goes in: compilations (torch.compile) and CUDA graph captures and replays.
-        self.compile_watch.start()
-        cudagraphs.watch.start()
-        self.graphs_watched = True
-        self.unseen_replays_at_start = cudagraphs.watch.unseen_replays
+        if any(model.framework == "torch" for model in found.models):
+            # What the probe cannot see of how torch passes run is watched from before the first
+            # hook goes in: compilations (torch.compile) and CUDA graph captures and replays.
+            from .pass_visibility import PassWatch
+
+            self.pass_watch = PassWatch()
         for recorder in self.recorders:
             recorder.start()
         while not self.server._stopping.is_set():
@@ -324,6 +330,8 @@ class Session:
         kind, recorder, payload = item
         if kind == "counts":
             self._send_counts(recorder, payload)
+        elif kind == "losses":
+            self._send_losses(recorder, payload)
         elif kind == "layers":
             self.send({"t": "layers", "model": recorder.model_id, "layers": payload})
         elif kind == "frame":
@@ -335,18 +343,14 @@ class Session:
         self.seq += 1
         tensors = snapshot.to_host()
         host = snapshot.host
-        for index, start, end in host["gpu_events"]:
+        for index, start, end in host["gpu_events"]:  # CUDA events (torch on a GPU); [] elsewhere
             if end is not None:
                 end.synchronize()
                 recorder.gpu_time_s[index] += start.elapsed_time(end) / 1000.0
-        time_s = host["time_s"]
-        if any(recorder.gpu_time_s):
+        time_s = host["time_s"]  # None where the backend cannot time layers (compiled graphs)
+        if time_s is not None and any(recorder.gpu_time_s):
             time_s = [a + b for a, b in zip(time_s, recorder.gpu_time_s)]
-        extra = {}
-        if host["expert_s"] is not None:
-            # expert-parallel layers: the time in this process's own experts (GPU events after the blocks')
-            extra["expert_s"] = [a + b for a, b in zip(host["expert_s"], recorder.gpu_time_s[recorder.num_layers:])]
-        self.send({
+        frame = {
             "t": "counts",
             "model": recorder.model_id,
             "seq": self.seq,
@@ -365,24 +369,31 @@ class Session:
             "decode": host["decode"],
             "shape": host["shape"],
             "dropped_tokens": host["dropped_tokens_records"],
-            "visibility": self._visibility(host),
-            **extra,
-        })
-
-    def _visibility(self, host):
-        """How the passes counted so far ran, and what the probe could not see (cumulative)."""
-        watch = self.compile_watch
-        watch.poll()
-        return {
-            "compiled_passes": host["compiled_passes"],
-            "tap_compiles": watch.tap_compiles,
-            "tap_compile_s": round(watch.tap_compile_s, 6),
-            "other_compiles": watch.other_compiles,
-            "graph_breaks": watch.graph_breaks,
-            "captured_passes": host["captured_passes"],
-            "replayed_passes": host["replayed_passes"],
-            "unseen_replays": cudagraphs.watch.unseen_replays - self.unseen_replays_at_start,
         }
+        if self.pass_watch is not None and "compiled_passes" in host:  # a torch model's recorder
+            frame["visibility"] = self.pass_watch.visibility(host)
+        if time_s is None:
+            del frame["time_s"]
+        if host.get("expert_s") is not None:
+            # expert-parallel layers: the time in this process's own experts (GPU events after the blocks')
+            frame["expert_s"] = [a + b for a, b in zip(host["expert_s"], recorder.gpu_time_s[recorder.num_layers:])]
+        if host.get("train"):  # a training run (torch): forward passes in training mode, backward passes
+            frame.update(train=host["train"], backward=host["backward"], backward_s=host["backward_s"])
+        self.send(frame)
+
+    def _send_losses(self, recorder, passes):
+        """Per-layer training losses of some passes, computed here, off the job's forward (training.py)."""
+        aux, z, model_aux, loss = recorder.training.compute(passes)
+        self.send({
+            "t": "losses",
+            "model": recorder.model_id,
+            "passes": [p.pass_id for p in passes],
+            "ts": time.time(),
+            "aux": _tensor_bytes(aux),
+            "z": _tensor_bytes(z),
+            "model_aux": _tensor_bytes(model_aux),
+            "loss": _tensor_bytes(loss),
+        })
 
     def _send_tokens(self, recorder, record):
         layers = []
@@ -396,10 +407,10 @@ class Session:
                 "layer": index,
                 "n": ids.shape[0],
                 "k": ids.shape[1],
-                "ids": _tensor_bytes(ids.to("cpu")),
-                "weights": None if weights is None else _tensor_bytes(weights.to("cpu")),
+                "ids": _tensor_bytes(_on_host(ids)),
+                "weights": None if weights is None else _tensor_bytes(_on_host(weights)),
             })
-        token_ids = None if record.token_ids is None else record.token_ids.to("cpu")
+        token_ids = None if record.token_ids is None else _on_host(record.token_ids)
         texts = None
         if token_ids is not None and self.tokenizer is not None:
             texts = token_texts(self.tokenizer, token_ids.tolist())
@@ -464,36 +475,6 @@ class Session:
         while time.monotonic() < end and self._read_incoming():
             time.sleep(POLL_S)
 
-
-def visibility_warnings(roots, cuda_graphs=0, wrapped=frozenset()):
-    """What forward hooks cannot see in this process, or see only at a cost, said up front
-    rather than discovered as missing data. What was then seen is in each counts frame's
-    `visibility`."""
-    warnings = []
-    if cuda_graphs:
-        warnings.append({"code": "cuda_graphs", "message": (
-            "This process holds %d captured CUDA graph%s. A pass replayed from a graph captured before "
-            "attach runs no Python, so the probe cannot see it (in serving engines: the decode steps); "
-            "such replays are counted apart, never as routing. To see them: attach before the engine "
-            "captures its graphs (a graph captured while attached carries the probe's counting), or run "
-            "the engine eagerly (vLLM: enforce_eager=True; SGLang: --disable-cuda-graph; torch.compile: "
-            "a mode other than reduce-overhead)." % (cuda_graphs, "" if cuda_graphs == 1 else "s"))})
-    for root in roots:
-        parts = compiled_parts(root, wrapped=id(root) in wrapped)
-        if not parts:
-            continue
-        what = type(root).__name__ if parts == [""] else "%s (%s)" % (
-            type(root).__name__, ", ".join(parts[:3]) + (" and %d more" % (len(parts) - 3) if len(parts) > 3 else ""))
-        if compiled.reads_compiled_code():
-            message = ("%s runs under torch.compile: the probe's hooks go into its compiled code at its next pass, "
-                       "which waits for one recompilation; routing is then read from inside the compiled code, with no "
-                       "graph break. Detaching returns to the original compiled code without recompiling." % what)
-        else:
-            message = ("%s runs under torch.compile, and this torch (%s) has no custom operators for the probe's hooks "
-                       "to go into compiled code with: passes that run compiled are not seen (torch 2.4 or newer reads "
-                       "them)." % (what, torch.__version__))
-        warnings.append({"code": "compiled", "message": message})
-    return warnings
 
 
 def token_texts(tokenizer, ids):

@@ -6,8 +6,8 @@
  * to native messaging.
  */
 import * as fs from 'node:fs';
-import { HANDLE_BASE, MAX_HOST_MESSAGE_BYTES, PANEL_PROTOCOL_VERSION, type AttachAttempt, type AttachMethod, type HostMessage, type JobUpdate, type PanelRequest, type TokenUpdate } from '../../src/protocol/panel';
-import { HEALTH_COLUMNS, countsToNumbers, float32s, float64s, int32s, layerOffsets, type ModelInfo, type ProbeCounts, type ProbeFrame, type ProbeHello, type ProbeTokens } from '../../src/protocol/probe';
+import { HANDLE_BASE, MAX_HOST_MESSAGE_BYTES, PANEL_PROTOCOL_VERSION, type AttachAttempt, type AttachMethod, type HostMessage, type JobUpdate, type LossesUpdate, type PanelRequest, type TokenUpdate } from '../../src/protocol/panel';
+import { HEALTH_COLUMNS, countsToNumbers, float32s, float64s, int32s, layerOffsets, type ModelInfo, type ProbeCounts, type ProbeFrame, type ProbeHello, type ProbeLosses, type ProbeTokens } from '../../src/protocol/probe';
 import { AttachError, HINTS } from './attach-errors';
 import { localJobKey } from './dist-discovery';
 import { DEFAULT_HISTORY_BYTES, History } from './history';
@@ -273,8 +273,8 @@ export class Host {
       rank = { group: job.group ?? -1, job: key, label, rank: hello.dist.rank, worldSize: hello.dist.world_size, node };
     }
     this.send({
-      type: 'attached', pid, method, ms, ...common, models: hello.models, warnings: hello.warnings ?? [],
-      ...(attempts ? { attempts } : {}), ...(rank ? { rank } : {}),
+      type: 'attached', pid, method, ms, ...common, ...(hello.frameworks ? { frameworks: hello.frameworks } : {}),
+      models: hello.models, warnings: hello.warnings ?? [], ...(attempts ? { attempts } : {}), ...(rank ? { rank } : {}),
     });
     if (excluded) void this.detach(pid);
   }
@@ -330,6 +330,10 @@ export class Host {
       job.models = job.models.map((m) => (m.id === frame.model ? { ...m, layers: frame.layers } : m));
       if (job.group !== undefined) this.groups.layers(job.pid, frame.model, frame.layers);
       else this.send({ type: 'layers', pid: job.pid, model: frame.model, layers: frame.layers });
+    } else if (frame.t === 'losses') {
+      // a few small rows per frame, a frame per counts flush at most; a distributed job's ranks
+      // are merged by rank-groups.ts, which does not carry losses: they stay per process
+      if (job.group === undefined) this.send(lossesUpdate(job.pid, frame));
     } else if (frame.t === 'explanation') {
       this.send(explanationMessage(job.pid, frame));
     } else if (frame.t === 'expert-params') {
@@ -411,7 +415,25 @@ export function jobUpdate(pid: number, counts: ProbeCounts, coalesced: number): 
   if (counts.shape) update.shape = counts.shape;
   if (counts.dropped_tokens !== undefined) update.droppedTokens = counts.dropped_tokens;
   if (counts.visibility) update.visibility = counts.visibility;
+  if (counts.train !== undefined) update.train = counts.train;
+  if (counts.backward !== undefined) update.backward = counts.backward;
+  if (counts.backward_s) update.backwardS = counts.backward_s;
   return update;
+}
+
+/** A probe losses frame as the panel's message: rows of plain numbers, NaN (not computed) as null. */
+export function lossesUpdate(pid: number, frame: ProbeLosses): LossesUpdate {
+  const orNull = (x: number) => (Number.isNaN(x) ? null : x);
+  const rows = frame.passes.length;
+  const aux = float64s(frame.aux).map(orNull);
+  const z = float64s(frame.z).map(orNull);
+  const width = aux.length / rows;
+  const row = (values: Array<number | null>, i: number) => values.slice(i * width, (i + 1) * width);
+  return {
+    type: 'losses', pid, model: frame.model, passes: frame.passes, ts: frame.ts,
+    aux: frame.passes.map((_, i) => row(aux, i)), z: frame.passes.map((_, i) => row(z, i)),
+    modelAux: float64s(frame.model_aux).map(orNull), loss: float64s(frame.loss).map(orNull),
+  };
 }
 
 /** The update of one layer only, shaped as an update of a single-layer model (the history message says which layer). */
@@ -426,6 +448,7 @@ export function oneLayer(update: JobUpdate, layer: number): JobUpdate {
   if (update.health) out.health = update.health.slice(layer * hc, (layer + 1) * hc);
   if (update.maxLogit) out.maxLogit = [update.maxLogit[layer]!];
   if (update.timeS) out.timeS = [update.timeS[layer]!];
+  if (update.backwardS) out.backwardS = [update.backwardS[layer]!];
   return out;
 }
 

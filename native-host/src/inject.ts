@@ -24,7 +24,7 @@ import { canaryVerdict } from './debugger-canary';
 import { type DebuggerOptions, findDebugger, injectGdb, injectLldb, run as runProgram } from './debugger-inject';
 import { probeSocketPath, probeStatusPath } from './paths';
 import { type InjectorStep, type PtraceResult, injectorInterpreters, runPtraceInjector } from './ptrace-inject';
-import { type ProcessFacts, hasTorch, isPython, processExists, pythonVersionFrom, readProcessFacts } from './processes';
+import { type ProcessFacts, frameworksLoaded, isPython, processExists, pythonVersionFrom, readProcessFacts } from './processes';
 
 export type InjectMethod = 'remote_exec' | 'ptrace' | 'lldb' | 'gdb';
 
@@ -41,11 +41,11 @@ export function preflight(pid: number): ProcessFacts {
   if (!isPython(facts.exe, facts.images)) {
     throw new AttachError('not_python', `Process ${pid} (${path.basename(facts.exe) || 'unknown'}) is not a Python process.`);
   }
-  if (!hasTorch(facts.images)) {
+  if (!frameworksLoaded(facts.images).length) {
     throw new AttachError(
       'no_torch',
-      `Python process ${pid} has not loaded torch, so there is no PyTorch model to watch.`,
-      'Attach once the job has imported torch and built its model.',
+      `Python process ${pid} has not loaded torch, JAX, TensorFlow or ONNX Runtime, so there is no model to watch.`,
+      'Attach once the job has imported its framework and built its model.',
     );
   }
   return facts;

@@ -6,6 +6,12 @@ import { ProtocolError, type ProbeFrame, type ProbeHello } from '../../src/proto
 import { ProbeFrameReader, encodeFrameHeader } from './probe-frames';
 
 const packr = new Packr({ useRecords: false });
+/**
+ * How long a probe may take to say hello. Its survey is quick for torch, ONNX Runtime and Keras;
+ * a Flax linen model's layers are only known once it has run a pass after attach (re-traced and
+ * re-compiled), which the probe waits up to 20 s for (jax_backend.DISCOVERY_S).
+ */
+export const HELLO_TIMEOUT_MS = 30000;
 
 export interface ProbeClientEvents {
   frame: [ProbeFrame];
@@ -33,7 +39,7 @@ export class ProbeClient extends EventEmitter<ProbeClientEvents> {
    * Connect and wait for the probe's hello: to a Unix socket path, or to a TCP address
    * (a probe on another machine reached through an SSH tunnel), which needs its token.
    */
-  static connect(target: string | { host: string; port: number; token: string }, timeoutMs = 10000): Promise<{ client: ProbeClient; hello: ProbeHello }> {
+  static connect(target: string | { host: string; port: number; token: string }, timeoutMs = HELLO_TIMEOUT_MS): Promise<{ client: ProbeClient; hello: ProbeHello }> {
     return new Promise((resolve, reject) => {
       const socket = typeof target === 'string' ? net.createConnection({ path: target }) : net.createConnection({ host: target.host, port: target.port });
       const client = new ProbeClient(socket);

@@ -1,6 +1,7 @@
 /**
- * Finding the user's Python processes that have torch loaded (Linux: /proc;
- * macOS: `ps` and `lsof` output, see macos.ts; both judged by the same helpers).
+ * Finding the user's Python processes that have an ML framework loaded (torch, JAX, TensorFlow,
+ * ONNX Runtime), from the shared libraries each maps (Linux: /proc; macOS: `ps` and `lsof`
+ * output, see macos.ts; both judged by the same helpers).
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -40,8 +41,22 @@ export function isPython(exe: string, images: string[]): boolean {
   return pythonVersionFrom(exe, images) !== null || /^python\d*(\.\d+)?t?$/.test(path.basename(exe));
 }
 
+/** The library that each framework the probe reads loads into a process, by protocol name (FRAMEWORKS). */
+const FRAMEWORK_LIBRARIES: Array<[string, RegExp]> = [
+  ['torch', /\/libtorch(_cpu|_cuda|_python)?\.(so|dylib)/],
+  // jaxlib's extension: _jax.so since jaxlib 0.5, xla_extension.so before.
+  ['jax', /\/jaxlib\/(_jax|xla_extension)(\.[\w-]+)?\.(so|dylib)$/],
+  ['tensorflow', /\/libtensorflow_(framework|cc)\.(so|dylib)(\.\d+)*$|\/_pywrap_tensorflow_internal\.(so|dylib)$/],
+  ['onnxruntime', /\/onnxruntime_pybind11_state[\w.-]*\.(so|pyd|dylib)$|\/libonnxruntime\.(so|dylib)(\.[\d.]+)?$/],
+];
+
 export function hasTorch(images: string[]): boolean {
-  return images.some((image) => /\/libtorch(_cpu|_cuda|_python)?\.(so|dylib)/.test(image));
+  return frameworksLoaded(images).includes('torch');
+}
+
+/** Which frameworks a process has loaded, from its mapped libraries (a process may load several). */
+export function frameworksLoaded(images: string[]): string[] {
+  return FRAMEWORK_LIBRARIES.filter(([, pattern]) => images.some((image) => pattern.test(image))).map(([name]) => name);
 }
 
 /** Unique mapped file paths from the text of /proc/PID/maps. */
@@ -101,6 +116,7 @@ export function describeProcess(facts: ProcessFacts, attached: boolean): Process
     cmdline: cmdline.length > 300 ? `${cmdline.slice(0, 297)}...` : cmdline,
     python: pythonVersionFrom(facts.exe, facts.images),
     torch: hasTorch(facts.images),
+    frameworks: frameworksLoaded(facts.images),
     probe: fs.existsSync(probeSocketPath(facts.pid)),
     attached,
   };
@@ -130,7 +146,7 @@ function* procFacts(proc: string): Generator<ProcessFacts> {
   }
 }
 
-/** The current user's Python processes with torch loaded, or with a probe listening. */
+/** The current user's Python processes with a framework loaded (torch, JAX, TensorFlow, ONNX Runtime), or with a probe listening. */
 export function listTorchProcesses(attachedPids: Set<number>, proc = '/proc', opts: PlatformOptions = {}): ProcessInfo[] {
   const uid = process.getuid?.() ?? 0;
   removeStaleSockets(path.dirname(probeSocketPath(0)));
@@ -139,7 +155,7 @@ export function listTorchProcesses(attachedPids: Set<number>, proc = '/proc', op
   for (const facts of all) {
     if (facts.pid === process.pid || facts.uid !== uid || !isPython(facts.exe, facts.images)) continue;
     const info = describeProcess(facts, attachedPids.has(facts.pid));
-    if (info.torch || info.probe) out.push(info);
+    if (info.frameworks?.length || info.probe) out.push(info);
   }
   if ((opts.platform ?? process.platform) === 'linux') {
     // Ranks of one distributed job, from their environment and parent (dist-discovery.ts).

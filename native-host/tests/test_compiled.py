@@ -28,7 +28,7 @@ import moe_probe  # noqa: E402
 from moe_probe import compiled  # noqa: E402
 from moe_probe.recorder import HEALTH_COLUMNS, Recorder, Settings  # noqa: E402
 from moe_probe.routers import find_moe_layers  # noqa: E402
-from test_probe_safety import Client, hook_count, socket_dir, wait_until  # noqa: E402,F401
+from test_probe_safety import Client, hook_count, recording, socket_dir, wait_until  # noqa: E402,F401
 
 torch.set_num_threads(1)
 
@@ -219,7 +219,7 @@ def test_without_custom_ops_compiled_passes_go_unseen_and_the_job_is_untouched(m
     """Where the probe's op cannot be defined (torch before 2.4), traced taps emit nothing and
     no forward marks are set: attaching neither recompiles nor breaks the job's graphs, its
     outputs stay bit for bit, the probe claims no compiled pass, and its warning says so."""
-    from moe_probe.server import visibility_warnings
+    from moe_probe.pass_visibility import visibility_warnings
     monkeypatch.setattr(compiled, "_op", None)
     monkeypatch.setattr(compiled, "_op_defined", True)
     assert not compiled.reads_compiled_code()
@@ -346,7 +346,7 @@ def test_passes_captured_in_a_cuda_graph_while_attached_are_counted_at_every_rep
     path = moe_probe.attach(model, flush_interval_s=0)
     client = Client(path)
     client.wait(lambda f: f["t"] == "hello")
-    assert wait_until(lambda: hook_count(model) > 0)
+    assert wait_until(lambda: recording(model))
     replays = 25
     with torch.no_grad():
         model(prompt)  # an eager prefill pass
@@ -384,7 +384,7 @@ def test_the_probe_reports_the_passes_it_sees_and_never_claims_the_ones_it_could
         reference = scripted(token)
     client = Client(moe_probe.attach(model, flush_interval_s=0))
     client.wait(lambda f: f["t"] == "hello")
-    assert wait_until(lambda: hook_count(model) > 0)
+    assert wait_until(lambda: recording(model))
     with torch.no_grad():
         model(prompt)  # prefill, eager: seen
         model(token)  # one decode step eagerly (the first token): seen
@@ -417,7 +417,7 @@ def test_low_precision_models_count_exactly_and_health_is_computed_in_float32(so
         plain = model(x, output_router_logits=True)
     client = Client(moe_probe.attach(model, flush_interval_s=0, health_passes_per_s=1000))
     client.wait(lambda f: f["t"] == "hello")
-    assert wait_until(lambda: hook_count(model) > 0)
+    assert wait_until(lambda: recording(model))
     with torch.no_grad():
         out = model(x, output_router_logits=True)
     frame = client.wait(lambda f: f["t"] == "counts" and f["passes"] == 1)

@@ -11,7 +11,7 @@ import msgpack
 import pytest
 import torch
 
-from test_probe_safety import Client, hook_count, socket_dir, tiny_mixtral, wait_until  # noqa: F401
+from test_probe_safety import Client, hook_count, recording, socket_dir, tiny_mixtral, wait_until  # noqa: F401
 from test_protocol_vectors import assert_matches_vectors
 
 import moe_probe  # noqa: E402  (test_probe_safety puts native-host on the path)
@@ -148,7 +148,7 @@ def test_a_generated_token_is_explained_with_its_prompt_and_what_was_generated(s
     prompt = torch.tensor([[5, 9, 33, 2, 61, 17]])
     client = Client(moe_probe.attach(model, token_passes_per_s=1000, flush_interval_s=0))
     client.wait(lambda f: f["t"] == "hello")
-    assert wait_until(lambda: hook_count(model) > 0)
+    assert wait_until(lambda: recording(model))
     with torch.no_grad():
         out = model.generate(prompt, max_new_tokens=5, do_sample=False, use_cache=True, pad_token_id=0)
     record = client.wait(lambda f: f["t"] == "tokens" and f["pass"] == 5)
@@ -175,7 +175,7 @@ def test_requests_that_cannot_be_answered_are_refused_with_a_reason(socket_dir):
     model = tiny_mixtral()
     client = Client(moe_probe.attach(model, token_passes_per_s=1000, flush_interval_s=0))
     client.wait(lambda f: f["t"] == "hello")
-    assert wait_until(lambda: hook_count(model) > 0)
+    assert wait_until(lambda: recording(model))
     with torch.no_grad():
         model(torch.randint(0, 64, (1, 8)))
     client.wait(lambda f: f["t"] == "tokens" and f["pass"] == 1)

@@ -20,6 +20,7 @@ if NATIVE_HOST not in sys.path:
     sys.path.insert(0, NATIVE_HOST)
 
 import moe_probe  # noqa: E402
+from probe_client import Client  # noqa: E402,F401  (used here and by other tests)
 from moe_probe import routers  # noqa: E402
 
 torch.set_num_threads(1)
@@ -44,55 +45,14 @@ def socket_dir(monkeypatch):
     moe_probe.detach()
 
 
-class Client:
-    """A minimal host: connects, reads frames with the reference msgpack package."""
-
-    def __init__(self, path, read=True):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.connect(path)
-        self.frames = []
-        self.buf = b""
-        self.closed = False
-        if read:
-            self.thread = threading.Thread(target=self._read, daemon=True)
-            self.thread.start()
-
-    def _read(self):
-        while True:
-            try:
-                data = self.sock.recv(1 << 16)
-            except OSError:
-                break
-            if not data:
-                break
-            self.buf += data
-            while len(self.buf) >= 4:
-                (n,) = struct.unpack("<I", self.buf[:4])
-                if len(self.buf) < 4 + n:
-                    break
-                self.frames.append(msgpack.unpackb(self.buf[4:4 + n], raw=False))
-                self.buf = self.buf[4 + n:]
-        self.closed = True
-
-    def wait(self, predicate, timeout=10):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for frame in list(self.frames):
-                if predicate(frame):
-                    return frame
-            time.sleep(0.01)
-        raise AssertionError("no matching frame; got %s" % [f.get("t") for f in self.frames])
-
-    def detach(self):
-        body = msgpack.packb({"t": "detach"})
-        self.sock.sendall(struct.pack("<I", len(body)) + body)
-
-    def close(self):
-        self.sock.close()
-
-
 def hook_count(model):
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+def recording(model):
+    """Whether the probe's recorder is fully in: the root's pass-end hook goes in last, after
+    every layer's hooks (a pass that starts while hooks are still going in is not counted)."""
+    return len(model._forward_hooks) > 0
 
 
 def probe_threads():
@@ -115,7 +75,7 @@ def test_outputs_are_bitwise_identical_with_the_probe_attached(socket_dir):
         reference = model(x).logits
     client = Client(moe_probe.attach(model, token_passes_per_s=1000, health_passes_per_s=1000))
     client.wait(lambda f: f["t"] == "hello")
-    assert wait_until(lambda: hook_count(model) > 0)
+    assert wait_until(lambda: recording(model))
     with torch.no_grad():
         for _ in range(3):
             assert torch.equal(model(x).logits, reference)
@@ -129,7 +89,7 @@ def test_health_and_token_records_match_the_routers_own_outputs(socket_dir):
     x = torch.randint(0, 64, (1, 10), generator=torch.Generator().manual_seed(2))
     client = Client(moe_probe.attach(model, token_passes_per_s=1000, health_passes_per_s=1000, flush_interval_s=0))
     client.wait(lambda f: f["t"] == "hello")
-    assert wait_until(lambda: hook_count(model) > 0)
+    assert wait_until(lambda: recording(model))
     with torch.no_grad():
         out = model(x, output_router_logits=True)
     counts = client.wait(lambda f: f["t"] == "counts" and f["passes"] == 1)
@@ -191,7 +151,7 @@ def test_a_slow_host_never_blocks_the_forward_and_drops_are_counted(socket_dir, 
     x = torch.randint(0, 64, (1, 8))
     client = Client(moe_probe.attach(model, flush_interval_s=0, token_passes_per_s=1000), read=False)
     client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    assert wait_until(lambda: hook_count(model) > 0)
+    assert wait_until(lambda: recording(model))
     passes = 400
     started = time.monotonic()
     with torch.no_grad():
@@ -240,7 +200,7 @@ def test_the_socket_is_private(socket_dir):
 
 
 def test_hello_warns_when_a_model_runs_under_torch_compile(socket_dir):
-    from moe_probe.server import visibility_warnings
+    from moe_probe.pass_visibility import visibility_warnings
     model = tiny_mixtral()
     assert visibility_warnings([model]) == []
     model.compile()  # wraps the call; nothing is compiled until the first forward
@@ -260,7 +220,7 @@ def test_token_records_carry_the_strings_of_a_live_tokenizer(socket_dir):
     x = torch.tensor([[5, 17, 42, 63]])
     client = Client(moe_probe.attach(model, token_passes_per_s=1000))
     client.wait(lambda f: f["t"] == "hello")
-    assert wait_until(lambda: hook_count(model) > 0)
+    assert wait_until(lambda: recording(model))
     with torch.no_grad():
         model(x)
     tokens = client.wait(lambda f: f["t"] == "tokens")

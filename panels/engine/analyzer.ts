@@ -4,7 +4,7 @@
  * cumulative snapshots, differences them into a recent window, and runs the
  * routing analyses of src/analysis over that window.
  */
-import type { HostMessage, JobUpdate, RankSample, TokenUpdate } from '../../src/protocol/panel';
+import type { HostMessage, JobUpdate, LossesUpdate, RankSample, TokenUpdate } from '../../src/protocol/panel';
 import { HEALTH_COLUMNS, layerOffsets, type LayerInfo, type ModelInfo } from '../../src/protocol/probe';
 import {
   coactivation, findings, layerLabel, loadStats, maxVio, resolveThresholds, smallestJudgeableWindow, unknownLayer, vocabularySpecialization,
@@ -42,6 +42,10 @@ export interface Snapshot {
   decode: number;
   dropped: number;
   droppedTokens: number;
+  /** Training: forward passes in training mode, backward passes, seconds in each layer's backward (cumulative). */
+  train: number;
+  backward: number;
+  backwardS: Float64Array | null;
   /** A distributed job's ranks, each cumulative since its attach (null for a single process). */
   ranks: RankSample[] | null;
   /** The layer of RankSample.counts. */
@@ -64,6 +68,8 @@ export interface AnalysisSettings {
    * view gets a readable stretch of text, and a large prefill pass stays a single pass.
    */
   tokenBudget?: number;
+  /** Which of the job's models to analyse (a job may hold several, e.g. of different frameworks); default: the first seen. */
+  model?: number;
   /** What the shown view needs beyond the window (panels/engine/view-data.ts). */
   views?: ViewRequests;
 }
@@ -121,6 +127,8 @@ export interface LayerRow {
   droppedTokens: number;
   /** Mean ms inside the MoE block per pass; NaN when not measured. */
   msPerPass: number;
+  /** Mean ms in the block's backward per backward pass; NaN when none was seen. */
+  backwardMsPerPass: number;
   /** Where in Analysis.window.counts this layer's experts start. */
   offset: number;
 }
@@ -137,6 +145,19 @@ export interface TimelinePoint {
   routerEntropy: number;
   /** Share of the interval's passes that were decode passes; NaN when unknown. */
   decodeShare: number;
+  /** Backward passes per second (training); NaN when the job reports none. */
+  backwardPerS: number;
+}
+
+/** One training pass's losses as the model computed them (see ProbeLosses). */
+export interface LossRow {
+  pass: number;
+  ts: number;
+  /** Per layer; NaN where the layer did not route in that pass. */
+  aux: number[];
+  z: number[];
+  modelAux: number;
+  loss: number;
 }
 
 export interface TokenRow {
@@ -193,6 +214,12 @@ export interface Analysis {
   vocabulary: { layer: number; share: number; ids: number; tokens: number; minOccurrences: number } | null;
   /** Totals of token records kept. */
   tokenPassesKept: number;
+  /** Training passes: losses per pass (most recent last) and forward/backward counts in the window; null when none was seen. */
+  training: {
+    rows: LossRow[];
+    trainPasses: number;
+    backwardPasses: number;
+  } | null;
   /** A distributed job: each rank over the window (absent for a single process). */
   ranks?: RanksAnalysis;
   /** What settings.views asked for. */
@@ -207,6 +234,9 @@ const TIMELINE_POINTS = 3600;
 /** Most timeline points an analysis carries (thinned, keeping peaks and dips): about a plot's width in pixels. */
 const TIMELINE_SENT = 1200;
 const TOKEN_PASSES = 512;
+const LOSS_ROWS = 2000;
+/** Training rows an analysis carries (the most recent); it is posted from the worker several times a second. */
+const LOSS_ROWS_SHOWN = 600;
 
 interface JobData {
   pid: number;
@@ -226,6 +256,7 @@ interface JobData {
   t0: number;
   timeline: Ring<TimelinePoint>;
   tokens: Ring<TokenRow>;
+  losses: Ring<LossRow>;
   /** Routing per time bucket and the whole session's snapshots, for the views that look back (view-data.ts). */
   buckets: BucketHistory;
   long: LongHistory;
@@ -236,7 +267,8 @@ interface JobData {
 }
 
 export class Analyzer {
-  private jobs = new Map<number, JobData>();
+  /** Per job, per model of it (a job may hold several models, e.g. a torch model beside an ONNX session). */
+  private jobs = new Map<number, Map<number, JobData>>();
   private models = new Map<number, ModelInfo[]>();
   private ranks = new Map<number, JobRanks>();
 
@@ -247,8 +279,8 @@ export class Analyzer {
     } else if (message.type === 'layers') {
       const models = (this.models.get(message.pid) ?? []).map((m) => (m.id === message.model ? { ...m, layers: message.layers } : m));
       this.models.set(message.pid, models);
-      const job = this.jobs.get(message.pid);
-      if (job && job.model === message.model && message.layers.length === job.layers) {
+      const job = this.jobs.get(message.pid)?.get(message.model);
+      if (job && message.layers.length === job.layers) {
         job.infos = layerInfos(message.layers, job.widths);
         job.topK = job.infos.map((l) => l.top_k);
         job.version++;
@@ -257,10 +289,11 @@ export class Analyzer {
       this.ingestUpdate(message);
     } else if (message.type === 'tokens') {
       this.ingestTokens(message);
+    } else if (message.type === 'losses') {
+      this.ingestLosses(message);
     } else if (message.type === 'ranks') {
       this.ranks.set(message.pid, { key: message.key, label: message.label, worldSize: message.worldSize, ranks: message.ranks });
-      const job = this.jobs.get(message.pid);
-      if (job) job.version++;
+      for (const job of this.jobs.get(message.pid)?.values() ?? []) job.version++;
     }
   }
 
@@ -270,17 +303,18 @@ export class Analyzer {
 
   /** Forget a job's history; the next snapshot becomes the new baseline. */
   clear(pid: number): void {
-    const job = this.jobs.get(pid);
-    if (!job) return;
-    job.history.clear();
-    job.timeline.clear();
-    job.tokens.clear();
-    job.buckets.clear();
-    job.long.clear();
-    job.viewCache.clear();
-    job.zero = null;
-    if (job.latest) job.history.push(job.latest);
-    job.version++;
+    for (const job of this.jobs.get(pid)?.values() ?? []) {
+      job.history.clear();
+      job.timeline.clear();
+      job.tokens.clear();
+      job.losses.clear();
+      job.buckets.clear();
+      job.long.clear();
+      job.viewCache.clear();
+      job.zero = null;
+      if (job.latest) job.history.push(job.latest);
+      job.version++;
+    }
   }
 
   forget(pid: number): void {
@@ -289,16 +323,22 @@ export class Analyzer {
     this.ranks.delete(pid);
   }
 
-  version(pid: number): number {
-    return this.jobs.get(pid)?.version ?? -1;
+  version(pid: number, model?: number): number {
+    return this.shown(pid, model)?.version ?? -1;
+  }
+
+  /** The model of a job to show: the one asked for, else the first one seen. */
+  private shown(pid: number, model?: number): JobData | undefined {
+    const models = this.jobs.get(pid);
+    if (!models) return undefined;
+    return (model !== undefined ? models.get(model) : undefined) ?? models.values().next().value;
   }
 
   private job(pid: number, model: number, widths: number[]): JobData {
-    let job = this.jobs.get(pid);
-    if (job && (job.model !== model || !sameWidths(job.widths, widths))) {
-      if (model !== job.model && job.model >= 0) return job; // one model per job shown; ignore others
-      job = undefined;
-    }
+    let models = this.jobs.get(pid);
+    if (!models) this.jobs.set(pid, (models = new Map()));
+    let job = models.get(model);
+    if (job && !sameWidths(job.widths, widths)) job = undefined;
     if (!job) {
       const info = this.models.get(pid)?.find((m) => m.id === model);
       const infos = layerInfos(info?.layers ?? [], widths);
@@ -308,10 +348,10 @@ export class Analyzer {
       job = {
         pid, model, layers: widths.length, widths: widths.slice(), offsets, total, infos, topK: infos.map((l) => l.top_k),
         history: new Ring(capacity), latest: null, zero: null, t0: NaN,
-        timeline: new Ring(TIMELINE_POINTS), tokens: new Ring(TOKEN_PASSES),
+        timeline: new Ring(TIMELINE_POINTS), tokens: new Ring(TOKEN_PASSES), losses: new Ring(LOSS_ROWS),
         buckets: new BucketHistory(total), long: new LongHistory(total), viewCache: new Map(), version: 0, rankFirstSeen: new Map(),
       };
-      this.jobs.set(pid, job);
+      models.set(model, job);
     }
     return job;
   }
@@ -319,12 +359,12 @@ export class Analyzer {
   private ingestUpdate(u: JobUpdate): void {
     if (u.widths.length !== u.layers || u.counts.length !== u.widths.reduce((x, y) => x + y, 0)) return;
     const job = this.job(u.pid, u.model, u.widths);
-    if (job.model !== u.model) return;
     const snap = toSnapshot(u);
     if (job.latest && snap.passes < job.latest.passes) {
       // The counters went backwards: a new attach. Start over.
       job.history.clear();
       job.timeline.clear();
+      job.losses.clear();
       job.buckets.clear();
       job.long.clear();
       job.viewCache.clear();
@@ -344,9 +384,21 @@ export class Analyzer {
     job.version++;
   }
 
+  private ingestLosses(m: LossesUpdate): void {
+    const job = this.jobs.get(m.pid)?.get(m.model);
+    if (!job) return;
+    const nan = (x: number | null | undefined) => (x === null || x === undefined ? NaN : x);
+    m.passes.forEach((pass, i) => {
+      job.losses.push({
+        pass, ts: m.ts, aux: (m.aux[i] ?? []).map(nan), z: (m.z[i] ?? []).map(nan), modelAux: nan(m.modelAux[i]), loss: nan(m.loss[i]),
+      });
+    });
+    job.version++;
+  }
+
   private ingestTokens(t: TokenUpdate): void {
-    const job = this.jobs.get(t.pid);
-    if (!job || job.model !== t.model) return;
+    const job = this.jobs.get(t.pid)?.get(t.model);
+    if (!job) return;
     // Parts of one pass (split by layers) merge into one row.
     let row: TokenRow | undefined;
     for (let i = job.tokens.size - 1; i >= 0 && i >= job.tokens.size - 4; i--) {
@@ -408,6 +460,7 @@ export class Analyzer {
     }
     const dPre = snap.prefill - base.prefill;
     const dDec = snap.decode - base.decode;
+    const dBackward = snap.backward - base.backward;
     job.timeline.push({
       t: snap.ts - job.t0,
       passesPerS: (snap.passes - base.passes) / dt,
@@ -416,6 +469,7 @@ export class Analyzer {
       maxVioByLayer: byLayer,
       routerEntropy: entN ? entSum / entN : NaN,
       decodeShare: dPre + dDec > 0 ? dDec / (dPre + dDec) : NaN,
+      backwardPerS: snap.train > 0 ? dBackward / dt : NaN,
     });
   }
 
@@ -436,7 +490,7 @@ export class Analyzer {
 
   analyze(pid: number, settings: Partial<AnalysisSettings> = {}): Analysis | null {
     const s: AnalysisSettings = { ...DEFAULT_SETTINGS, ...settings };
-    const job = this.jobs.get(pid);
+    const job = this.shown(pid, s.model);
     if (!job || !job.latest) return null;
     const latest = job.latest;
     const base = this.baseline(job, s) ?? latest;
@@ -466,12 +520,16 @@ export class Analyzer {
       // the entropy of logits with NaN/Inf replaced says nothing: shown as not measured
       const re = nan + inf > 0 ? NaN : routerEntropyDelta(latest, base, l, e);
       const blockS = latest.timeS && base.timeS ? latest.timeS[l]! - base.timeS[l]! : NaN;
+      // a baseline from before any training pass has no backward times: none had been spent
+      const backwardS = latest.backwardS ? latest.backwardS[l]! - (base.backwardS?.[l] ?? 0) : NaN;
+      const dBackward = latest.backward - base.backward;
       if (Number.isFinite(blockS)) blockTotal += blockS;
       const label = layerLabel(info);
       rows.push({
         layer: l, info, label, experts: e, topK: k, tokens, maxVio: st.maxVio, balancedness: st.balancedness, cv: st.cv, gini: st.gini,
         normalizedEntropy: st.normalizedEntropy, effectiveExperts: st.effectiveExperts, zeroExperts: st.zeroExperts,
         routerEntropy: re, zLoss: zLossDelta(latest, base, l), nan, inf, droppedTokens: dropped, msPerPass: dPasses > 0 ? (1000 * blockS) / dPasses : NaN,
+        backwardMsPerPass: dBackward > 0 ? (1000 * backwardS) / dBackward : NaN,
         offset: offsets[l]!,
       });
       windows.push({
@@ -538,7 +596,10 @@ export class Analyzer {
     const timelineMaxVio = new Float32Array(points.length * L);
     const timeline = points.map((p, i): TimelineSample => {
       timelineMaxVio.set(p.maxVioByLayer.subarray(0, L), i * L);
-      return { t: p.t, passesPerS: p.passesPerS, tokensPerS: p.tokensPerS, maxVio: p.maxVio, routerEntropy: p.routerEntropy, decodeShare: p.decodeShare };
+      return {
+        t: p.t, passesPerS: p.passesPerS, tokensPerS: p.tokensPerS, maxVio: p.maxVio, routerEntropy: p.routerEntropy, decodeShare: p.decodeShare,
+        backwardPerS: p.backwardPerS,
+      };
     });
 
     return {
@@ -561,6 +622,9 @@ export class Analyzer {
       coactivation: co,
       vocabulary,
       tokenPassesKept: job.tokens.size,
+      training: latest.train > 0 || job.losses.size > 0
+        ? { rows: job.losses.toArray().slice(-LOSS_ROWS_SHOWN), trainPasses: latest.train - base.train, backwardPasses: latest.backward - base.backward }
+        : null,
       ...(latest.ranks ? { ranks: this.ranksOf(job, latest, base) } : {}),
       views,
     };
@@ -617,6 +681,9 @@ function toSnapshot(u: JobUpdate): Snapshot {
     decode: u.decode ?? 0,
     dropped: u.dropped,
     droppedTokens: u.droppedTokens ?? 0,
+    train: u.train ?? 0,
+    backward: u.backward ?? 0,
+    backwardS: u.backwardS && u.backwardS.length === L ? Float64Array.from(u.backwardS) : null,
     ranks: u.ranks ?? null,
     rankLayer: u.rankLayer ?? 0,
   };
@@ -629,6 +696,7 @@ function zeroSnapshot(like: Snapshot): Snapshot {
     health: like.health ? new Float64Array(like.health.length) : null,
     timeS: like.timeS ? new Float64Array(like.timeS.length) : null,
     probeS: 0, prefill: 0, decode: 0, dropped: 0, droppedTokens: 0, ranks: null, rankLayer: like.rankLayer,
+    train: 0, backward: 0, backwardS: like.backwardS ? new Float64Array(like.backwardS.length) : null,
   };
 }
 

@@ -50,7 +50,14 @@ function invalidMessage(v: unknown): string | null {
         widths.some((w) => !Number.isInteger(w) || w < 1)) return 'an "update" needs whole layers and one whole width per layer';
       if (!isNumArray(m.counts) || m.counts.length !== widths.reduce((a, b) => a + b, 0)) return '"counts" should hold one number per expert of every layer';
       if (m.tokens !== undefined && (!isNumArray(m.tokens) || m.tokens.length !== m.layers)) return '"tokens" should hold one number per layer';
-      for (const key of ['health', 'maxLogit', 'timeS'] as const) if (m[key] !== undefined && !isNumArray(m[key])) return `"${key}" should be a list of numbers`;
+      for (const key of ['health', 'maxLogit', 'timeS', 'backwardS'] as const) if (m[key] !== undefined && !isNumArray(m[key])) return `"${key}" should be a list of numbers`;
+      return null;
+    }
+    case 'losses': {
+      // A training run's per-layer losses (NaN is written as null in JSON).
+      const rows = (v: unknown) => Array.isArray(v) && v.every((r) => Array.isArray(r) && r.every((x) => x === null || isNum(x)));
+      if (!isNum(m.pid) || !isNum(m.model) || !isNumArray(m.passes)) return 'a "losses" message needs pid, model and passes';
+      if (!rows(m.aux) || !rows(m.z) || !rows([m.modelAux]) || !rows([m.loss])) return 'a "losses" message needs aux and z rows, modelAux and loss';
       return null;
     }
     case 'layers':

@@ -6,7 +6,7 @@ import type { Analysis } from '../engine/analyzer';
 import { VIEWS, type JobState, type Store } from '../store';
 import { Coactivation } from './Coactivation';
 import { Experts } from './Experts';
-import { fmt, int } from './format';
+import { fmt, frameworkName, int } from './format';
 import { Activity3D } from './Activity3D';
 import { Flow } from './Flow';
 import { Heatmap } from './Heatmap';
@@ -19,6 +19,7 @@ import { Profiler } from './Profiler';
 import { Ranks } from './Ranks';
 import { Timeline } from './Timeline';
 import { Tokens } from './Tokens';
+import { Training } from './Training';
 
 function useStore(store: Store) {
   const [, setTick] = useState(0);
@@ -191,7 +192,7 @@ function Notices({ store }: { store: Store }) {
 }
 
 function JobView({ store, job, analysis: a }: { store: Store; job: JobState; analysis?: Analysis }) {
-  const model = job.models[0];
+  const model = job.models.find((m) => m.id === job.model) ?? job.models[0];
   const layer = Math.min(store.state.selectedLayer, Math.max(0, (model?.layers.length ?? a?.layers ?? 1) - 1));
   const info = model?.layers[layer];
   const view = store.state.view === 'ranks' && !job.ranks ? 'overview' : store.state.view;
@@ -211,6 +212,7 @@ function JobView({ store, job, analysis: a }: { store: Store; job: JobState; ana
       {view === 'timeline' && <Timeline a={a} />}
       {view === 'coactivation' && <Coactivation a={a} layer={layer} />}
       {view === 'profiler' && <Profiler a={a} />}
+      {view === 'training' && <Training a={a} />}
       {view === 'ranks' && <Ranks a={a} />}
       {view === 'experts' && <Experts store={store} a={a} layer={layer} />}
     </div>
@@ -225,9 +227,22 @@ function JobView({ store, job, analysis: a }: { store: Store; job: JobState; ana
     <div class="job" data-testid="job" data-pid={job.pid} data-status={job.status}>
       <div class="job-head">
         <span class="job-title">{model ? `${model.class}` : 'Model'} · {title}</span>
+        {job.framework && <FrameworkTag job={job} framework={model?.framework ?? job.framework} />}
         <span class="muted" title={job.attachDetail} data-testid="attach-status">{status}</span>
       </div>
       <Visibility update={model ? job.latest.get(model.id) : undefined} />
+      {job.models.length > 1 && (
+        <div class="controls">
+          <label>
+            Model{' '}
+            <select data-testid="model-select" value={model?.id} onChange={(e) => store.selectModel(Number((e.target as HTMLSelectElement).value))}>
+              {job.models.map((m) => (
+                <option value={m.id} key={m.id}>{m.class} ({frameworkName(m.framework ?? job.framework ?? '')}, {m.layers.length} MoE layers)</option>
+              ))}
+            </select>
+          </label>
+        </div>
+      )}
       <nav class="tabs" role="tablist">
         {VIEWS.filter((v) => v.id !== 'ranks' || job.ranks).map((v) => (
           <button key={v.id} role="tab" aria-selected={view === v.id} class={`tab ${view === v.id ? 'selected' : ''}`} data-testid={`tab-${v.id}`} onClick={() => store.selectView(v.id)}>
@@ -276,6 +291,17 @@ function StatusBar({ store, job, analysis: a }: { store: Store; job?: JobState; 
         <span>{job ? `pid ${job.pid}: ${job.status}` : 'Not attached'}</span>
       )}
     </footer>
+  );
+}
+
+/** The framework the shown model runs on, with its version (hover: every framework the job loaded). */
+function FrameworkTag({ job, framework }: { job: JobState; framework: string }) {
+  const version = job.frameworks?.find((f) => f.name === framework)?.version ?? (framework === job.framework ? job.frameworkVersion : undefined);
+  const loaded = job.frameworks?.map((f) => `${frameworkName(f.name)} ${f.version}`).join(', ');
+  return (
+    <span class="tag" data-testid="job-framework" data-framework={framework} title={loaded ? `Loaded in the job: ${loaded}` : undefined}>
+      {frameworkName(framework)}{version ? ` ${version}` : ''}
+    </span>
   );
 }
 

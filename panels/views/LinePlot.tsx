@@ -17,13 +17,15 @@ interface Props {
   bands?: Array<[number, number]>;
   testid?: string;
   pan?: boolean;
+  /** Label of the x axis (default: seconds). */
+  xLabel?: string;
 }
 
 function cssVar(name: string, fallback: string) {
   return getComputedStyle(document.body).getPropertyValue(name).trim() || fallback;
 }
 
-export function LinePlot({ title, lines, data, height = 180, bands, testid, pan }: Props) {
+export function LinePlot({ title, lines, data, height = 180, bands, testid, pan, xLabel = 's' }: Props) {
   const host = useRef<HTMLDivElement>(null);
   const plot = useRef<uPlot | null>(null);
   const bandsRef = useRef(bands);
@@ -44,7 +46,7 @@ export function LinePlot({ title, lines, data, height = 180, bands, testid, pan 
       cursor: { drag: { x: true, y: false, setScale: true } },
       scales: { x: { time: false } },
       axes: [
-        { stroke: text, grid: { stroke: grid }, ticks: { stroke: grid }, label: 's' },
+        { stroke: text, grid: { stroke: grid }, ticks: { stroke: grid }, label: xLabel },
         ...scales.map((s, i) => ({ scale: s, side: i === 0 ? 3 : 1, stroke: text, grid: { show: i === 0, stroke: grid }, ticks: { stroke: grid }, size: 50 })),
       ],
       series: [{}, ...lines.map((l) => ({ label: l.label, stroke: l.color, width: 1.5, scale: l.scale ?? 'y', points: { show: false } }))],
@@ -74,7 +76,7 @@ export function LinePlot({ title, lines, data, height = 180, bands, testid, pan 
       plot.current?.destroy();
       plot.current = null;
     };
-  }, [key, title, height]);
+  }, [key, title, height, xLabel]);
 
   useEffect(() => {
     const u = plot.current;

@@ -1,5 +1,6 @@
-/** The jobs sidebar: the user's torch processes, with Attach / Detach. */
+/** The jobs sidebar: the user's Python processes with an ML framework loaded, with Attach / Detach. */
 import type { Store } from '../store';
+import { frameworkName } from './format';
 import { DistributedJobs } from './DistributedJobs';
 
 export function ProcessList({ store }: { store: Store }) {
@@ -9,12 +10,12 @@ export function ProcessList({ store }: { store: Store }) {
     <aside class="process-pane" aria-label="Python processes">
       <DistributedJobs store={store} />
       <div class="sidebar-head">
-        <span>Python processes with torch</span>
+        <span>Python processes (PyTorch, JAX, TensorFlow, ONNX Runtime)</span>
         <button class="icon-button" title="Refresh the list" data-testid="refresh" disabled={connection !== 'connected'} onClick={() => store.refresh()}>
           ⟳
         </button>
       </div>
-      {all.length === 0 && <p class="empty">No Python process with torch loaded was found for your user.</p>}
+      {all.length === 0 && <p class="empty">No Python process with PyTorch, JAX, TensorFlow or ONNX Runtime loaded was found for your user.</p>}
       <ul class="process-list">
         {processes.map((p) => {
           const job = jobs.get(p.pid);
@@ -26,6 +27,9 @@ export function ProcessList({ store }: { store: Store }) {
                 <span class="pid">{p.pid}</span>
                 <span class="tags">
                   {p.python && <span class="tag">py{p.python}</span>}
+                  {(p.frameworks ?? (p.torch ? ['torch'] : [])).map((f) => (
+                    <span class="tag" data-testid="process-framework" key={f} title="Loaded in this process">{frameworkName(f)}</span>
+                  ))}
                   {p.probe && !attached && <span class="tag" title="A probe is already listening in this process">probe</span>}
                 </span>
                 {attached ? (

@@ -15,7 +15,10 @@ export function Profiler({ a }: { a: Analysis }) {
         <div class="card"><div class="card-value" data-testid="probe-share">{pct(p.probeShare)}</div><div class="muted">probe cost (probeS / block time)</div></div>
       </div>
       {!measured ? (
-        <p class="empty">The probe does not report block times for this job.</p>
+        <p class="empty" data-testid="profile-unmeasured">
+          The probe does not report block times for this job: inside a compiled JAX, TensorFlow or ONNX Runtime graph
+          one layer's time is not visible from Python (torch jobs report it).
+        </p>
       ) : (
         <table class="grid profile" data-testid="profile-table">
           <thead><tr><th>Layer</th><th>ms / pass</th><th>Share</th><th></th></tr></thead>

@@ -1,10 +1,10 @@
-/** Timeline: router entropy, imbalance and tokens/s over time; decode stretches shaded. */
+/** Timeline: router entropy, imbalance and tokens/s over time; decode stretches shaded; training jobs' backward passes apart. */
 import { useMemo } from 'preact/hooks';
 import type { Analysis } from '../engine/analyzer';
 import { LinePlot } from './LinePlot';
 
 export function Timeline({ a }: { a: Analysis }) {
-  const { data, bands, rate } = useMemo(() => {
+  const { data, bands, rate, passes, training } = useMemo(() => {
     const tl = a.timeline;
     const t = tl.map((p) => p.t);
     const bands: Array<[number, number]> = [];
@@ -21,6 +21,8 @@ export function Timeline({ a }: { a: Analysis }) {
     return {
       data: [t, tl.map((p) => p.routerEntropy), tl.map((p) => p.maxVio)] as [number[], number[], number[]],
       rate: [t, tl.map((p) => p.tokensPerS), tl.map((p) => p.passesPerS)] as [number[], number[], number[]],
+      passes: [t, tl.map((p) => p.passesPerS), tl.map((p) => p.backwardPerS)] as [number[], number[], number[]],
+      training: tl.some((p) => Number.isFinite(p.backwardPerS)),
       bands,
     };
   }, [a.timeline]);
@@ -32,6 +34,10 @@ export function Timeline({ a }: { a: Analysis }) {
         lines={[{ label: 'router entropy (normalized)', color: '#1a73e8' }, { label: 'MaxVio (mean of layers)', color: '#e37400', scale: 'vio' }]} data={data} />
       <LinePlot title="Throughput" testid="timeline-rate" pan bands={bands}
         lines={[{ label: 'tokens/s', color: '#188038' }, { label: 'passes/s', color: '#a142f4', scale: 'p' }]} data={rate} />
+      {training && (
+        <LinePlot title="Forward and backward passes (training)" testid="timeline-backward" pan bands={bands}
+          lines={[{ label: 'forward passes/s', color: '#a142f4' }, { label: 'backward passes/s', color: '#d93025' }]} data={passes} />
+      )}
     </div>
   );
 }

@@ -5,3 +5,7 @@ export const pct = (x: number, digits = 1) => (Number.isFinite(x) ? `${(100 * x)
 // time (~50 µs), and the Overview formats hundreds of numbers per render.
 const INT = new Intl.NumberFormat('en-US', { maximumFractionDigits: 0 });
 export const int = (x: number) => (Number.isFinite(x) ? INT.format(Math.round(x)) : '–');
+
+const FRAMEWORK_NAMES: Record<string, string> = { torch: 'PyTorch', jax: 'JAX', tensorflow: 'TensorFlow', onnxruntime: 'ONNX Runtime' };
+/** How the panel names a framework of the protocol ("jax" -> "JAX"); several ("torch+jax") are joined by " + ". */
+export const frameworkName = (name: string) => name.split('+').map((n) => FRAMEWORK_NAMES[n] ?? n).join(' + ');

@@ -102,8 +102,10 @@ export async function attachThroughPanel(panel, pid, timeout = 30000) {
     pid,
     failed,
   );
+  // Attached: notices may still say what the probe sees only partly (torch.compile, CUDA graphs, a JAX job re-traced).
+  if (await panel.$(`[data-testid="job"][data-pid="${pid}"][data-status="attached"]`)) return;
   const notice = await panel.$eval(failed, (el) => el.textContent).catch(() => null);
-  if (notice) throw new Error(`attach failed in the panel: ${notice}`);
+  throw new Error(`attach failed in the panel: ${notice}`);
 }
 
 /** What the panel shows for the selected layer: the passes counter and the per-expert counts. */

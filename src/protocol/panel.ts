@@ -7,7 +7,7 @@
  * UTF-8 JSON, on the host's stdin (requests) and stdout (messages). Send hello
  * first; closing stdin makes the host detach from every job and exit.
  */
-import { describeValue, EXPLAIN_BASELINES, type ExplainBaseline, type LayerInfo, type ModelInfo, type ProbeVisibility } from './probe';
+import { describeValue, EXPLAIN_BASELINES, type ExplainBaseline, type FrameworkInfo, type LayerInfo, type ModelInfo, type ProbeVisibility } from './probe';
 
 export const PANEL_PROTOCOL_VERSION = 1;
 /** Chrome disconnects a native host that sends a message over 1 MiB. */
@@ -33,7 +33,10 @@ export interface ProcessInfo {
   /** Command line, joined with spaces, truncated for display. */
   cmdline: string;
   python: string | null;
+  /** torch's libraries are loaded in the process. */
   torch: boolean;
+  /** The frameworks whose libraries the process has loaded: torch, jax, tensorflow, onnxruntime (see FRAMEWORKS). */
+  frameworks?: string[];
   /** A probe is already listening in this process (moe_probe.attach / python -m moe_probe run, or attached before). */
   probe: boolean;
   attached: boolean;
@@ -275,6 +278,12 @@ export interface JobUpdate {
   droppedTokens?: number;
   /** How the passes ran (torch.compile, CUDA graphs) and what the probe could not see; as the probe sent it. */
   visibility?: ProbeVisibility;
+  /** Passes run in training mode, cumulative. */
+  train?: number;
+  /** Backward passes seen, cumulative. */
+  backward?: number;
+  /** Seconds in each MoE layer's backward, cumulative. */
+  backwardS?: number[];
   /**
    * A distributed job's update: the counts above are the sum over its ranks (passes and tokens too,
    * so per-pass figures are per rank), and each rank's own figures are here.
@@ -282,6 +291,19 @@ export interface JobUpdate {
   ranks?: RankSample[];
   /** The layer of RankSample.counts. */
   rankLayer?: number;
+}
+
+/** Per-layer training losses of some passes (see ProbeLosses): aux and z are [passes][layers], NaN as null. */
+export interface LossesUpdate {
+  type: 'losses';
+  pid: number;
+  model: number;
+  passes: number[];
+  ts: number;
+  aux: Array<Array<number | null>>;
+  z: Array<Array<number | null>>;
+  modelAux: Array<number | null>;
+  loss: Array<number | null>;
 }
 
 /** The routing of every sampled token of one pass. */
@@ -312,6 +334,8 @@ export type HostMessage =
       python: string;
       framework: string;
       frameworkVersion: string;
+      /** Every framework the job has loaded, with its version. */
+      frameworks?: FrameworkInfo[];
       argv: string[];
       models: ModelInfo[];
       /** What the probe can see only partly (CUDA graph replays, compiled modules). */
@@ -325,6 +349,7 @@ export type HostMessage =
     }
   | JobUpdate
   | TokenUpdate
+  | LossesUpdate
   /** A model's layers as the probe now understands them (after the first calls showed how routing is read). */
   | { type: 'layers'; pid: number; model: number; layers: LayerInfo[] }
   /** Answer to a history request; long answers come in several parts, the last with done. */

@@ -7,8 +7,9 @@
  * Python tests check that the probe encodes the same values to the same bytes
  * and that the frames it really emits match the vectors' keys and types.
  *
- * Framework-neutral on purpose: nothing here is specific to torch, so probes
- * for JAX, TensorFlow or ONNX Runtime speak the same frames.
+ * Framework-neutral on purpose: nothing here is specific to torch, so the probe's backends
+ * for JAX/Flax, TensorFlow/Keras and ONNX Runtime speak the same frames (the hello says which
+ * framework reads each model).
  */
 
 export const PROBE_PROTOCOL_VERSION = 2;
@@ -95,6 +96,9 @@ export interface DistInfo {
   source: 'torch.distributed' | 'environment';
 }
 
+/** Frameworks the probe has a backend for, as they are named in hello frames. */
+export const FRAMEWORKS = ['torch', 'jax', 'tensorflow', 'onnxruntime'] as const;
+
 export interface ModelInfo {
   id: number;
   class: string;
@@ -102,6 +106,14 @@ export interface ModelInfo {
   device: string;
   dtype: string;
   layers: LayerInfo[];
+  /** The framework whose backend reads this model (see FRAMEWORKS); absent: the hello's framework. */
+  framework?: string;
+}
+
+/** A framework the job has loaded, and its version ("2.21.0", "0.10.2 (flax 0.12.8)"). */
+export interface FrameworkInfo {
+  name: string;
+  version: string;
 }
 
 export interface ProbeErrorInfo {
@@ -114,8 +126,11 @@ export interface ProbeHello {
   v: number;
   pid: number;
   mode: 'injected' | 'library';
+  /** The framework of the models, e.g. "torch", "jax"; names joined by "+" when models of several are read. */
   framework: string;
   framework_version: string;
+  /** Every framework the job has loaded (a job may load several), with its version. */
+  frameworks?: FrameworkInfo[];
   python: string;
   argv: string[];
   models: ModelInfo[];
@@ -204,6 +219,36 @@ export interface ProbeCounts {
   dropped_tokens?: number;
   /** How the passes ran: compiled, captured into CUDA graphs, replayed unseen. */
   visibility?: ProbeVisibility;
+  /** Passes (forward) run while the model was in training mode, cumulative (a subset of `passes`). */
+  train?: number;
+  /** Backward passes seen through the MoE layers, cumulative. */
+  backward?: number;
+  /** Seconds each MoE layer's backward took, cumulative (from the gradient reaching its output to its input's). */
+  backward_s?: number[];
+}
+
+/**
+ * Training losses of the MoE layers, for passes run in training mode, as the model computes them:
+ * per layer, its auxiliary load-balancing loss (the model's own function applied to that layer's
+ * router logits, e.g. transformers' load_balancing_loss_func; else the Switch Transformer loss
+ * E * sum_e f_e * P_e) and its router z-loss (mean over tokens of logsumexp(logits)^2); with the
+ * totals the model returned (its aux_loss and loss outputs). Several passes per frame.
+ */
+export interface ProbeLosses {
+  t: 'losses';
+  model: number;
+  /** The passes these rows belong to (the counts frames' pass numbers). */
+  passes: number[];
+  /** Probe wall-clock time of the last of these passes. */
+  ts: number;
+  /** float64 little-endian [passes x layers]; NaN where a layer did not route in that pass. */
+  aux: Uint8Array;
+  /** float64 little-endian [passes x layers]. */
+  z: Uint8Array;
+  /** float64 little-endian [passes]: the model's own aux_loss output; NaN when it returned none. */
+  model_aux: Uint8Array;
+  /** float64 little-endian [passes]: the model's loss output (what the optimizer minimises); NaN when none. */
+  loss: Uint8Array;
 }
 
 /** Per-token routing of one sampled pass. */
@@ -362,7 +407,7 @@ export interface ProbeRefused {
   message: string;
 }
 
-export type ProbeFrame = ProbeHello | ProbeCounts | ProbeTokens | ProbeFailure | ProbeBye | ProbeLayers | ProbeExplanation | ProbeExpertParams | ProbeRefused;
+export type ProbeFrame = ProbeHello | ProbeCounts | ProbeTokens | ProbeFailure | ProbeBye | ProbeLayers | ProbeLosses | ProbeExplanation | ProbeExpertParams | ProbeRefused;
 
 /** Baselines an explanation can start its path from. */
 export const EXPLAIN_BASELINES = ['zero', 'mean', 'token'] as const;
@@ -520,7 +565,7 @@ function parseVisibility(value: unknown): ProbeVisibility {
 
 function parseModel(value: unknown): ModelInfo {
   if (!isObj(value)) throw new ProtocolError('model should be a map');
-  return {
+  const model: ModelInfo = {
     id: field(value, 'id', isNat, 'a whole number'),
     class: field(value, 'class', isStr, 'a string'),
     model_type: field(value, 'model_type', isStr, 'a string'),
@@ -528,6 +573,17 @@ function parseModel(value: unknown): ModelInfo {
     dtype: field(value, 'dtype', isStr, 'a string'),
     layers: parseLayers(value.layers),
   };
+  const framework = optional(value, 'framework', isStr, 'a string');
+  if (framework !== undefined) model.framework = framework;
+  return model;
+}
+
+function parseFrameworks(value: unknown): FrameworkInfo[] {
+  if (!Array.isArray(value)) throw new ProtocolError('field "frameworks" should be a list');
+  return value.map((f) => {
+    if (!isObj(f)) throw new ProtocolError('a framework should be a map');
+    return { name: field(f, 'name', isStr, 'a string'), version: field(f, 'version', isStr, 'a string') };
+  });
 }
 
 /** Validate one decoded frame; throws ProtocolError saying what is wrong. */
@@ -569,6 +625,7 @@ export function parseProbeFrame(value: unknown): ProbeFrame {
           return { code: field(w, 'code', isStr, 'a string'), message: field(w, 'message', isStr, 'a string') };
         });
       }
+      if (value.frameworks !== undefined) hello.frameworks = parseFrameworks(value.frameworks);
       if (value.dist !== undefined && value.dist !== null) hello.dist = parseDist(value.dist);
       const settings = value.settings;
       if (settings !== undefined) {
@@ -611,7 +668,7 @@ export function parseProbeFrame(value: unknown): ProbeFrame {
         if (seconds.length !== layers) throw new ProtocolError(`field "${key}" has ${seconds.length} values for ${layers} layers`);
         frame[key] = seconds;
       }
-      for (const key of ['prefill', 'decode', 'dropped_tokens'] as const) {
+      for (const key of ['prefill', 'decode', 'dropped_tokens', 'train', 'backward'] as const) {
         const n = optional(value, key, isNat, 'a whole number');
         if (n !== undefined) frame[key] = n;
       }
@@ -620,7 +677,31 @@ export function parseProbeFrame(value: unknown): ProbeFrame {
       const shape = optional(value, 'shape', isNumArray, 'a list of numbers');
       if (shape) frame.shape = shape;
       if (value.visibility !== undefined && value.visibility !== null) frame.visibility = parseVisibility(value.visibility);
+      const backwardS = optional(value, 'backward_s', isNumArray, 'a list of numbers');
+      if (backwardS) {
+        if (backwardS.length !== layers) throw new ProtocolError(`field "backward_s" has ${backwardS.length} values for ${layers} layers`);
+        frame.backward_s = backwardS;
+      }
       return frame;
+    }
+    case 'losses': {
+      const passes = field(value, 'passes', isNatArray, 'a list of whole numbers');
+      const aux = field(value, 'aux', isBytes, 'binary data');
+      const rows = passes.length;
+      if (!rows || aux.byteLength % (rows * 8) !== 0) {
+        throw new ProtocolError(`field "aux" holds ${aux.byteLength} bytes, not a float64 row per pass for ${rows} passes`);
+      }
+      const width = aux.byteLength / (rows * 8);
+      const z = sizedBytes(value, 'z', rows * width * 8);
+      if (!z) throw new ProtocolError('field "z" should be binary data');
+      const modelAux = sizedBytes(value, 'model_aux', rows * 8);
+      if (!modelAux) throw new ProtocolError('field "model_aux" should be binary data');
+      const loss = sizedBytes(value, 'loss', rows * 8);
+      if (!loss) throw new ProtocolError('field "loss" should be binary data');
+      return {
+        t, model: field(value, 'model', isNat, 'a whole number'), passes, ts: field(value, 'ts', isNum, 'a number'),
+        aux, z, model_aux: modelAux, loss,
+      };
     }
     case 'tokens': {
       const phase = value.phase;

@@ -51,7 +51,7 @@ function readLog(log: string): { ready?: Record<string, unknown>; passes: PassRe
       continue; // the line being written right now
     }
     if (value.ready) out.ready = value;
-    else out.passes.push(value as unknown as PassRecord);
+    else if ('pass' in value) out.passes.push(value as unknown as PassRecord);
   }
   return out;
 }
@@ -89,6 +89,16 @@ export async function startDemoJob(args: string[] = [], minPasses = 8, opts: { p
 export async function startMixedJob(args: string[] = [], minPasses = 8): Promise<Job> {
   const log = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'moe-mixed-job-')), 'job.jsonl');
   return startLoggingJob(pythonPath(), [path.join(ROOT, 'test/jobs/mixed_moe_job.py'), '--log', log, ...args], log, minPasses);
+}
+
+/**
+ * Start one of test/jobs/*_moe_job.py of another framework (onnx_moe_job.py, jax_moe_job.py,
+ * keras_moe_job.py, trainer_moe_job.py): a real process that never imports the probe and logs
+ * its own routing per pass (or per training step), as the tiny torch job does.
+ */
+export async function startFrameworkJob(script: string, args: string[] = [], minPasses = 8, env: NodeJS.ProcessEnv = {}): Promise<Job> {
+  const log = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'moe-framework-job-')), 'job.jsonl');
+  return startLoggingJob(pythonPath(), [path.join(ROOT, 'test/jobs', script), '--log', log, ...args], log, minPasses, { TF_CPP_MIN_LOG_LEVEL: '2', ...env });
 }
 
 /** Spawn a job that appends one JSON line per pass to `log`, and wait (90 s unless told) until it has logged `minPasses`. */

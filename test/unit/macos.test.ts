@@ -309,14 +309,14 @@ describe('listTorchProcesses on macOS (captured ps and lsof output)', () => {
     const { run } = fakeRunner();
     const list = listTorchProcesses(new Set([BREW]), '/proc', { platform: 'darwin', run });
     expect(list).toEqual([
-      { pid: LIVE, cmdline: 'python3.12 -m http.server 8000', python: '3.12', torch: false, probe: true, attached: false },
-      { pid: CONDA, cmdline: '/Users/ana/miniconda3/envs/moe/bin/python train_moe.py --experts 8 --top-k 2', python: '3.11', torch: true, probe: false, attached: false },
+      { pid: LIVE, cmdline: 'python3.12 -m http.server 8000', python: '3.12', torch: false, frameworks: [], probe: true, attached: false },
+      { pid: CONDA, cmdline: '/Users/ana/miniconda3/envs/moe/bin/python train_moe.py --experts 8 --top-k 2', python: '3.11', torch: true, frameworks: ['torch'], probe: false, attached: false },
       {
         pid: BREW,
         cmdline: '/Users/ana/My Projects/moe serve/.venv/bin/python -m moe_serve --prompt Why is the sky blue? --max-new-tokens 64',
-        python: '3.12', torch: true, probe: false, attached: true,
+        python: '3.12', torch: true, frameworks: ['torch'], probe: false, attached: true,
       },
-      { pid: RENAMED, cmdline: 'VLLM::EngineCore', python: '3.11', torch: true, probe: false, attached: false },
+      { pid: RENAMED, cmdline: 'VLLM::EngineCore', python: '3.11', torch: true, frameworks: ['torch'], probe: false, attached: false },
     ].sort((a, b) => a.pid - b.pid));
   });
 

@@ -213,3 +213,45 @@ describe('Analyzer with layers of different widths', () => {
     expect(r.rows[0]!.label).toBe('layer 0'); // no description for this shape: named by index
   });
 });
+
+describe('Analyzer: several models in one job, and training passes', () => {
+  const perPass = [8, 8, 8, 8, 16, 10, 6, 0];
+
+  it('keeps each model of a job apart (a torch model beside an ONNX Runtime session) and shows the one asked for', () => {
+    const a = new Analyzer();
+    const two = [models[0]!, { ...models[0]!, id: 1, class: 'InferenceSession', framework: 'onnxruntime', layers: [layerInfo(0, 8, 2)] }];
+    a.ingest({ ...attached, framework: 'torch+onnxruntime', models: two } as HostMessage);
+    for (let p = 1; p <= 10; p++) {
+      a.ingest(update(p, perPass));
+      a.ingest({ type: 'update', pid: 7, model: 1, passes: p, layers: 1, widths: [8], counts: [1, 2, 3, 4, 5, 6, 7, 0].map((c) => c * p), tokens: [14 * p], ts: 1000 + p * 0.25, dropped: 0 });
+    }
+    const first = a.analyze(7, { windowMode: 'all' })!;
+    expect(first.model).toBe(0);
+    expect(Array.from(first.window.counts)).toEqual(perPass.map((c) => c * 10));
+    const session = a.analyze(7, { windowMode: 'all', model: 1 })!;
+    expect(session.model).toBe(1);
+    expect(session.widths).toEqual([8]);
+    expect(Array.from(session.window.counts)).toEqual([10, 20, 30, 40, 50, 60, 70, 0]);
+    expect(session.findings.map((f) => [f.kind, f.layer, f.experts])).toEqual([]); // 140 tokens: not judged
+    expect(a.analyze(7, { windowMode: 'all', model: 5 })!.model).toBe(0); // unknown model: the first one
+  });
+
+  it('carries training passes: losses per pass as sent, forward and backward passes counted apart, backward ms per layer', () => {
+    const a = new Analyzer();
+    a.ingest(attached);
+    expect((a.ingest(update(1, perPass)), a.analyze(7, { windowMode: 'all' })!.training)).toBeNull();
+    for (let p = 2; p <= 9; p++) a.ingest(update(p, perPass, { train: p - 1, backward: p - 2, backwardS: [0.002 * (p - 2), 0.004 * (p - 2)] }));
+    a.ingest({ type: 'losses', pid: 7, model: 0, passes: [2, 3], ts: 1000.75, aux: [[2.01, 2.25], [2.5, null]], z: [[0.5, 0.75], [0.625, 0.375]], modelAux: [2.13, null], loss: [5.5, 5.25] });
+    const r = a.analyze(7, { windowMode: 'all' })!;
+    expect(r.training!.trainPasses).toBe(8);
+    expect(r.training!.backwardPasses).toBe(7);
+    expect(r.training!.rows).toEqual([
+      { pass: 2, ts: 1000.75, aux: [2.01, 2.25], z: [0.5, 0.75], modelAux: 2.13, loss: 5.5 },
+      { pass: 3, ts: 1000.75, aux: [2.5, NaN], z: [0.625, 0.375], modelAux: NaN, loss: 5.25 },
+    ]);
+    expect(r.rows.map((row) => row.backwardMsPerPass)).toEqual([2, 4].map((ms) => expect.closeTo(ms, 9)));
+    expect(r.timeline.at(-1)!.backwardPerS).toBeCloseTo(4, 6); // one backward pass per 0.25 s
+    a.clear(7);
+    expect(a.analyze(7, { windowMode: 'all' })!.training!.rows).toEqual([]);
+  });
+});

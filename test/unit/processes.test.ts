@@ -2,7 +2,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { hasTorch, imagesFromMaps, isPython, listTorchProcesses, pythonVersionFrom, readProcessFacts } from '../../native-host/src/processes';
+import { frameworksLoaded, hasTorch, imagesFromMaps, isPython, listTorchProcesses, pythonVersionFrom, readProcessFacts } from '../../native-host/src/processes';
 
 // Captured-style /proc/PID/maps text (addresses shortened where it does not matter).
 const MAPS_LIBPYTHON = `
@@ -106,6 +106,23 @@ describe('pythonVersionFrom / isPython / hasTorch', () => {
     expect(hasTorch(['/x/torch/lib/libc10.so'])).toBe(false);
     expect(hasTorch([])).toBe(false);
   });
+
+  it('names every framework a process has loaded, from the libraries each one maps', () => {
+    // Paths as /proc/PID/maps lists them for jaxlib 0.10, TensorFlow 2.21 and ONNX Runtime 1.30 (pip wheels).
+    const sp = '/home/ana/.venv/lib/python3.11/site-packages';
+    const jax = [`${sp}/jaxlib/_jax.so`, `${sp}/jaxlib/libjax_common.so`, `${sp}/jaxlib/mlir/_mlir_libs/_mlir.so`];
+    const tf = [`${sp}/tensorflow/libtensorflow_framework.so.2`, `${sp}/tensorflow/libtensorflow_cc.so.2`, `${sp}/tensorflow/python/_pywrap_tensorflow_internal.so`];
+    const ort = [`${sp}/onnxruntime/capi/onnxruntime_pybind11_state.cpython-311-x86_64-linux-gnu.so`, `${sp}/onnxruntime/capi/libonnxruntime_providers_shared.so`];
+    expect(frameworksLoaded(jax)).toEqual(['jax']);
+    expect(frameworksLoaded(tf)).toEqual(['tensorflow']);
+    expect(frameworksLoaded(ort)).toEqual(['onnxruntime']);
+    expect(frameworksLoaded(['/opt/jaxlib-0.4.30/jaxlib/xla_extension.so'])).toEqual(['jax']);
+    // A TensorFlow job imports jax too (tf.lite does when jax is installed): both are named, in one order.
+    expect(frameworksLoaded([...ort, ...tf, ...jax, '/x/torch/lib/libtorch_cpu.so'])).toEqual(['torch', 'jax', 'tensorflow', 'onnxruntime']);
+    // Look-alikes: the onnx package alone (no runtime), tensorboard, numpy.
+    expect(frameworksLoaded([`${sp}/onnx/onnx_cpp2py_export.cpython-311-x86_64-linux-gnu.so`, `${sp}/tensorboard/_x.so`, `${sp}/numpy/_core/_multiarray_umath.cpython-311-x86_64-linux-gnu.so`])).toEqual([]);
+    expect(frameworksLoaded(imagesFromMaps(MAPS_STATIC_312_TORCH))).toEqual(['torch']);
+  });
 });
 
 describe('listTorchProcesses on a fake /proc', () => {
@@ -148,6 +165,9 @@ describe('listTorchProcesses on a fake /proc', () => {
     fakeProcess(140, { cmdline: ['/usr/bin/python3.12', 'x.py'], exe: '/usr/bin/python3.12' }); // maps unreadable: no torch known
     fakeProcess(150, { exe: '/usr/bin/python3.12', maps: MAPS_STATIC_312_TORCH }); // vanished: no cmdline
     fakeProcess(160, { cmdline: ['/usr/bin/python3.12', 'no-exe-link.py'], maps: MAPS_STATIC_312_TORCH }); // exe from cmdline[0]
+    // No torch, but ONNX Runtime: listed too, named by its framework.
+    const ortLine = '7f3a20000000-7f3a20100000 r-xp 00000000 fd:01 77 /srv/venv/lib/python3.11/site-packages/onnxruntime/capi/onnxruntime_pybind11_state.cpython-311-x86_64-linux-gnu.so\n';
+    fakeProcess(170, { cmdline: ['python3', 'serve_onnx.py'], exe: '/usr/bin/python3.11', maps: MAPS_LIBPYTHON + ortLine });
     fakeProcess(process.pid, { cmdline: ['python3.12'], exe: '/usr/bin/python3.12', maps: MAPS_STATIC_312_TORCH }); // the host itself
     fakeProcess('self', { cmdline: ['python3.12'], exe: '/usr/bin/python3.12', maps: MAPS_STATIC_312_TORCH });
     fs.mkdirSync(path.join(proc, 'sys'));
@@ -158,12 +178,13 @@ describe('listTorchProcesses on a fake /proc', () => {
     fs.writeFileSync(path.join(sockets, 'unrelated.txt'), '');
 
     const list = listTorchProcesses(new Set([300]), proc);
-    expect(list.map((p) => p.pid)).toEqual([160, 300, live].sort((a, b) => a - b));
+    expect(list.map((p) => p.pid)).toEqual([160, 170, 300, live].sort((a, b) => a - b));
     const byPid = new Map(list.map((p) => [p.pid, p]));
     expect(byPid.get(300)).toEqual({
-      pid: 300, cmdline: '/home/ana/proj/.venv/bin/python train.py --moe', python: '3.12', torch: true, probe: false, attached: true,
+      pid: 300, cmdline: '/home/ana/proj/.venv/bin/python train.py --moe', python: '3.12', torch: true, frameworks: ['torch'], probe: false, attached: true,
     });
-    expect(byPid.get(live)).toEqual({ pid: live, cmdline: 'python3 notebook.py', python: '3.11', torch: false, probe: true, attached: false });
+    expect(byPid.get(live)).toEqual({ pid: live, cmdline: 'python3 notebook.py', python: '3.11', torch: false, frameworks: [], probe: true, attached: false });
+    expect(byPid.get(170)).toMatchObject({ python: '3.11', torch: false, frameworks: ['onnxruntime'] });
     expect(byPid.get(160)).toMatchObject({ python: '3.12', torch: true, attached: false });
     // Stale probe files of dead processes are cleaned up; others are left alone.
     expect(fs.readdirSync(sockets).sort()).toEqual([`probe-${live}.sock`, 'unrelated.txt']);

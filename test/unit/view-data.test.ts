@@ -112,7 +112,7 @@ describe('view data', () => {
 
 describe('LongHistory', () => {
   const snap = (ts: number, passes: number): Snapshot => ({
-    ts, passes, counts: new Float64Array(1), tokens: null, health: null, timeS: null, probeS: 0, prefill: 0, decode: 0, dropped: 0, droppedTokens: 0, ranks: null, rankLayer: 0,
+    ts, passes, counts: new Float64Array(1), tokens: null, health: null, timeS: null, probeS: 0, prefill: 0, decode: 0, dropped: 0, droppedTokens: 0, ranks: null, rankLayer: 0, train: 0, backward: 0, backwardS: null,
   });
   it('reaches back to the first snapshot, thinning evenly as it fills', () => {
     const h = new LongHistory(1024 * 1024); // 8 MiB per snapshot: the 16-snapshot minimum
