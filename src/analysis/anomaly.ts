@@ -31,11 +31,13 @@
  * and it returns the findings it completes. Cost per snapshot is O(1) except at a block's end,
  * O(sum of widths). Used by the host (live and stored with the session) and the command line.
  */
+import type { AnomalyFinding, AnomalyMetric } from '../protocol/panel';
 import { HEALTH_COLUMNS } from '../protocol/probe';
-import { jsDivergence, shareChanges, type ShareChange } from './divergence';
+import { jsDivergence, shareChanges } from './divergence';
 
-export const ANOMALY_METRICS = ['routing', 'router_entropy', 'z_loss', 'nan_inf', 'time'] as const;
-export type AnomalyMetric = (typeof ANOMALY_METRICS)[number];
+export { ANOMALY_METRICS, type AnomalyMetric } from '../protocol/panel';
+/** A finding (the protocol's AnomalyFinding). */
+export type Anomaly = AnomalyFinding;
 
 export interface AnomalySettings {
   blockSeconds: number;
@@ -92,26 +94,6 @@ export interface CumulativeSnapshot {
   health: ArrayLike<number> | null;
   /** Seconds inside each MoE block; null when not measured. */
   timeS: ArrayLike<number> | null;
-}
-
-export interface Anomaly {
-  metric: AnomalyMetric;
-  layer: number;
-  label: string;
-  /** When the change began (start of the first block in which it shows), probe clock, s since the epoch. */
-  ts: number;
-  /** When it was detected (end of the block that crossed the threshold). */
-  detectedTs: number;
-  /** The quantity after the change: JS divergence (bits) for routing, NaN/Inf logits seen for nan_inf, else the new mean. */
-  value: number;
-  /** The reference: 0 for routing and nan_inf, else the reference median. */
-  reference: number;
-  /** The reference's time span (probe clock). */
-  referenceFrom: number;
-  referenceTo: number;
-  /** Routing: the experts whose share changed most. */
-  experts?: ShareChange[];
-  message: string;
 }
 
 const HC = HEALTH_COLUMNS.length;
