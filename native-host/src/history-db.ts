@@ -624,3 +624,66 @@ function tokenMessage(pid: number, model: number, data: Uint8Array): TokenUpdate
 export function attachedModels(message: HostMessage): ModelInfo[] {
   return message.type === 'attached' ? message.models : [];
 }
+
+/** A panel update as the writer stores it. */
+export function storedFromUpdate(u: JobUpdate): StoredCounts {
+  const f64 = (a: number[] | undefined) => (a ? Float64Array.from(a) : null);
+  return {
+    model: u.model, ts: u.ts, passes: u.passes, widths: u.widths, dropped: u.dropped,
+    values: { counts: Float64Array.from(u.counts), tokens: f64(u.tokens), health: f64(u.health), maxLogit: f64(u.maxLogit), timeS: f64(u.timeS) },
+    ...(u.probeS !== undefined ? { probeS: u.probeS } : {}), ...(u.prefill !== undefined ? { prefill: u.prefill } : {}),
+    ...(u.decode !== undefined ? { decode: u.decode } : {}), ...(u.shape ? { shape: u.shape } : {}),
+    ...(u.droppedTokens !== undefined ? { droppedTokens: u.droppedTokens } : {}),
+  };
+}
+
+/** A panel token update in the probe's binary form (what addTokens stores). */
+export function probeTokensFromUpdate(t: TokenUpdate): ProbeTokens {
+  const bytes = (a: ArrayLike<number>, T: Int32ArrayConstructor | Float32ArrayConstructor) => new Uint8Array(T.from(a).buffer);
+  const k = t.layers[0]?.k ?? 0;
+  return {
+    t: 'tokens', model: t.model, pass: t.pass, phase: t.phase, n: Math.max(0, ...t.layers.map((l) => l.n)), k,
+    token_ids: t.tokenIds ? bytes(t.tokenIds, Int32Array) : null, texts: t.texts,
+    layers: t.layers.map((l) => ({ layer: l.layer, n: l.n, k: l.k, ids: bytes(l.ids, Int32Array), weights: l.weights ? bytes(l.weights, Float32Array) : null })),
+  };
+}
+
+/**
+ * Store the messages of a recording (already parsed and checked, panels/engine/recording.ts) as a
+ * new session named after its file. Token records carry no time of their own: each gets the time
+ * of the update before it. Returns the session id.
+ */
+export function importMessages(db: HistoryDatabase, name: string, header: { pid: number; started: number }, messages: HostMessage[]): number {
+  let attachedMsg = messages.find((m): m is Extract<HostMessage, { type: 'attached' }> => m.type === 'attached');
+  if (!attachedMsg) {
+    // a recording without its attach message: describe the model from its first update
+    const u = messages.find((m): m is JobUpdate => m.type === 'update')!;
+    attachedMsg = {
+      type: 'attached', pid: header.pid, method: 'socket', ms: 0, python: '', framework: '', frameworkVersion: '', argv: [],
+      models: [{ id: u.model, class: 'Recorded model', model_type: '', device: '', dtype: '', layers: u.widths.map((w, i) => ({
+        index: i, name: `layer ${i}`, arch: '', experts: w, top_k: 1, model_index: i, stack: '', kind: 'mlp', design: 'top-k',
+        source: 'router', token_source: 'router', identity_experts: 0, shared_experts: 0, gating: '',
+      })) }],
+    };
+  }
+  return db.transaction(() => {
+    const id = db.startSession({ pid: header.pid, source: 'import', name, started: header.started, attached: attachedMsg! });
+    let ts = NaN;
+    let lastTs = NaN;
+    for (const m of messages) {
+      if (m.type === 'update') {
+        db.addCounts(id, storedFromUpdate(m));
+        ts = m.ts;
+        lastTs = m.ts;
+      } else if (m.type === 'tokens') {
+        db.addTokens(id, Number.isFinite(ts) ? ts : 0, probeTokensFromUpdate(m));
+      } else if (m.type === 'layers') {
+        db.setLayers(id, m.model, m.layers);
+      } else if (m.type === 'anomaly') {
+        db.addAnomaly(id, m.model, m.anomaly);
+      }
+    }
+    db.endSession(id, Number.isFinite(lastTs) ? lastTs * 1000 : header.started);
+    return id;
+  });
+}

@@ -10,6 +10,9 @@ import { MAX_HOST_MESSAGE_BYTES, PANEL_PROTOCOL_VERSION, type AttachAttempt, typ
 import { HEALTH_COLUMNS, countsToNumbers, float32s, float64s, int32s, layerOffsets, type ModelInfo, type ProbeCounts, type ProbeFrame, type ProbeHello, type ProbeTokens } from '../../src/protocol/probe';
 import { AttachError, HINTS } from './attach-errors';
 import { DEFAULT_HISTORY_BYTES, History } from './history';
+import { HistoryRequests, type HistoryOff } from './history-requests';
+import type { HistoryService } from './history-service';
+import { JobObserver } from './job-observer';
 import { attachMethods, type InjectMethod, injectProbe, preflight, waitForProbe } from './inject';
 import { probeSocketPath, socketDir } from './paths';
 import { ProbeClient } from './probe-client';
@@ -32,6 +35,11 @@ export interface HostOptions {
    * and token records dropped (and counted) rather than queued without bound.
    */
   congested?: () => boolean;
+  /** The persistent history (a database thread); absent: no history, and historyOff says why. */
+  history?: HistoryService;
+  historyOff?: HistoryOff;
+  /** Run the online change detection on every attached job (default true). */
+  detectAnomalies?: boolean;
 }
 
 interface Job {
@@ -45,6 +53,8 @@ interface Job {
   detaching: boolean;
   /** Reached over TCP: its pid is on another machine, so no local process checks. */
   remote: boolean;
+  /** Writes the job to the history database and watches it for anomalies. */
+  observer: JobObserver;
 }
 
 export class Host {
@@ -55,6 +65,7 @@ export class Host {
   private stats: NodeJS.Timeout;
   private readonly dir: string;
   readonly history: History;
+  private readonly historyRequests: HistoryRequests;
   droppedToPanel = 0;
 
   constructor(
@@ -63,6 +74,7 @@ export class Host {
   ) {
     this.dir = opts.socketDir ?? socketDir();
     this.history = new History(opts.historyBytes ?? DEFAULT_HISTORY_BYTES);
+    this.historyRequests = new HistoryRequests(opts.history, opts.historyOff ?? { path: '', reason: 'History is off for this host.' }, send, MESSAGE_BUDGET);
     this.timer = setInterval(() => this.flushUpdates(), 1000 / (opts.updateHz ?? 30));
     // A job killed hard may leave its socket open for a moment; poll so the panel hears within a second.
     this.watchdog = setInterval(() => this.checkJobsAlive(), 250);
@@ -78,6 +90,7 @@ export class Host {
     this.send({
       type: 'host-stats', rssBytes: process.memoryUsage.rss(), historyBytes: this.history.used,
       historyCapBytes: this.history.capBytes, historyEvicted: this.history.evicted, droppedToPanel: this.droppedToPanel,
+      ...(this.opts.history?.enabled ? { database: this.opts.history.stats } : {}),
     });
   }
 
@@ -105,7 +118,15 @@ export class Host {
         for (const entry of found) for (const part of splitTokenUpdate(tokenUpdate(request.pid, entry.frame), MESSAGE_BUDGET)) this.send(part);
         return;
       }
+      case 'sessions':
+      case 'session-open':
+      case 'session-delete':
+      case 'session-import':
+        return this.historyRequests.handle(request);
       case 'configure':
+        if (request.dbMaxMB !== undefined || request.dbMaxDays !== undefined) {
+          this.opts.history?.setRetention(request.dbMaxMB !== undefined ? request.dbMaxMB * 1024 * 1024 : undefined, request.dbMaxDays);
+        }
         if (request.historyMB !== undefined) this.history.setCap(request.historyMB * 1024 * 1024);
         if (request.updateHz !== undefined) {
           clearInterval(this.timer);
@@ -209,15 +230,17 @@ export class Host {
   }
 
   private adopt(pid: number, client: ProbeClient, hello: ProbeHello, method: AttachMethod, started: number, attempts?: AttachAttempt[]) {
-    const job: Job = { pid, client, method, models: hello.models, pending: new Map(), coalesced: 0, detaching: false, remote: method === 'tcp' };
-    this.jobs.set(pid, job);
-    client.onFrame((frame) => this.onFrame(job, frame));
-    client.on('close', (err) => void this.onClose(job, err));
-    this.send({
+    const attached: Extract<HostMessage, { type: 'attached' }> = {
       type: 'attached', pid, method, ms: Math.round(performance.now() - started),
       python: hello.python, framework: hello.framework, frameworkVersion: hello.framework_version,
       argv: hello.argv, models: hello.models, warnings: hello.warnings ?? [], ...(attempts ? { attempts } : {}),
-    });
+    };
+    const observer = new JobObserver(pid, hello.models, this.send, this.opts.history, attached, this.opts.detectAnomalies ?? true);
+    const job: Job = { pid, client, method, models: hello.models, pending: new Map(), coalesced: 0, detaching: false, remote: method === 'tcp', observer };
+    this.jobs.set(pid, job);
+    client.onFrame((frame) => this.onFrame(job, frame));
+    client.on('close', (err) => void this.onClose(job, err));
+    this.send(attached);
   }
 
   async detach(pid: number): Promise<void> {
@@ -247,10 +270,12 @@ export class Host {
   private onFrame(job: Job, frame: ProbeFrame) {
     if (frame.t === 'counts') {
       this.history.addCounts(job.pid, frame);
+      job.observer.counts(frame);
       if (job.pending.has(frame.model)) job.coalesced += 1;
       job.pending.set(frame.model, frame);
     } else if (frame.t === 'tokens') {
       this.history.addTokens(job.pid, Date.now() / 1000, frame);
+      job.observer.tokens(frame);
       if (this.congested()) {
         this.droppedToPanel += 1;
         return;
@@ -258,6 +283,7 @@ export class Host {
       for (const part of splitTokenUpdate(tokenUpdate(job.pid, frame), MESSAGE_BUDGET)) this.send(part);
     } else if (frame.t === 'layers') {
       job.models = job.models.map((m) => (m.id === frame.model ? { ...m, layers: frame.layers } : m));
+      job.observer.layers(frame.model, frame.layers);
       this.send({ type: 'layers', pid: job.pid, model: frame.model, layers: frame.layers });
     } else if (frame.t === 'error') {
       this.send({ type: 'error', pid: job.pid, code: 'probe_failed', message: `The probe stopped itself: ${frame.message}` });
@@ -268,6 +294,7 @@ export class Host {
     if (this.jobs.get(job.pid) !== job) return;
     this.flushJob(job); // the final counts sent before goodbye
     this.jobs.delete(job.pid);
+    job.observer.end();
     // A dying job closes its sockets a moment before it is gone from the process table.
     if (!job.detaching && !job.remote) await waitForExit(job.pid, 300);
     if (job.detaching) {
