@@ -7,6 +7,7 @@ import { Store, type AnalyzerPort, type UserSettings } from './store';
 import { App } from './views/App';
 import 'uplot/dist/uPlot.min.css';
 import './panel.css';
+import './long-run.css';
 
 // Follow DevTools' theme, now and when the user switches it (Settings > Preferences > Theme).
 const applyTheme = (name: string | undefined) => {

@@ -113,6 +113,7 @@ CREATE TABLE sessions (
   model_class TEXT NOT NULL DEFAULT '',
   model_type TEXT NOT NULL DEFAULT '',
   layers INTEGER NOT NULL DEFAULT 0,
+  experts INTEGER NOT NULL DEFAULT 0,
   started REAL NOT NULL,
   ended REAL,
   host_pid INTEGER,
@@ -305,8 +306,9 @@ export class HistoryDatabase {
   startSession(s: { pid: number; source: 'attach' | 'import'; name: string; started: number; attached: Extract<HostMessage, { type: 'attached' }> }): number {
     const model = s.attached.models[0];
     const res = this.db.run(
-      'INSERT INTO sessions (pid, source, name, model_class, model_type, layers, started, host_pid, attached) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)',
-      [s.pid, s.source, s.name, model?.class ?? '', model?.model_type ?? '', model?.layers.length ?? 0, s.started, s.source === 'attach' ? process.pid : null, JSON.stringify(s.attached)],
+      'INSERT INTO sessions (pid, source, name, model_class, model_type, layers, experts, started, host_pid, attached) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
+      [s.pid, s.source, s.name, model?.class ?? '', model?.model_type ?? '', model?.layers.length ?? 0, model?.layers.reduce((a, l) => a + l.experts, 0) ?? 0,
+        s.started, s.source === 'attach' ? process.pid : null, JSON.stringify(s.attached)],
     );
     const id = Number(res.lastInsertRowid);
     for (const m of s.attached.models) this.setModel(id, m.id, m.layers.map((l) => l.experts), m.layers);
@@ -581,7 +583,7 @@ const finite = (x: number, fallback: number) => (Number.isFinite(x) ? x : fallba
 function sessionInfo(r: Record<string, unknown>): SessionInfo {
   return {
     id: r.id as number, pid: r.pid as number, source: r.source as 'attach' | 'import', name: r.name as string,
-    modelClass: r.model_class as string, modelType: r.model_type as string, layers: r.layers as number,
+    modelClass: r.model_class as string, modelType: r.model_type as string, layers: r.layers as number, experts: r.experts as number,
     started: r.started as number, ended: (r.ended as number | null) ?? null,
     firstTs: (r.first_ts as number | null) ?? null, lastTs: (r.last_ts as number | null) ?? null,
     passes: r.passes as number, snapshots: r.snapshots as number, tokenPasses: r.token_passes as number,

@@ -11,6 +11,7 @@ import {
   type Finding, type LayerWindow, type Thresholds,
 } from '../../src/analysis';
 import { Ring } from './ring';
+import { compareRanges, planRange, resolveRange, type ComparisonResult, type JobSnapshots, type PlanResult, type RangeSpec } from './long-run';
 
 const HC = HEALTH_COLUMNS.length;
 const H_TOKENS = HEALTH_COLUMNS.indexOf('logit_tokens');
@@ -185,6 +186,11 @@ export interface Analysis {
 
 /** Snapshot memory budget per job (bytes of counts); bounds the ring's capacity. */
 const SNAPSHOT_BUDGET = 64 * 1024 * 1024;
+
+/** Snapshots kept per job for a model with `totalExperts` (the sum of its layers' widths). */
+export function snapshotCapacity(totalExperts: number): number {
+  return Math.max(32, Math.min(3000, Math.floor(SNAPSHOT_BUDGET / Math.max(1, totalExperts * 8))));
+}
 /** Snapshots closer together than this are thinned (the newest is always kept). */
 const MIN_SPACING_S = 0.2;
 const TIMELINE_POINTS = 3600;
@@ -271,7 +277,7 @@ export class Analyzer {
       const infos = layerInfos(info?.layers ?? [], widths);
       const offsets = layerOffsets(widths);
       const total = widths.reduce((x, y) => x + y, 0);
-      const capacity = Math.max(32, Math.min(3000, Math.floor(SNAPSHOT_BUDGET / Math.max(1, total * 8))));
+      const capacity = snapshotCapacity(total);
       job = {
         pid, model, layers: widths.length, widths: widths.slice(), offsets, total, infos, topK: infos.map((l) => l.top_k),
         history: new Ring(capacity), latest: null, zero: null, t0: NaN,
@@ -392,6 +398,35 @@ export class Analyzer {
       }
     }
     return oldest;
+  }
+
+  /** What the long-run views read of a job (panels/engine/long-run.ts); null before its first snapshot. */
+  private snapshotsOf(pid: number, settings: Partial<AnalysisSettings>): JobSnapshots | null {
+    const job = this.jobs.get(pid);
+    if (!job || !job.latest) return null;
+    const snapshots = job.history.toArray();
+    if (snapshots[snapshots.length - 1] !== job.latest) snapshots.push(job.latest);
+    return {
+      pid, widths: job.widths, offsets: job.offsets, infos: job.infos, topK: job.topK, snapshots,
+      zero: job.history.evicted === 0 ? job.zero : null, t0: job.t0, tokens: job.tokens.toArray(),
+      windowBase: this.baseline(job, { ...DEFAULT_SETTINGS, ...settings }) ?? job.latest,
+    };
+  }
+
+  /** Two jobs' routing (or two ranges of one) side by side; null while either has no snapshot. */
+  compare(a: { pid: number; range: RangeSpec }, b: { pid: number; range: RangeSpec }, settings: Partial<AnalysisSettings> = {}): ComparisonResult | null {
+    const ja = this.snapshotsOf(a.pid, settings);
+    const jb = this.snapshotsOf(b.pid, settings);
+    const ra = ja && resolveRange(ja, a.range);
+    const rb = jb && resolveRange(jb, b.range);
+    return ra && rb ? compareRanges(ra, rb) : null;
+  }
+
+  /** Expert placement plans from a job's loads over a range (all layers, or the given ones). */
+  plan(pid: number, range: RangeSpec, devices: number, redundant: number, layers?: number[], settings: Partial<AnalysisSettings> = {}): PlanResult | null {
+    const job = this.snapshotsOf(pid, settings);
+    const r = job && resolveRange(job, range);
+    return job && r ? planRange(job, r, devices, redundant, layers) : null;
   }
 
   analyze(pid: number, settings: Partial<AnalysisSettings> = {}): Analysis | null {

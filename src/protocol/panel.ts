@@ -141,6 +141,8 @@ export interface HistorySession {
   modelClass: string;
   modelType: string;
   layers: number;
+  /** Experts of all layers together (the sum of the widths). */
+  experts: number;
   /** ms since the epoch. */
   started: number;
   /** ms since the epoch; null while a host is still recording it. */
