@@ -109,7 +109,8 @@ export function Compare({ store, job }: { store: Store; job: JobState }) {
         <p class="empty">{busy ? 'Comparing…' : 'Both sides need at least one snapshot.'}</p>
       ) : (
         <>
-          <p data-testid="compare-summary" data-most-diverged={result.mostDiverged} data-matched-passes={result.matchedPasses} data-matched-tokens={result.matchedTokens}>
+          <p data-testid="compare-summary" data-most-diverged={result.mostDiverged} data-matched-passes={result.matchedPasses} data-matched-tokens={result.matchedTokens}
+            data-matched={JSON.stringify(result.matched)}>
             A: {fmt(result.a.to - result.a.from, 1)} s, {int(result.a.passes)} passes · B: {fmt(result.b.to - result.b.from, 1)} s, {int(result.b.passes)} passes.{' '}
             {most ? <>Most diverged: <b>{most.label}</b>, Jensen-Shannon {fmt(most.js, 3)} bits. </> : null}
             {result.matchedPasses

@@ -69,6 +69,22 @@ export interface RoutingComparison {
   /** Sampled passes of identical input found on both sides, and their tokens. */
   matchedPasses: number;
   matchedTokens: number;
+  /** Each matched pair: its pass on either side, its tokens, and which input it was (inputKey of its token ids). */
+  matched: Array<{ passA: number; passB: number; tokens: number; input: string }>;
+}
+
+/** A short name for an input: FNV-1a (32 bit, hex) over its token ids, so the same prompt gets the same name anywhere. */
+export function inputKey(tokenIds: ArrayLike<number>): string {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < tokenIds.length; i++) {
+    let v = tokenIds[i]! | 0;
+    for (let b = 0; b < 4; b++) {
+      h ^= v & 0xff;
+      h = Math.imul(h, 0x01000193) >>> 0;
+      v >>>= 8;
+    }
+  }
+  return h.toString(16).padStart(8, '0');
 }
 
 export interface CompareOptions {
@@ -164,9 +180,9 @@ export function compareRouting(a: RoutingRange, b: RoutingRange, options: Partia
     });
     if (Number.isFinite(js) && (mostDiverged < 0 || js > layers[mostDiverged]!.js)) mostDiverged = l;
   }
-  let matchedTokens = 0;
-  for (const [ra, rb] of pairs) matchedTokens += Math.min(ra.tokenIds!.length, rb.tokenIds!.length);
-  return { layers, mostDiverged, matchedPasses: pairs.length, matchedTokens };
+  const matched = pairs.map(([ra, rb]) => ({ passA: ra.pass, passB: rb.pass, tokens: ra.tokenIds!.length, input: inputKey(ra.tokenIds!) }));
+  const matchedTokens = matched.reduce((n, m) => n + m.tokens, 0);
+  return { layers, mostDiverged, matchedPasses: pairs.length, matchedTokens, matched };
 }
 
 /** Over matched passes: tokens of `layer` recorded on both sides, and how many changed first-choice expert. */

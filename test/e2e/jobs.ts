@@ -81,7 +81,7 @@ export async function startMixedJob(args: string[] = [], minPasses = 8): Promise
 }
 
 /** Spawn a job that appends one JSON line per pass to `log`, and wait until it has logged `minPasses`. */
-async function startLoggingJob(python: string, argv: string[], log: string, minPasses: number, env: NodeJS.ProcessEnv = {}): Promise<Job> {
+export async function startLoggingJob(python: string, argv: string[], log: string, minPasses: number, env: NodeJS.ProcessEnv = {}): Promise<Job> {
   const child = spawn(python, argv, { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, ...env } });
   let stderr = '';
   child.stderr!.on('data', (d) => (stderr += d));

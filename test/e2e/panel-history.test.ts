@@ -105,9 +105,9 @@ describe('History view', () => {
     await clickInPanel(panel, `${row} [data-testid="session-export"]`);
     await panel.waitForSelector('[data-testid="recording-link"]', { timeout: 30000 });
     const text = await panel.$eval('[data-testid="recording-link"]', async (a: Element) => (await fetch((a as HTMLAnchorElement).href)).text());
-    const lines = text.trim().split('\n').map((l) => JSON.parse(l));
+    const lines = text.trim().split('\n').map((l: string) => JSON.parse(l));
     expect(lines[0]).toMatchObject({ format: 'moe-devtools-recording', pid: job.pid });
-    const last = lines.filter((m) => m.type === 'update').pop();
+    const last = lines.filter((m: { type: string }) => m.type === 'update').pop();
     expect(last.passes).toBe(live[0]!.passes);
     expect(last.counts.slice(8, 16)).toEqual(live[1]!.counts);
     // and import it back: a second session, from the file

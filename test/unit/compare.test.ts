@@ -3,7 +3,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { jsDivergence, shareChanges } from '../../src/analysis/divergence';
-import { compareRouting, firstChoice, matchIdenticalInputs, type RoutingRange, type TokenRouting } from '../../src/analysis/compare';
+import { compareRouting, firstChoice, inputKey, matchIdenticalInputs, type RoutingRange, type TokenRouting } from '../../src/analysis/compare';
 
 describe('jsDivergence', () => {
   it('is 0 for the same distribution at any scale, 1 for disjoint ones', () => {
@@ -48,6 +48,15 @@ describe('comparing two runs', () => {
     expect(matchIdenticalInputs([row(1, 'prefill', [1, 2], [])], [row(2, 'prefill', [1, 2], [])])).toEqual([]); // under 4 tokens
   });
 
+  it('names an input by FNV-1a over its token ids', () => {
+    // FNV-1a 32 of no bytes is the offset basis; of the 4 bytes of int32 0: worked with the algorithm's steps
+    expect(inputKey([])).toBe('811c9dc5');
+    let h = 0x811c9dc5;
+    for (let i = 0; i < 4; i++) h = Math.imul(h ^ 0, 0x01000193) >>> 0;
+    expect(inputKey([0])).toBe(h.toString(16).padStart(8, '0'));
+    expect(inputKey([1, 2])).not.toBe(inputKey([2, 1]));
+  });
+
   it('takes the first choice by weight when weights are known', () => {
     // token 0: ids 3 1 with weights 0.2 0.8 -> 1; token 1: ids 2 -1 -> 2 (no weights: the first id)
     expect(firstChoice([3, 1, 2, 0], [0.2, 0.8, 0.9, 0.1], 0, 2)).toBe(1);
@@ -70,6 +79,7 @@ describe('comparing two runs', () => {
     expect(c.mostDiverged).toBe(1);
     expect(c.matchedPasses).toBe(1);
     expect(c.matchedTokens).toBe(4);
+    expect(c.matched).toEqual([{ passA: 1, passB: 7, tokens: 4, input: inputKey([1, 2, 3, 4]) }]);
     expect(c.layers[0]!.top1).toEqual({ tokens: 4, changed: 1, share: 0.25 });
     expect(c.layers[1]!.top1).toEqual({ tokens: 4, changed: 4, share: 1 });
     expect(c.layers[2]!.top1).toBeNull(); // no token records of layer 2
