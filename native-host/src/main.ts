@@ -75,6 +75,8 @@ async function shutdown(code: number) {
 }
 
 process.stdin.on('end', () => void shutdown(0));
+// The browser is gone (EPIPE on our output): leave the same orderly way, so the history is committed.
+process.stdout.on('error', () => void shutdown(0));
 process.stdin.on('error', () => void shutdown(0));
 process.on('SIGTERM', () => void shutdown(0));
 process.on('SIGINT', () => void shutdown(0));

@@ -13,7 +13,8 @@
  *    statistic from block to block (token sampling noise and real variation of the inputs alike).
  *    The reference is fixed until a finding: a slow drift accumulates instead of being absorbed.
  * 3. Statistic. Routing: the Jensen-Shannon divergence (bits) of each block's expert distribution
- *    from q. Router entropy, z-loss and ms per pass: the block's mean.
+ *    from q. Router entropy and z-loss: the block's mean. Time: the layer's share of the time spent
+ *    in all MoE blocks over the block (so a machine that slows down as a whole is not a finding).
  * 4. CUSUM (Page 1954) on the statistic standardized by the reference spread,
  *    S = max(0, S + (x - median) / spread - k), one-sided upwards for the divergence, both ways for
  *    the others; an alarm when S > h. The change is dated at the start of the block where S last
@@ -56,7 +57,7 @@ export interface AnomalySettings {
   minEntropyChange: number;
   /** Least relative change of mean router z-loss. */
   minZLossChange: number;
-  /** Least relative change of ms per pass inside a layer. */
+  /** Least relative change of a layer's share of the time spent in all MoE blocks. */
   minTimeChange: number;
 }
 
@@ -263,7 +264,8 @@ export class AnomalyDetector {
       run: [],
       entropy: cusum(true, (m) => Math.max(0.02 * Math.abs(m), 0.002)),
       zloss: cusum(true, (m) => Math.max(0.05 * Math.abs(m), 1e-3)),
-      time: cusum(true, (m) => Math.max(0.1 * Math.abs(m), 1e-3)),
+      // upwards only: a layer taking a larger share is the news (the others' shares fall with it)
+      time: cusum(false, (m) => Math.max(0.1 * Math.abs(m), 1e-3)),
       cleanBlocks: 0,
     };
   }
@@ -416,10 +418,19 @@ export class AnomalyDetector {
       }
     }
     if (block.timeS && block.passes > 0) {
-      const ms = (1000 * block.timeS[l]!) / block.passes;
-      if (Number.isFinite(ms) && ms > 0) {
-        const a = this.scalar(layer.time, ms, block, (ref, now) => Math.abs(now - ref) >= this.s.minTimeChange * Math.abs(ref));
-        if (a) found.push(this.scalarAnomaly('time', l, layer, layer.time, a, block, 'time per pass', (v) => `${v.toFixed(3)} ms`));
+      // the layer's share of the time in all MoE blocks: a machine that slows down as a whole
+      // (another process, a clock change) moves every layer alike and leaves the shares alone
+      let total = 0;
+      for (let i = 0; i < block.timeS.length; i++) total += block.timeS[i]!;
+      const share = total > 0 ? block.timeS[l]! / total : NaN;
+      if (Number.isFinite(share) && share > 0) {
+        const a = this.scalar(layer.time, share, block, (ref, now) => Math.abs(now - ref) >= this.s.minTimeChange * Math.abs(ref));
+        if (a) {
+          const ms = (1000 * block.timeS[l]!) / block.passes;
+          const f = this.scalarAnomaly('time', l, layer, layer.time, a, block, 'share of the time in MoE blocks', (v) => `${(100 * v).toFixed(1)}%`);
+          f.message += ` (${ms.toFixed(3)} ms per pass now)`;
+          found.push(f);
+        }
       }
     }
     return found;

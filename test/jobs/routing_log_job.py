@@ -9,9 +9,10 @@ forward passes over prompts of --batch x --seq token ids in a loop:
 * --perturb-layer L: add seeded noise of --perturb-scale (relative to the row norms) to the router
   rows of layer L (mlp.gate.weight), so that this job routes differently there (and, through the
   changed hidden states, somewhat differently after it).
-* --switch-file PATH: fresh random prompts each pass, token ids from [0, 128) until PATH exists,
-  then from [128, 256): the input distribution switches at a moment the test chooses; the log says
-  when (the job's own clock) and from which pass.
+* --switch-file PATH: fresh random prompts each pass, token ids drawn from all 256 until PATH
+  exists, then from only 4 of them (128..131), as when a job's data source changes to a narrow
+  one: the input distribution switches at a moment the test chooses; the log says when (the job's
+  own clock) and from which pass.
 * --frozen-layer L: zero the router of layer L, so its logits are all equal and its choice never
   depends on the input: a layer whose routing cannot shift.
 
@@ -79,8 +80,8 @@ def main():
                 if phase == 0 and os.path.exists(a.switch_file):
                     phase = 1
                     log.write(json.dumps({"switch": True, "t": time.time(), "pass": i}) + "\n")
-                lo = 0 if phase == 0 else 128
-                ids = torch.randint(lo, lo + 128, (a.batch, a.seq), generator=rng)
+                lo, n = (0, 256) if phase == 0 else (128, 4)
+                ids = torch.randint(lo, lo + n, (a.batch, a.seq), generator=rng)
                 prompt = None
             else:
                 prompt = i % a.prompts
