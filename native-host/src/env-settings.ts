@@ -34,16 +34,18 @@ export interface HistorySettings {
   maxBytes: number;
   maxDays: number;
   tokenPassesPerS: number;
+  snapshotsPerS: number;
 }
 
 export const DEFAULT_DB_MB = 4096;
 export const DEFAULT_DB_DAYS = 30;
-export const DEFAULT_DB_TOKEN_PASSES_PER_S = 2;
+export const DEFAULT_DB_TOKEN_PASSES_PER_S = 1;
 
 /**
  * MOE_DEVTOOLS_DB (the file, or "off"), MOE_DEVTOOLS_DB_MB (size cap, default 4096 MiB),
- * MOE_DEVTOOLS_DB_DAYS (sessions older are removed, default 30) and MOE_DEVTOOLS_DB_TOKENS_PER_S
- * (sampled token passes kept per second per job, default 2).
+ * MOE_DEVTOOLS_DB_DAYS (sessions older are removed, default 30), MOE_DEVTOOLS_DB_TOKENS_PER_S
+ * (sampled token passes kept per second per job, default 1) and MOE_DEVTOOLS_DB_HZ (most counts
+ * snapshots kept per second per job; default: every one, about 30 a second).
  */
 export function historySettingsFromEnv(env: NodeJS.ProcessEnv, warn: (line: string) => void): HistorySettings {
   const number = (name: string, fallback: number) => {
@@ -61,5 +63,6 @@ export function historySettingsFromEnv(env: NodeJS.ProcessEnv, warn: (line: stri
     maxBytes: number('MOE_DEVTOOLS_DB_MB', DEFAULT_DB_MB) * 1024 * 1024,
     maxDays: number('MOE_DEVTOOLS_DB_DAYS', DEFAULT_DB_DAYS),
     tokenPassesPerS: number('MOE_DEVTOOLS_DB_TOKENS_PER_S', DEFAULT_DB_TOKEN_PASSES_PER_S),
+    snapshotsPerS: number('MOE_DEVTOOLS_DB_HZ', Infinity),
   };
 }

@@ -20,6 +20,8 @@ export interface HistoryServiceOptions {
   maxDays: number;
   /** Sampled token passes written per second per job. */
   tokenPassesPerS: number;
+  /** Most counts snapshots written per second per job (Infinity: every one the probe sends). */
+  snapshotsPerS?: number;
   /** The worker's script (dist/host/history-worker.cjs in a build). */
   workerFile?: string;
   log?: (line: string) => void;
@@ -43,6 +45,8 @@ export class HistoryService {
   private off = false;
   private readonly ready: Promise<void>;
   private readonly lastTokens = new Map<number, number>();
+  /** Per job: when the last snapshot was written, and the newest one skipped since (written at the end). */
+  private readonly lastCounts = new Map<number, { ts: number; skipped: ProbeCounts | null }>();
   private policy: RetentionPolicy;
   private closed = false;
 
@@ -121,10 +125,17 @@ export class HistoryService {
 
   counts(key: number, frame: ProbeCounts) {
     if (this.off) return;
+    const last = this.lastCounts.get(key);
+    if (last && frame.ts - last.ts < 1 / (this.opts.snapshotsPerS ?? Infinity)) {
+      // under the write rate: kept only if it turns out to be the job's last (cumulative, so nothing is lost)
+      last.skipped = frame;
+      return;
+    }
     if (this.pendingCounts >= MAX_PENDING_COUNTS) {
       this.droppedWrites++;
       return;
     }
+    this.lastCounts.set(key, { ts: frame.ts, skipped: null });
     this.pendingCounts++;
     this.post({ op: 'counts', key, frame });
   }
@@ -146,6 +157,9 @@ export class HistoryService {
   }
 
   endSession(key: number) {
+    const skipped = this.lastCounts.get(key)?.skipped;
+    if (skipped && !this.off) this.post({ op: 'counts', key, frame: skipped }); // the final totals
+    this.lastCounts.delete(key);
     this.lastTokens.delete(key);
     if (!this.off) this.post({ op: 'end', key, ended: Date.now() });
   }

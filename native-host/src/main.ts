@@ -29,7 +29,7 @@ const CONGESTED_BYTES = 8 * 1024 * 1024;
 // The persistent history, on its own thread (history-worker.cjs beside this file).
 const historySettings = historySettingsFromEnv(process.env, log);
 const history = historySettings.file
-  ? new HistoryService({ file: historySettings.file, maxBytes: historySettings.maxBytes, maxDays: historySettings.maxDays, tokenPassesPerS: historySettings.tokenPassesPerS, log })
+  ? new HistoryService({ file: historySettings.file, maxBytes: historySettings.maxBytes, maxDays: historySettings.maxDays, tokenPassesPerS: historySettings.tokenPassesPerS, snapshotsPerS: historySettings.snapshotsPerS, log })
   : undefined;
 const host = new Host(send, {
   probeRoot,

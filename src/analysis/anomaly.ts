@@ -29,7 +29,7 @@
  * at once (one per layer until a full reference of clean blocks has passed again).
  *
  * Pure and incremental: push() each cumulative snapshot (as the probe sends them, since attach)
- * and it returns the findings it completes. Cost per snapshot is O(1) except at a block's end,
+ * and it returns the findings it completes (it copies what it keeps, once a block). Cost per snapshot is O(1) except at a block's end,
  * O(sum of widths). Used by the host (live and stored with the session) and the command line.
  */
 import type { AnomalyFinding, AnomalyMetric } from '../protocol/panel';
@@ -280,14 +280,14 @@ export class AnomalyDetector {
     this.lastPasses = snap.passes;
     const start = this.blockStart;
     if (!start) {
-      this.blockStart = snap;
+      this.blockStart = keep(snap);
       return [];
     }
     const elapsed = snap.ts - start.ts;
     if (elapsed < this.s.blockSeconds) return [];
     const tokens = this.layerTokens(snap, 0) - this.layerTokens(start, 0);
     if (tokens < this.s.blockTokens && elapsed < this.s.maxBlockSeconds) return [];
-    this.blockStart = snap;
+    this.blockStart = keep(snap);
     if (snap.passes <= start.passes) return []; // nothing ran: no block
     return this.judge(this.block(start, snap));
   }
@@ -458,6 +458,12 @@ export class AnomalyDetector {
     c.reset(); // the new level is the reference from here on
     return anomaly;
   }
+}
+
+/** A copy of what a snapshot holds: callers may reuse their arrays for the next one. */
+function keep(s: CumulativeSnapshot): CumulativeSnapshot {
+  const copy = (a: ArrayLike<number> | null) => (a ? Float64Array.from(a) : null);
+  return { ts: s.ts, passes: s.passes, counts: Float64Array.from(s.counts), tokens: copy(s.tokens), health: copy(s.health), timeS: copy(s.timeS) };
 }
 
 function total(counts: ArrayLike<number>): number {

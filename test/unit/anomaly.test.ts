@@ -169,6 +169,25 @@ describe('anomaly detection', () => {
     expect(found.filter((f) => f.metric === 'routing')).toEqual([]);
   });
 
+  it('gives the same findings when the caller reuses its arrays from one snapshot to the next', () => {
+    const before = skewed(8, 1)();
+    const after = [...before].reverse();
+    const { snaps } = simulate([{ p: (t) => (t < 60 ? before : after) }], 90);
+    const fresh = new AnomalyDetector(info(1));
+    const expected = snaps.flatMap((s) => fresh.push(s));
+    const reused = new AnomalyDetector(info(1));
+    const buf = { ...snaps[0]!, counts: new Float64Array(8), tokens: new Float64Array(1), health: new Float64Array(HC), timeS: new Float64Array(1) };
+    const got = snaps.flatMap((s) => {
+      buf.counts.set(s.counts);
+      buf.tokens.set(s.tokens);
+      buf.health.set(s.health);
+      buf.timeS.set(s.timeS);
+      return reused.push({ ...buf, ts: s.ts, passes: s.passes });
+    });
+    expect(expected.length).toBeGreaterThan(0);
+    expect(got).toEqual(expected);
+  });
+
   it('starts over when the counters go back (a new attach)', () => {
     const { snaps } = simulate([{ p: flat(8) }], 40);
     const det = new AnomalyDetector(info(1));
