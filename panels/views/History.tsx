@@ -83,7 +83,7 @@ export function History({ store }: { store: Store }) {
                     <button class="primary" data-testid="session-open" disabled={!!lr.loading} onClick={(e) => { e.stopPropagation(); lr.open(s); }}>Open</button>
                     <button data-testid="session-export" disabled={!!lr.loading} title="Every snapshot as a .moerec file" onClick={(e) => { e.stopPropagation(); lr.exportSession(s); }}>Export</button>
                     <button class="icon-button" data-testid="session-delete" title="Delete this session" disabled={s.ended === null}
-                      onClick={(e) => { e.stopPropagation(); if (confirm(`Delete session ${s.id} (process ${s.pid})?`)) lr.remove(s.id); }}>🗑</button>
+                      onClick={(e) => { e.stopPropagation(); if (confirm(`Delete session ${s.id} (process ${s.pid})?`)) lr.remove(s.id); }}>✕</button>
                   </td>
                 </tr>
               ))}

@@ -83,7 +83,7 @@ export function Placement({ store, pid, layer, modelClass }: { store: Store; pid
       {lp && lp.ours && (
         <div class="plan-layer" data-testid="plan-layer" data-layer={lp.layer} data-before={lp.contiguous?.balancedness ?? ''} data-eplb={lp.eplb?.balancedness} data-ours={lp.ours.balancedness}>
           <div class="cards">
-            <div class="card"><div class="card-value" data-testid="plan-before">{fmt(lp.contiguous?.balancedness ?? NaN, 3)}</div><div class="muted">balancedness now (expert e on device e·G/E)</div></div>
+            <div class="card"><div class="card-value" data-testid="plan-before">{fmt(lp.contiguous?.balancedness ?? NaN, 3)}</div><div class="muted">balancedness now (expert e on device ⌊e·G/E⌋)</div></div>
             <div class="card"><div class="card-value">{fmt(lp.eplb!.balancedness, 3)}</div><div class="muted">with EPLB's greedy</div></div>
             <div class="card"><div class="card-value" data-testid="plan-after">{fmt(lp.ours.balancedness, 3)}</div><div class="muted">with this plan</div></div>
           </div>

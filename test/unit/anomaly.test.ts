@@ -100,7 +100,7 @@ describe('anomaly detection', () => {
     const layers: SimLayer[] = [{ p: flat(8) }, { p: skewed(8, 1) }, { p: skewed(8, 0.5) }, { p: flat(8) }];
     const { found } = run(layers, 7200);
     expect(found).toEqual([]);
-  });
+  }, 60_000); // about 2 s alone; the whole unit suite shares 2 cores
 
   it('reports a routing shift at the second it happened, in the shifted layers only', () => {
     const before = skewed(8, 1)();
