@@ -20,11 +20,14 @@
  *    the others; an alarm when S > h. The change is dated at the start of the block where S last
  *    left 0, and reported when it was detected.
  * 5. Effect size. An alarm becomes a finding only if the change is material: the routing of the
- *    blocks since the change, pooled, differs from q by at least `minJs` bits and by 4x the
+ *    blocks since the change, pooled, differs from q by at least `minJs` bits, by 4x the
  *    divergence that token sampling alone would give at that many assignments
- *    ((E - 1) / (8 N ln 2) bits for N assignments over E experts); entropy by `minEntropyChange`
- *    (normalized, absolute); z-loss and time by the relative changes `minZLossChange` and
- *    `minTimeChange`. This keeps statistically clear but tiny shifts of a busy job quiet.
+ *    ((E - 1) / (8 N ln 2) bits for N assignments over E experts), and by 1.5x the most that any
+ *    `persistBlocks` consecutive reference blocks differed from the rest of the reference (the
+ *    job's own swings at that time scale: a job whose inputs vary a lot sets its own, higher bar);
+ *    entropy by `minEntropyChange` (normalized, absolute), z-loss and time by the relative changes
+ *    `minZLossChange` and `minTimeChange`, each also beyond 1.5x the reference's own largest
+ *    swing. This keeps statistically clear but ordinary moves of a job's routing quiet.
  * NaN/Inf: any non-finite router logit in a layer whose reference blocks had none is a finding
  * at once (one per layer until a full reference of clean blocks has passed again).
  *
@@ -97,6 +100,13 @@ export interface CumulativeSnapshot {
   timeS: ArrayLike<number> | null;
 }
 
+/**
+ * A change must exceed the largest swing the reference itself showed over as many blocks as a
+ * change must last, by this factor: a job whose inputs vary a lot (one prompt of code, then one of
+ * docstrings) sets its own, higher bar; a steady one keeps the fixed minimums.
+ */
+const NATURAL_MARGIN = 1.5;
+
 const HC = HEALTH_COLUMNS.length;
 const H_TOKENS = HEALTH_COLUMNS.indexOf('logit_tokens');
 const H_ENTROPY = HEALTH_COLUMNS.indexOf('entropy_sum');
@@ -136,6 +146,8 @@ class Cusum {
   private refTo = NaN;
   median = NaN;
   spread = NaN;
+  /** The most the median of `persist` consecutive reference blocks strayed from the reference median. */
+  naturalSwing = 0;
   private up = 0;
   private down = 0;
   /** The blocks since each sum last was 0: when the change began, and its size. */
@@ -170,6 +182,7 @@ class Cusum {
     this.reference = [];
     this.median = NaN;
     this.spread = NaN;
+    this.naturalSwing = 0;
     this.up = this.down = 0;
     this.upRun = [];
     this.downRun = [];
@@ -185,6 +198,11 @@ class Cusum {
         const r = robustSpread(this.reference);
         this.median = r.median;
         this.spread = Math.max(r.spread, this.floor(r.median));
+        this.naturalSwing = 0;
+        for (let i = 0; i + this.persist <= this.reference.length; i++) {
+          const m = robustSpread(this.reference.slice(i, i + this.persist)).median;
+          this.naturalSwing = Math.max(this.naturalSwing, Math.abs(m - this.median));
+        }
       }
       return null;
     }
@@ -225,6 +243,8 @@ interface LayerState {
   routing: Cusum;
   /** Counts of the blocks since the routing CUSUM left 0 (for the effect size). */
   run: Float64Array[];
+  /** The largest divergence of `persistBlocks` consecutive reference blocks from the rest of the reference. */
+  naturalJs: number;
   entropy: Cusum;
   zloss: Cusum;
   time: Cusum;
@@ -262,6 +282,7 @@ export class AnomalyDetector {
       // The divergence's spread is at least a quarter of its median (sampling noise alone varies that much).
       routing: cusum(false, (m) => Math.max(0.25 * m, 1e-4)),
       run: [],
+      naturalJs: 0,
       entropy: cusum(true, (m) => Math.max(0.02 * Math.abs(m), 0.002)),
       zloss: cusum(true, (m) => Math.max(0.05 * Math.abs(m), 1e-3)),
       // upwards only: a layer taking a larger share is the news (the others' shares fall with it)
@@ -348,6 +369,16 @@ export class AnomalyDetector {
           for (let i = 0; i < rest.length; i++) rest[i] = layer.refCounts[i]! - b[i]!;
           layer.routing.push(jsDivergence(b, rest), layer.refFrom, layer.refTo);
         }
+        // how far the job's own inputs moved the routing over as many blocks as a change must last
+        const m = this.s.persistBlocks;
+        const window = new Float64Array(counts.length);
+        layer.naturalJs = 0;
+        for (let start = 0; start + m <= layer.refBlocks.length; start++) {
+          window.fill(0);
+          for (let j = start; j < start + m; j++) for (let i = 0; i < window.length; i++) window[i] += layer.refBlocks[j]![i]!;
+          for (let i = 0; i < rest.length; i++) rest[i] = layer.refCounts[i]! - window[i]!;
+          layer.naturalJs = Math.max(layer.naturalJs, jsDivergence(window, rest) || 0);
+        }
         layer.refBlocks = [];
       }
       return null;
@@ -365,7 +396,7 @@ export class AnomalyDetector {
     for (const b of layer.run) for (let i = 0; i < pooled.length; i++) pooled[i] += b[i]!;
     const js = jsDivergence(pooled, layer.refCounts);
     const noise = samplingJs(total(pooled), layer.info.experts) + samplingJs(total(layer.refCounts), layer.info.experts);
-    if (!(js >= this.s.minJs && js >= 4 * noise)) {
+    if (!(js >= this.s.minJs && js >= 4 * noise && js >= NATURAL_MARGIN * layer.naturalJs)) {
       layer.routing.clearAlarm('up');
       layer.run = [];
       return null;
@@ -382,6 +413,7 @@ export class AnomalyDetector {
     layer.refCounts = new Float64Array(layer.info.experts);
     layer.refBlocks = [];
     layer.run = [];
+    layer.naturalJs = 0;
     return anomaly;
   }
 
@@ -442,7 +474,8 @@ export class AnomalyDetector {
     if (!alarm) return null;
     // the run's median: the block the change fell in holds some of the old level
     const level = robustSpread(alarm.run.map((r) => r.x)).median;
-    if (!material(c.median, level)) {
+    // material, and beyond what the reference itself swung over as many blocks
+    if (!material(c.median, level) || Math.abs(level - c.median) < NATURAL_MARGIN * c.naturalSwing) {
       c.clearAlarm(alarm.direction);
       return null;
     }

@@ -102,6 +102,20 @@ describe('anomaly detection', () => {
     expect(found).toEqual([]);
   }, 60_000); // about 2 s alone; the whole unit suite shares 2 cores
 
+  it('still catches a shift in a job whose inputs swing widely (its own, higher bar)', () => {
+    // topics of 3 s tilting each expert by exp(N(0, 0.2)): a few blocks in a row differ from the
+    // reference more than sampling alone would, so the bar is raised to 1.5x the reference's own
+    // largest swing; a reversal of layer 2's routing at 300 s is far beyond it
+    const before = skewed(8, 1)();
+    const after = [...before].reverse();
+    const { found, t0 } = run([{ p: flat(8) }, { p: () => before }, { p: (t) => (t < 300 ? before : after) }, { p: flat(8) }], 400, { docSeconds: 3, tilt: 0.2, seed: 3 });
+    const routing = found.filter((f) => f.metric === 'routing' && f.detectedTs - t0 > 300);
+    expect(routing.map((f) => f.layer)).toEqual([2]);
+    expect(routing[0]!.ts - t0).toBeGreaterThanOrEqual(297);
+    expect(routing[0]!.detectedTs - t0).toBeLessThan(310);
+    expect(routing[0]!.value).toBeGreaterThan(0.1);
+  });
+
   it('reports a routing shift at the second it happened, in the shifted layers only', () => {
     const before = skewed(8, 1)();
     const after = [...before].reverse();
