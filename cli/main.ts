@@ -21,6 +21,7 @@ import { exportCommand, parseTarget } from './commands/export';
 import { databaseFile, historyDelete, historyExport, historyImport, historyList } from './commands/history';
 import { planFromRecording, planJson, planText } from './commands/plan';
 import { prepareFile, writeFileAtomic } from './files';
+import { relayCommand } from './commands/relay';
 
 /** One version for the command line and the probe package (a test holds moe_probe.__version__ to it). */
 const VERSION = packageJson.version;
@@ -43,6 +44,9 @@ export const USAGE = `usage: moe-devtools <command> [options]
   history import FILE                 a .moerec into the history as a new session
   history delete ID                   remove a session
          [--db FILE]                    the database (default: where the host keeps it, MOE_DEVTOOLS_DB or the user data folder)
+  relay [--port P] [--token-file F]   serve this node's ranks of a distributed job to a panel elsewhere
+        [--node NAME] [--job KEY]      (127.0.0.1 only: ssh -L P:127.0.0.1:P node; token printed,
+        [--all-namespaces]             or MOE_DEVTOOLS_RELAY_TOKEN); runs until Ctrl-C
 
 Exit status: 0 done; 1 report --fail-on found something; 2 error (one line on stderr).`;
 
@@ -211,8 +215,22 @@ async function run(argv: string[]): Promise<number> {
           throw new CliError(`history needs one of list, export, import, delete${sub ? ` (not "${sub}")` : ''}`);
       }
     }
+    case 'relay': {
+      const { values, positionals: args } = parseArgs({ args: rest, allowPositionals: true, strict: true, options: {
+        port: { type: 'string' }, 'token-file': { type: 'string' }, node: { type: 'string' }, job: { type: 'string' },
+        'all-namespaces': { type: 'boolean' },
+      } });
+      positionals(args, [], 'relay');
+      const port = values.port === undefined ? 5800 : Number(values.port);
+      if (!Number.isInteger(port) || port < 0 || port > 65535) throw new CliError(`--port should be a TCP port (0 for any free one), got "${values.port}"`);
+      await relayCommand({
+        port, tokenFile: values['token-file'], node: values.node, job: values.job, allNamespaces: Boolean(values['all-namespaces']),
+        probeRoot: PROBE_ROOT, log: (line) => process.stderr.write(`${line}\n`),
+      });
+      return EXIT.ok;
+    }
     default:
-      throw new CliError(`unknown command "${command}" (commands: list, record, report, export, plan, history; see moe-devtools --help)`);
+      throw new CliError(`unknown command "${command}" (commands: list, record, report, export, plan, history, relay; see moe-devtools --help)`);
   }
 }
 

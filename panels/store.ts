@@ -14,10 +14,11 @@ import { unknownLayer } from '../src/analysis/layers';
 import type { Analysis, AnalysisSettings, Analyzer, TokenRow, WindowMode } from './engine/analyzer';
 import { parseRecording, RecordingError, serializeRecording, withPid } from './engine/recording';
 import { LongRun } from './long-run';
+import type { JobRanks } from './engine/ranks';
 
 export type ConnectionState = 'connecting' | 'connected' | 'disconnected';
 
-export type ViewId = 'overview' | 'load' | 'heatmap' | 'tokens' | 'timeline' | 'coactivation' | 'profiler' | 'compare' | 'anomalies';
+export type ViewId = 'overview' | 'load' | 'heatmap' | 'tokens' | 'timeline' | 'coactivation' | 'profiler' | 'ranks' | 'compare' | 'anomalies';
 
 export const VIEWS: Array<{ id: ViewId; label: string }> = [
   { id: 'overview', label: 'Overview' },
@@ -27,6 +28,8 @@ export const VIEWS: Array<{ id: ViewId; label: string }> = [
   { id: 'timeline', label: 'Timeline' },
   { id: 'coactivation', label: 'Co-activation' },
   { id: 'profiler', label: 'Profiler' },
+  /** Distributed jobs only. */
+  { id: 'ranks', label: 'Ranks' },
   { id: 'compare', label: 'Compare' },
   { id: 'anomalies', label: 'Anomalies' },
 ];
@@ -53,6 +56,18 @@ export interface JobState {
   replay?: { file: string; pid: number };
   /** For a session opened from the history: which, over what range (probe clock), from how many snapshots. */
   session?: { info: HistorySession; from?: number; to?: number; available?: number };
+  /** A distributed job shown as one: its ranks (the host's last word on them). */
+  ranks?: JobRanks;
+  /** A process that is one rank of such a job: the job's id. */
+  rankOf?: number;
+}
+
+/** A relay on another node this panel's host is connected to. */
+export interface RelayState {
+  address: string;
+  node: string;
+  status: 'connected' | 'closed';
+  message?: string;
 }
 
 export interface Notice {
@@ -98,6 +113,7 @@ export interface StoreState {
   /** Token selected in the Tokens view: pass and position. */
   /** The token whose path is shown; `row` is kept so the path stays while its pass scrolls out of the stream. */
   token: { pass: number; index: number; row?: TokenRow } | null;
+  relays: RelayState[];
 }
 
 export type Send = (request: PanelRequest) => void;
@@ -144,6 +160,7 @@ export class Store {
       recording: null,
       saved: null,
       token: null,
+      relays: [],
     };
     this.longRun = new LongRun({
       send: (r) => this.send(r),
@@ -192,6 +209,16 @@ export class Store {
     this.send({ type: 'connect', address: address.trim(), token: token.trim() });
   }
 
+  /** Attach to every rank of a distributed job at once (the host attaches in parallel and shows them as one job). */
+  attachJob(pids: number[]) {
+    for (const pid of pids) if (!this.state.jobs.has(pid) || this.state.jobs.get(pid)!.status === 'detached') this.attach(pid);
+  }
+
+  /** Connect to a relay on another node (the local end of an SSH tunnel to its port). */
+  connectRelay(address: string, token: string) {
+    this.send({ type: 'connect-relay', address: address.trim(), token: token.trim() });
+  }
+
   attach(pid: number) {
     const jobs = new Map(this.state.jobs);
     jobs.set(pid, { pid, status: 'attaching', models: [], latest: new Map(), updates: 0 });
@@ -215,7 +242,10 @@ export class Store {
   }
 
   selectLayer(layer: number) {
-    if (this.state.selectedPid !== null) this.dirty.add(this.state.selectedPid);
+    const pid = this.state.selectedPid;
+    if (pid !== null) this.dirty.add(pid);
+    // a distributed job's updates carry each rank's counts of one layer: this one from now on
+    if (pid !== null && this.state.jobs.get(pid)?.ranks) this.send({ type: 'rank-layer', pid, layer });
     this.set({ selectedLayer: layer });
   }
 
@@ -313,8 +343,10 @@ export class Store {
       const u = [...latest.values()][0]!;
       models = [{ id: u.model, class: 'Recorded model', model_type: '', device: '', dtype: '', layers: u.widths.map((w, i) => unknownLayer(i, w)) }];
     }
+    let ranks: JobRanks | undefined;
     for (const m of messages) {
       if (m.type === 'layers') models = models.map((x) => (x.id === m.model ? { ...x, layers: m.layers } : x));
+      if (m.type === 'ranks') ranks = { key: m.key, label: m.label, worldSize: m.worldSize, ranks: m.ranks };
     }
     const session = extra.session;
     const firstUpdate = messages.findIndex((m) => m.type === 'update');
@@ -327,7 +359,7 @@ export class Store {
     }
     this.longRun.adopt(id, messages);
     const jobs = new Map(this.state.jobs);
-    jobs.set(id, { pid: id, status: 'recording', models, latest, updates, replay: { file, pid: recordedPid }, method: 'recording', ...extra });
+    jobs.set(id, { pid: id, status: 'recording', models, latest, updates, replay: { file, pid: recordedPid }, method: 'recording', ...(ranks ? { ranks } : {}), ...extra });
     this.dirty.add(id);
     this.set({ jobs, selectedPid: id, token: null });
     await this.tick();
@@ -409,7 +441,9 @@ export class Store {
           argv: message.argv, models: message.models, attachedMessage: message,
           attachDetail: message.attempts?.map((a) => `${a.method}: ${a.message}`).join('\n'),
         });
-        if (message.method === 'tcp') this.set({ selectedPid: message.pid });
+        if (message.method === 'tcp' || message.job) this.set({ selectedPid: message.pid });
+        if (message.job) this.send({ type: 'rank-layer', pid: message.pid, layer: this.state.selectedLayer });
+        if (message.rank && message.rank.group >= 0) this.patchJob(message.pid, { rankOf: message.rank.group });
         // What the probe can see only partly (CUDA graph replays, torch.compile) is said at once.
         for (const w of message.warnings ?? []) this.notice({ pid: message.pid, code: 'partial_visibility', message: w.message });
         this.refresh();
@@ -430,6 +464,16 @@ export class Store {
         void this.analyzer?.ingest(message);
         this.dirty.add(message.pid);
         return this.patchJob(message.pid, { models: job.models.map((m) => (m.id === message.model ? { ...m, layers: message.layers } : m)) });
+      }
+      case 'ranks': {
+        if (!this.state.jobs.has(message.pid)) return;
+        void this.analyzer?.ingest(message);
+        this.dirty.add(message.pid);
+        return this.patchJob(message.pid, { ranks: { key: message.key, label: message.label, worldSize: message.worldSize, ranks: message.ranks } });
+      }
+      case 'relay': {
+        const relays = [...this.state.relays.filter((r) => r.address !== message.address), { address: message.address, node: message.node, status: message.status, message: message.message }];
+        return this.set({ relays });
       }
       case 'tokens': {
         if (!this.state.jobs.has(message.pid)) return;

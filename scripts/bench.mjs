@@ -25,6 +25,7 @@ export const BENCHMARKS = [
   { id: 'probe_overhead', title: 'Probe overhead', script: 'scripts/bench_probe_overhead.py' },
   { id: 'host_relay', title: 'Host relay', script: 'scripts/bench_host_relay.mjs' },
   { id: 'panel', title: 'Panel frame time', script: 'scripts/bench_panel.mjs' },
+  { id: 'ranks', title: 'Distributed job (ranks)', script: 'scripts/bench_ranks.mjs' },
   { id: 'history', title: 'History database: relay with writing on vs off, size per hour', script: 'scripts/bench_history.mjs' },
   { id: 'placement', title: 'Expert placement: ours vs EPLB greedy', script: 'scripts/bench_placement.mjs' },
   { id: 'anomaly', title: 'Anomaly detection on healthy runs', script: 'scripts/bench_anomaly.mjs' },

@@ -142,6 +142,29 @@ const valid = [
     },
   },
   {
+    name: 'hello_expert_parallel_rank',
+    frame: {
+      // Rank 1 of 4 of a torchrun job; it holds experts 2 and 3 of each layer's 8 (expert parallel),
+      // so its counts are at global ids; the router of the last layer is read on every rank alike.
+      t: 'hello', v: 2, pid: 90210, mode: 'injected', framework: 'torch', framework_version: '2.13.0+cpu',
+      python: '3.11.7', argv: ['ep_moe_job.py', '--mode', 'ep'],
+      models: [{
+        id: 0, class: 'Model', model_type: '', device: 'cpu', dtype: 'float32',
+        layers: [
+          layer(0, 8, 2, { name: 'layers.0.mlp', stack: 'layers', source: 'expert-inputs', token_source: 'recomputed', held: [2, 3] }),
+          layer(1, 8, 2, { name: 'layers.1.mlp', stack: 'layers', source: 'expert-inputs', token_source: 'recomputed', held: [2, 3] }),
+          layer(2, 4, 1, { name: 'layers.2.mlp', stack: 'layers' }),
+        ],
+      }],
+      settings: { flush_interval_s: 0.03, token_sample: 128, token_passes_per_s: 50.5, token_bytes_per_s: 2000000, health_passes_per_s: 50.5 },
+      warnings: [],
+      dist: {
+        rank: 1, world_size: 4, local_rank: 1, node: 'gpu-node-7', run_id: 'a3f9c1d2-moe', master: '10.1.0.7:29500',
+        backend: 'gloo', source: 'torch.distributed',
+      },
+    },
+  },
+  {
     name: 'hello_error',
     frame: {
       t: 'hello', v: 2, pid: 77, mode: 'injected', framework: 'torch', framework_version: '2.13.0+cpu',
@@ -176,6 +199,19 @@ const valid = [
       health: float64s([48, 61.25, 130.5, 0, 0, 0, 48, 58.75, 122.0625, 1, 2, 3]),
       max_logit: float64s([3.5, -0.25]),
       time_s: [0.0125, 0.0375], probe_s: 0.00025, prefill: 1, decode: 2, shape: [2, 8], dropped_tokens: 0,
+    },
+  },
+  {
+    name: 'counts_expert_parallel',
+    frame: {
+      // A rank of an expert-parallel job: counts at global ids of the experts it holds (2 and 3 of
+      // layer 0), and the time inside its own experts beside the time in its blocks.
+      t: 'counts', model: 0, seq: 4, ts: 1700000200.5, passes: 2, layers: 2, widths: [4, 4],
+      counts: int64s([0, 0, 9, 7, 3, 5, 4, 4]), tokens: int64s([8, 8]), dropped: 0,
+      health: float64s([16, 20.5, 40.25, 0, 0, 0, 16, 19.5, 38.75, 0, 0, 0]),
+      max_logit: float64s([2.5, 1.75]),
+      time_s: [0.0625, 0.03125], probe_s: 0.00025, prefill: 2, decode: 0, shape: [2, 4], dropped_tokens: 0,
+      expert_s: [0.015625, 0],
     },
   },
   {
@@ -255,6 +291,21 @@ const invalid = [
     expect_error: 'field "source" should be one of dispatched, expert-inputs, router, recomputed',
   },
   {
+    name: 'hello_held_out_of_range',
+    frame: { ...hello, models: [{ ...hello.models[0], layers: [layer(0, 8, 2, { held: [6, 8] })] }] },
+    expect_error: 'field "held" should name distinct experts below 8, got [6,8]',
+  },
+  {
+    name: 'hello_held_twice',
+    frame: { ...hello, models: [{ ...hello.models[0], layers: [layer(0, 8, 2, { held: [3, 3] })] }] },
+    expect_error: 'field "held" should name distinct experts below 8, got [3,3]',
+  },
+  {
+    name: 'hello_rank_not_below_world',
+    frame: { ...byName('hello_expert_parallel_rank'), dist: { ...byName('hello_expert_parallel_rank').dist, rank: 4 } },
+    expect_error: 'rank 4 is not below the world size 4',
+  },
+  {
     name: 'layers_out_of_order',
     frame: { t: 'layers', model: 0, layers: [layer(1, 8, 2)] },
     expect_error: 'layer 0 says it is layer 1',
@@ -269,6 +320,7 @@ const invalid = [
   { name: 'counts_ts_string', frame: { ...counts, ts: 'now' }, expect_error: 'field "ts" should be a number' },
   { name: 'counts_health_wrong_length', frame: { ...countsFull, health: bytes(88) }, expect_error: 'field "health" holds 88 bytes, expected 96' },
   { name: 'counts_time_s_per_layer', frame: { ...countsFull, time_s: [0.5] }, expect_error: 'field "time_s" has 1 values for 2 layers' },
+  { name: 'counts_expert_s_per_layer', frame: { ...countsFull, expert_s: [0.5, 0.25, 0.125] }, expect_error: 'field "expert_s" has 3 values for 2 layers' },
   { name: 'hello_settings_not_numbers', frame: { ...hello, settings: { token_sample: 'all' } }, expect_error: 'field "settings" should map names to numbers' },
   { name: 'tokens_bad_phase', frame: { ...tokens, phase: 'middle' }, expect_error: 'field "phase" should be "prefill" or "decode"' },
   {

@@ -115,6 +115,7 @@ export async function recordCommand(opts: RecordOptions): Promise<RecordResult> 
   }, {
     ...hostSettingsFromEnv(process.env, (line) => opts.log.write(`moe-devtools: note: ${line}\n`)),
     probeRoot: opts.probeRoot, updateHz: opts.rateHz, historyBytes: CLI_HISTORY_BYTES,
+    groupRanks: false, // one process's own routing, even when it is one rank of a distributed job
   });
   const write = (line: string) => {
     const bytes = Buffer.from(`${line}\n`);

@@ -19,7 +19,7 @@ works anywhere); attaching and the names re-exported from `moe_probe.routers` ne
 torch, which the job already has.
 """
 
-from typing import TYPE_CHECKING, Any, List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Union
 
 __version__ = "0.1.0"
 
@@ -35,6 +35,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers only; at run time thes
 def attach(
     model: "Union[nn.Module, Sequence[nn.Module], None]" = None,
     tcp_port: Optional[int] = None,
+    expert_map: "Union[Sequence[int], Dict[Union[str, int], Sequence[int]], None]" = None,
     **settings: float,
 ) -> str:
     """Make this process attachable from the MoE panel and the command line.
@@ -46,6 +47,14 @@ def attach(
             host that reaches this machine through an SSH tunnel. Clients must
             present the random token written, with the address, to
             probe-PID.tcp.json (mode 0600) in the private socket folder.
+        expert_map: for an expert-parallel model, the global ids of the experts this
+            process (rank) holds, in the order of its local experts: a list for every
+            expert-parallel layer (e.g. rank 1 of 4 with 8 experts: [2, 3]), or a dict of
+            lists by layer, keyed by module path ("model.layers.3.mlp"), the model's layer
+            number (3) or "*" (every other layer). Needed only where the model does not say
+            (Megatron-Core's local_expert_indices, vLLM's expert_map and an ep_rank/ep_size
+            pair are read by themselves). Each rank's counts are then the work its own
+            experts did, at their global ids, and the panel adds the ranks up.
         **settings: sampling settings (see moe_probe.recorder.Settings):
             flush_interval_s (0.03), token_sample (128), token_passes_per_s (50),
             token_bytes_per_s (2_000_000), health_passes_per_s (50).
@@ -57,7 +66,9 @@ def attach(
     Raises:
         ImportError: torch is not installed in this environment.
         TypeError: an unknown setting was given.
+        ValueError: the expert map cannot be right (empty, negative or repeated ids).
     """
+    from .distributed import check_expert_map
     from .recorder import Settings
     from .server import start_server
 
@@ -65,7 +76,7 @@ def attach(
     if model is not None:
         models = list(model) if isinstance(model, (list, tuple)) else [model]
     server = start_server(mode="library", once=False, models=models, settings=Settings(**settings),
-                          tcp_port=tcp_port)
+                          tcp_port=tcp_port, expert_map=check_expert_map(expert_map))
     return server.path
 
 

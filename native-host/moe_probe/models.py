@@ -22,7 +22,7 @@ class Survey(NamedTuple):
     rejected: List[Rejection]  # modules that looked like MoE routers or experts but could not be read
 
 
-def survey(explicit_models=None) -> Survey:
+def survey(explicit_models=None, expert_map=None) -> Survey:
     """The models (and tokenizer) of this process: found from its own names when possible,
     else from every object the garbage collector tracks.
 
@@ -32,10 +32,10 @@ def survey(explicit_models=None) -> Survey:
     MoE model, and for CUDA jobs, whose captured graphs are only found that way.
     """
     if explicit_models is None and not torch.cuda.is_initialized():
-        found = survey_from_names()
+        found = survey_from_names(expert_map)
         if found is not None:
             return found
-    return survey_all_objects(explicit_models)
+    return survey_all_objects(explicit_models, expert_map)
 
 
 # How far survey_from_names looks: attribute/item hops from a name, and objects visited.
@@ -43,7 +43,7 @@ NAME_DEPTH = 4
 NAME_BUDGET = 50000
 
 
-def survey_from_names() -> Optional[Survey]:
+def survey_from_names(expert_map=None) -> Optional[Survey]:
     """Models reachable from the program's names: __main__'s globals and the locals of every
     thread's frames, through containers and plain objects' attributes (a trainer's .model, an
     engine's .model_runner.model), up to NAME_DEPTH hops. None when no MoE model is reached."""
@@ -92,7 +92,7 @@ def survey_from_names() -> Optional[Survey]:
         for child in module.modules():
             if child is not module:
                 descendants.add(id(child))
-    roots = find_model_roots([m for m in modules if id(m) not in descendants])
+    roots = find_model_roots([m for m in modules if id(m) not in descendants], expert_map=expert_map)
     if not roots:
         return None
     return Survey(roots, len(modules), tokenizer, 0, [])
@@ -106,7 +106,7 @@ _LEAVES = (str, bytes, bytearray, int, float, complex, bool, type(None), type, t
 _REFERENTS = 1000
 
 
-def survey_all_objects(explicit_models=None) -> Survey:
+def survey_all_objects(explicit_models=None, expert_map=None) -> Survey:
     """One pass over every object the garbage collector tracks.
 
     An injected probe has no other handle on the model. The scan holds the GIL, so it
@@ -136,7 +136,7 @@ def survey_all_objects(explicit_models=None) -> Survey:
     tokenizer = next((obj for obj in picked if type(obj) in tokenizer_types), None)
     graphs = sum(1 for obj in picked if type(obj) in graph_types)
     rejected: List[Rejection] = []
-    roots = find_model_roots(modules if explicit_models is None else explicit_models, rejected)
+    roots = find_model_roots(modules if explicit_models is None else explicit_models, rejected, expert_map)
     return Survey(roots, len(modules), tokenizer, graphs, rejected)
 
 
@@ -146,7 +146,8 @@ def _is_tokenizer(cls) -> bool:
     return callable(getattr(cls, "convert_ids_to_tokens", None)) and any("Tokenizer" in c.__name__ for c in cls.__mro__)
 
 
-def find_model_roots(candidates, rejected: Optional[List[Rejection]] = None) -> List[Tuple[nn.Module, List[MoELayer]]]:
+def find_model_roots(candidates, rejected: Optional[List[Rejection]] = None,
+                     expert_map=None) -> List[Tuple[nn.Module, List[MoELayer]]]:
     """Top-level modules among candidates (not a submodule of another) that contain MoE layers.
     What looked like an MoE router or experts but could not be read goes to `rejected`."""
     child_ids = set()
@@ -157,7 +158,7 @@ def find_model_roots(candidates, rejected: Optional[List[Rejection]] = None) -> 
     for module in candidates:
         if id(module) in child_ids:
             continue
-        layers = find_moe_layers(module, rejected)
+        layers = find_moe_layers(module, rejected, expert_map)
         if layers:
             found.append((module, layers))
     return found

@@ -14,7 +14,9 @@ happens there. What is kept:
   out probabilities) and of logsumexp^2 (z-loss), the largest logit, NaN/Inf
   counts, and assignments dropped by expert capacity, cumulative too;
 * time inside each MoE block (perf counters on CPU; on GPU, CUDA events read
-  by the sender thread) and the probe's own time in its hooks;
+  by the sender thread) and the probe's own time in its hooks; for expert-parallel
+  layers also the time inside this process's own experts (its compute, without the
+  all-to-all waits that the block's time includes);
 * for sampled passes, every sampled token's top-k ids and weights per layer,
   with its input token id.
 
@@ -180,7 +182,12 @@ class Recorder:
         self.layer_tokens = [0] * self.num_layers
         self.host_loads: Optional[List[int]] = None  # rows per expert, for layers read that way
         self.layer_time_s = [0.0] * self.num_layers
-        self.gpu_time_s = [0.0] * self.num_layers  # filled by the sender thread from CUDA events
+        # Expert-parallel layers (expert_parallel.py): time inside this process's own experts.
+        self.ep_layers = [index for index, layer in enumerate(layers) if getattr(layer, "held", None) is not None]
+        self.expert_time_s = [0.0] * self.num_layers
+        self._expert_start = [0.0] * self.num_layers
+        # filled by the sender thread from CUDA events: blocks at [layer], experts at [num_layers + layer]
+        self.gpu_time_s = [0.0] * (2 * self.num_layers)
         self.probe_time_s = 0.0
         self.phase_passes = {"prefill": 0, "decode": 0}
         self.last_shape: List[int] = []
@@ -208,6 +215,10 @@ class Recorder:
                 self._handles += layer.install(self._on_routing)
                 self._handles.append(block.register_forward_pre_hook(self._timer_start(layer.index)))
                 self._handles.append(block.register_forward_hook(self._timer_end(layer.index), always_call=True))
+            for index in self.ep_layers:
+                for expert in self.layers[index].expert_modules:
+                    self._handles.append(expert.register_forward_pre_hook(self._timer_start(self.num_layers + index)))
+                    self._handles.append(expert.register_forward_hook(self._timer_end(self.num_layers + index), always_call=True))
             self._handles.append(self.root.register_forward_pre_hook(self._on_pass_start, with_kwargs=True))
             # always_call: a forward that raises still ends the pass.
             self._handles.append(self.root.register_forward_hook(self._on_pass_end, always_call=True))
@@ -267,27 +278,39 @@ class Recorder:
         return True
 
     def _timer_start(self, index):
+        """Timing of block `index`, or (index >= num_layers) of the own experts of layer index - num_layers."""
+        layer = index % self.num_layers
+        starts = self._block_start if index < self.num_layers else self._expert_start
+
         def hook(module, args):
             if self.active and self._in_pass:
-                if self._block_on_gpu[index]:
+                if self._block_on_gpu[layer]:
                     event = torch.cuda.Event(enable_timing=True)
                     event.record()
                     self._gpu_events.append([index, event, None])
                 else:
-                    self._block_start[index] = perf_counter()
+                    starts[layer] = perf_counter()
         return hook
 
     def _timer_end(self, index):
+        layer = index % self.num_layers
+        starts, totals = ((self._block_start, self.layer_time_s) if index < self.num_layers
+                          else (self._expert_start, self.expert_time_s))
+
         def hook(module, args, output):
             if self.active and self._in_pass:
-                if self._block_on_gpu[index]:
-                    if self._gpu_events and self._gpu_events[-1][0] == index:
-                        event = torch.cuda.Event(enable_timing=True)
-                        event.record()
-                        self._gpu_events[-1][2] = event
-                elif self._block_start[index]:
-                    self.layer_time_s[index] += perf_counter() - self._block_start[index]
-                    self._block_start[index] = 0.0
+                if self._block_on_gpu[layer]:
+                    # the latest open timing of this index (an expert-parallel block's experts are
+                    # timed inside it, so the block's own start may not be the last entry)
+                    for entry in reversed(self._gpu_events[-64:]):
+                        if entry[0] == index and entry[2] is None:
+                            event = torch.cuda.Event(enable_timing=True)
+                            event.record()
+                            entry[2] = event
+                            break
+                elif starts[layer]:
+                    totals[layer] += perf_counter() - starts[layer]
+                    starts[layer] = 0.0
         return hook
 
     def _device_state(self, device) -> _DeviceState:
@@ -430,6 +453,7 @@ class Recorder:
             event.record()
         host = {
             "time_s": list(self.layer_time_s),
+            "expert_s": list(self.expert_time_s) if self.ep_layers else None,
             "probe_s": self.probe_time_s,
             "prefill": self.phase_passes["prefill"],
             "decode": self.phase_passes["decode"],

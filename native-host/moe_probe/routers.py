@@ -952,13 +952,17 @@ def _match_router(name, module, declared, parents, rejected) -> Optional[MoELaye
                     design="hash" if _is_hash(module, top_k) else "top-k", gating=_gating(chain))
 
 
-def find_moe_layers(root: nn.Module, rejected: Optional[List[Rejection]] = None) -> List[MoELayer]:
+def find_moe_layers(root: nn.Module, rejected: Optional[List[Rejection]] = None, expert_map=None) -> List[MoELayer]:
     """All MoE layers under root, in module order, with .index set 0..L-1.
 
     Blocks are tried before routers, and a claimed module's descendants are
     skipped, so a block and its router child count once. Modules that looked like
     part of an MoE layer but could not be read are appended to `rejected`.
+    `expert_map`: the user's expert-parallel map (distributed.check_expert_map), if any;
+    expert-parallel blocks are tried first (expert_parallel.py).
     """
+    from .expert_parallel import match_expert_parallel
+
     rejected = [] if rejected is None else rejected
     declared = _Declared(root)
     named = list(root.named_modules())
@@ -979,7 +983,8 @@ def find_moe_layers(root: nn.Module, rejected: Optional[List[Rejection]] = None)
         if any(prefix == "" or name == prefix or name.startswith(prefix + ".") for prefix in claimed):
             continue
         parent = by_name.get(name.rpartition(".")[0]) if name else None
-        layer = _match_block(name, module, declared, parent, rejected) or \
+        layer = match_expert_parallel(name, module, declared, parent, rejected, expert_map) or \
+            _match_block(name, module, declared, parent, rejected) or \
             _match_router(name, module, declared, parents, rejected)
         if layer is not None:
             layer.index = len(layers)

@@ -25,6 +25,7 @@ import torch
 
 from . import paths
 from .framing import FrameError, FrameReader, encode_frame
+from .distributed import dist_info
 from .models import describe_model, no_moe_message, survey
 from .recorder import Recorder, Settings
 
@@ -77,7 +78,7 @@ def _tensor_bytes(tensor: torch.Tensor) -> bytes:
 
 class ProbeServer:
     def __init__(self, mode: str, once: bool, socket_dir: str = None, models=None, settings=None,
-                 tcp_port=None):
+                 tcp_port=None, expert_map=None):
         self.mode = mode  # "injected" or "library"
         self.once = once
         # Optional TCP listener for a job on a remote machine reached through an SSH tunnel:
@@ -88,6 +89,7 @@ class ProbeServer:
         self._tcp_listener = None
         self.socket_dir = socket_dir
         self.explicit_models = models  # roots given by moe_probe.attach(model), else found by gc
+        self.expert_map = expert_map  # the user's expert-parallel map (distributed.check_expert_map)
         self.settings = settings or Settings()
         self.path = None
         self._listener = None
@@ -255,7 +257,7 @@ class Session:
                 pass
 
     def _run(self):
-        found = survey(self.server.explicit_models)
+        found = survey(self.server.explicit_models, self.server.expert_map)
         roots = found.roots
         settings = self.server.settings
         hello = {
@@ -271,6 +273,9 @@ class Session:
             "settings": settings.describe(),
             "warnings": visibility_warnings([root for root, _ in roots], found.cuda_graphs),
         }
+        where = dist_info()
+        if where is not None:
+            hello["dist"] = where  # one rank of a distributed job: the host shows all ranks as one
         if not roots:
             hello["error"] = {"code": "no_moe", "message": no_moe_message(found)}
             self.send(hello)
@@ -316,6 +321,10 @@ class Session:
         time_s = host["time_s"]
         if any(recorder.gpu_time_s):
             time_s = [a + b for a, b in zip(time_s, recorder.gpu_time_s)]
+        extra = {}
+        if host["expert_s"] is not None:
+            # expert-parallel layers: the time in this process's own experts (GPU events after the blocks')
+            extra["expert_s"] = [a + b for a, b in zip(host["expert_s"], recorder.gpu_time_s[recorder.num_layers:])]
         self.send({
             "t": "counts",
             "model": recorder.model_id,
@@ -335,6 +344,7 @@ class Session:
             "decode": host["decode"],
             "shape": host["shape"],
             "dropped_tokens": host["dropped_tokens_records"],
+            **extra,
         })
 
     def _send_tokens(self, recorder, record):
@@ -444,13 +454,13 @@ def current_server():
     return _server
 
 
-def start_server(mode, once, socket_dir=None, models=None, settings=None, tcp_port=None):
+def start_server(mode, once, socket_dir=None, models=None, settings=None, tcp_port=None, expert_map=None):
     global _server
     with _server_lock:
         if _server is not None and _server.running:
             return _server
         _server = ProbeServer(mode=mode, once=once, socket_dir=socket_dir, models=models, settings=settings,
-                              tcp_port=tcp_port)
+                              tcp_port=tcp_port, expert_map=expert_map)
         _server.start()
         return _server
 

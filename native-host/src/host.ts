@@ -6,9 +6,10 @@
  * to native messaging.
  */
 import * as fs from 'node:fs';
-import { MAX_HOST_MESSAGE_BYTES, PANEL_PROTOCOL_VERSION, type AttachAttempt, type AttachMethod, type HostMessage, type JobUpdate, type PanelRequest, type TokenUpdate } from '../../src/protocol/panel';
+import { HANDLE_BASE, MAX_HOST_MESSAGE_BYTES, PANEL_PROTOCOL_VERSION, type AttachAttempt, type AttachMethod, type HostMessage, type JobUpdate, type PanelRequest, type TokenUpdate } from '../../src/protocol/panel';
 import { HEALTH_COLUMNS, countsToNumbers, float32s, float64s, int32s, layerOffsets, type ModelInfo, type ProbeCounts, type ProbeFrame, type ProbeHello, type ProbeTokens } from '../../src/protocol/probe';
 import { AttachError, HINTS } from './attach-errors';
+import { localJobKey } from './dist-discovery';
 import { DEFAULT_HISTORY_BYTES, History } from './history';
 import { HistoryRequests, type HistoryOff } from './history-requests';
 import type { HistoryService } from './history-service';
@@ -17,6 +18,8 @@ import { attachMethods, type InjectMethod, injectProbe, preflight, waitForProbe 
 import { probeSocketPath, socketDir } from './paths';
 import { ProbeClient } from './probe-client';
 import { listTorchProcesses, processExists } from './processes';
+import { RankGroups } from './rank-groups';
+import { RelayLinks } from './relay-client';
 
 export interface HostOptions {
   /** Folder that holds the moe_probe package (dist/host in a build). */
@@ -40,6 +43,11 @@ export interface HostOptions {
   historyOff?: HistoryOff;
   /** Run the online change detection on every attached job (default true). */
   detectAnomalies?: boolean;
+  /**
+   * Show the ranks of a distributed job as one job (rank-groups.ts; default true). A relay and
+   * the command line's record, which stream each process on its own, turn it off.
+   */
+  groupRanks?: boolean;
 }
 
 interface Job {
@@ -55,6 +63,8 @@ interface Job {
   remote: boolean;
   /** Writes the job to the history database and watches it for anomalies. */
   observer: JobObserver;
+  /** The distributed job it is a rank of (a RankGroups handle), when shown as one. */
+  group?: number;
 }
 
 export class Host {
@@ -67,6 +77,9 @@ export class Host {
   readonly history: History;
   private readonly historyRequests: HistoryRequests;
   droppedToPanel = 0;
+  private nextHandle = HANDLE_BASE;
+  private readonly groups: RankGroups;
+  private readonly relays: RelayLinks;
 
   constructor(
     private readonly send: (message: HostMessage) => void,
@@ -75,6 +88,8 @@ export class Host {
     this.dir = opts.socketDir ?? socketDir();
     this.history = new History(opts.historyBytes ?? DEFAULT_HISTORY_BYTES);
     this.historyRequests = new HistoryRequests(opts.history, opts.historyOff ?? { path: '', reason: 'History is off for this host.' }, send, MESSAGE_BUDGET);
+    this.groups = new RankGroups(send, () => this.nextHandle++, (handle, via) => void (via ? this.relays.detach(handle) : this.detach(handle)));
+    this.relays = new RelayLinks(send, this.groups, () => this.nextHandle++);
     this.timer = setInterval(() => this.flushUpdates(), 1000 / (opts.updateHz ?? 30));
     // A job killed hard may leave its socket open for a moment; poll so the panel hears within a second.
     this.watchdog = setInterval(() => this.checkJobsAlive(), 250);
@@ -108,6 +123,11 @@ export class Host {
         return this.detach(request.pid);
       case 'connect':
         return this.connectTcp(request.address, request.token);
+      case 'connect-relay':
+        return this.relays.connect(request.address, request.token);
+      case 'rank-layer':
+        this.groups.setDetailLayer(request.pid, request.layer);
+        return;
       case 'history':
         return this.sendHistory(request.pid, request.from, request.to, request.layer);
       case 'token-pass': {
@@ -230,20 +250,45 @@ export class Host {
   }
 
   private adopt(pid: number, client: ProbeClient, hello: ProbeHello, method: AttachMethod, started: number, attempts?: AttachAttempt[]) {
+    const ms = Math.round(performance.now() - started);
+    const common = { python: hello.python, framework: hello.framework, frameworkVersion: hello.framework_version, argv: hello.argv };
     const attached: Extract<HostMessage, { type: 'attached' }> = {
-      type: 'attached', pid, method, ms: Math.round(performance.now() - started),
-      python: hello.python, framework: hello.framework, frameworkVersion: hello.framework_version,
-      argv: hello.argv, models: hello.models, warnings: hello.warnings ?? [], ...(attempts ? { attempts } : {}),
+      type: 'attached', pid, method, ms, ...common, models: hello.models, warnings: hello.warnings ?? [], ...(attempts ? { attempts } : {}),
     };
+    // Each process is its own history session and is watched for anomalies on its own (a rank of a
+    // distributed job too: its session holds that rank's routing).
     const observer = new JobObserver(pid, hello.models, this.send, this.opts.history, attached, this.opts.detectAnomalies ?? true);
     const job: Job = { pid, client, method, models: hello.models, pending: new Map(), coalesced: 0, detaching: false, remote: method === 'tcp', observer };
     this.jobs.set(pid, job);
     client.onFrame((frame) => this.onFrame(job, frame));
     client.on('close', (err) => void this.onClose(job, err));
-    this.send(attached);
+    // One rank of a distributed job: it joins its job (rank-groups.ts), which the panel sees as one.
+    let rank: Extract<HostMessage, { type: 'attached' }>['rank'];
+    let excluded: string | undefined;
+    if (hello.dist) {
+      const { key, label } = localJobKey(job.remote ? null : pid, hello.dist);
+      const node = hello.dist.node;
+      if (this.opts.groupRanks !== false) {
+        const joined = this.groups.join({
+          handle: pid, pid, node, via: '', rank: hello.dist.rank, worldSize: hello.dist.world_size, key, label,
+          model: hello.models[0], method, ms, ...common,
+        });
+        if (joined.group >= 0) job.group = joined.group;
+        excluded = joined.excluded;
+      }
+      rank = { group: job.group ?? -1, job: key, label, rank: hello.dist.rank, worldSize: hello.dist.world_size, node };
+    }
+    this.send({ ...attached, ...(rank ? { rank } : {}) });
+    if (excluded) void this.detach(pid);
   }
 
   async detach(pid: number): Promise<void> {
+    if (this.groups.isGroup(pid)) {
+      // A distributed job: every rank, here and behind relays.
+      this.groups.detaching(pid);
+      await Promise.all(this.groups.liveMembers(pid).map((m) => (m.via ? this.relays.detach(m.handle) : this.detach(m.handle))));
+      return;
+    }
     const job = this.jobs.get(pid);
     if (!job) {
       this.send({ type: 'error', pid, code: 'bad_request', message: `Not attached to process ${pid}.` });
@@ -254,6 +299,7 @@ export class Host {
   }
 
   async detachAll(): Promise<void> {
+    this.relays.closeAll(); // each relay detaches from its node's ranks when its connection ends
     await Promise.all([...this.jobs.values()].map((job) => {
       job.detaching = true;
       return job.client.detach();
@@ -264,6 +310,7 @@ export class Host {
     clearInterval(this.timer);
     clearInterval(this.watchdog);
     clearInterval(this.stats);
+    this.relays.closeAll();
     for (const job of this.jobs.values()) job.client.close();
   }
 
@@ -280,11 +327,15 @@ export class Host {
         this.droppedToPanel += 1;
         return;
       }
-      for (const part of splitTokenUpdate(tokenUpdate(job.pid, frame), MESSAGE_BUDGET)) this.send(part);
+      for (const part of splitTokenUpdate(tokenUpdate(job.pid, frame), MESSAGE_BUDGET)) {
+        if (job.group !== undefined) this.groups.tokens(job.pid, part);
+        else this.send(part);
+      }
     } else if (frame.t === 'layers') {
       job.models = job.models.map((m) => (m.id === frame.model ? { ...m, layers: frame.layers } : m));
       job.observer.layers(frame.model, frame.layers);
-      this.send({ type: 'layers', pid: job.pid, model: frame.model, layers: frame.layers });
+      if (job.group !== undefined) this.groups.layers(job.pid, frame.model, frame.layers);
+      else this.send({ type: 'layers', pid: job.pid, model: frame.model, layers: frame.layers });
     } else if (frame.t === 'error') {
       this.send({ type: 'error', pid: job.pid, code: 'probe_failed', message: `The probe stopped itself: ${frame.message}` });
     }
@@ -297,14 +348,20 @@ export class Host {
     job.observer.end();
     // A dying job closes its sockets a moment before it is gone from the process table.
     if (!job.detaching && !job.remote) await waitForExit(job.pid, 300);
+    let detached: Extract<HostMessage, { type: 'detached' }>;
     if (job.detaching) {
-      this.send({ type: 'detached', pid: job.pid, reason: 'requested' });
+      detached = { type: 'detached', pid: job.pid, reason: 'requested' };
     } else if (!job.remote && !processExists(job.pid)) {
-      this.send({ type: 'detached', pid: job.pid, reason: 'process_exited', message: `Process ${job.pid} exited.` });
+      detached = { type: 'detached', pid: job.pid, reason: 'process_exited', message: `Process ${job.pid} exited.` };
     } else if (err) {
-      this.send({ type: 'detached', pid: job.pid, reason: 'error', message: `Connection to the probe failed: ${err.message}` });
+      detached = { type: 'detached', pid: job.pid, reason: 'error', message: `Connection to the probe failed: ${err.message}` };
     } else {
-      this.send({ type: 'detached', pid: job.pid, reason: 'probe_closed', message: 'The probe closed the connection.' });
+      detached = { type: 'detached', pid: job.pid, reason: 'probe_closed', message: 'The probe closed the connection.' };
+    }
+    this.send(detached);
+    if (job.group !== undefined) {
+      const status = detached.reason === 'requested' ? 'detached' : detached.reason === 'process_exited' ? 'exited' : 'lost';
+      this.groups.end(job.pid, status, status === 'exited' ? 'exited' : status === 'detached' ? 'was detached' : `stopped streaming: ${detached.message}`);
     }
   }
 
@@ -320,11 +377,14 @@ export class Host {
       return;
     }
     for (const job of this.jobs.values()) this.flushJob(job);
+    this.groups.flush(); // each distributed job: the sum over its ranks, and each rank's figures
   }
 
   private flushJob(job: Job) {
     for (const counts of job.pending.values()) {
-      this.send(jobUpdate(job.pid, counts, job.coalesced));
+      const update = jobUpdate(job.pid, counts, job.coalesced);
+      if (job.group !== undefined) this.groups.counts(job.pid, update);
+      else this.send(update);
     }
     job.pending.clear();
   }
@@ -345,6 +405,7 @@ export function jobUpdate(pid: number, counts: ProbeCounts, coalesced: number): 
   if (counts.health) update.health = float64s(counts.health);
   if (counts.max_logit) update.maxLogit = float64s(counts.max_logit);
   if (counts.time_s) update.timeS = counts.time_s;
+  if (counts.expert_s) update.expertS = counts.expert_s;
   if (counts.probe_s !== undefined) update.probeS = counts.probe_s;
   if (counts.prefill !== undefined) update.prefill = counts.prefill;
   if (counts.decode !== undefined) update.decode = counts.decode;

@@ -5,6 +5,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { ProcessInfo } from '../../src/protocol/panel';
+import { distributedJobs, readDistFacts } from './dist-discovery';
 import { type CommandRunner, listMacProcessFacts, readMacProcessFacts } from './macos';
 import { probeSocketPath } from './paths';
 
@@ -139,6 +140,14 @@ export function listTorchProcesses(attachedPids: Set<number>, proc = '/proc', op
     if (facts.pid === process.pid || facts.uid !== uid || !isPython(facts.exe, facts.images)) continue;
     const info = describeProcess(facts, attachedPids.has(facts.pid));
     if (info.torch || info.probe) out.push(info);
+  }
+  if ((opts.platform ?? process.platform) === 'linux') {
+    // Ranks of one distributed job, from their environment and parent (dist-discovery.ts).
+    const jobs = distributedJobs(out.map((p) => readDistFacts(p.pid, p.cmdline.split(' '), proc)));
+    for (const p of out) {
+      const dist = jobs.get(p.pid);
+      if (dist) p.dist = dist;
+    }
   }
   return out.sort((a, b) => a.pid - b.pid);
 }

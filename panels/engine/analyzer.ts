@@ -4,7 +4,7 @@
  * cumulative snapshots, differences them into a recent window, and runs the
  * routing analyses of src/analysis over that window.
  */
-import type { HostMessage, JobUpdate, TokenUpdate } from '../../src/protocol/panel';
+import type { HostMessage, JobUpdate, RankSample, TokenUpdate } from '../../src/protocol/panel';
 import { HEALTH_COLUMNS, layerOffsets, type LayerInfo, type ModelInfo } from '../../src/protocol/probe';
 import {
   coactivation, findings, layerLabel, loadStats, maxVio, resolveThresholds, smallestJudgeableWindow, unknownLayer, vocabularySpecialization,
@@ -12,6 +12,7 @@ import {
 } from '../../src/analysis';
 import { Ring } from './ring';
 import { compareRanges, planRange, resolveRange, type ComparisonResult, type JobSnapshots, type PlanResult, type RangeSpec } from './long-run';
+import { analyzeRanks, type JobRanks, type RanksAnalysis } from './ranks';
 
 const HC = HEALTH_COLUMNS.length;
 const H_TOKENS = HEALTH_COLUMNS.indexOf('logit_tokens');
@@ -37,6 +38,10 @@ export interface Snapshot {
   decode: number;
   dropped: number;
   droppedTokens: number;
+  /** A distributed job's ranks, each cumulative since its attach (null for a single process). */
+  ranks: RankSample[] | null;
+  /** The layer of RankSample.counts. */
+  rankLayer: number;
 }
 
 export type WindowMode = 'seconds' | 'tokens' | 'all';
@@ -182,6 +187,8 @@ export interface Analysis {
   vocabulary: { layer: number; share: number; ids: number; tokens: number; minOccurrences: number } | null;
   /** Totals of token records kept. */
   tokenPassesKept: number;
+  /** A distributed job: each rank over the window (absent for a single process). */
+  ranks?: RanksAnalysis;
 }
 
 /** Snapshot memory budget per job (bytes of counts); bounds the ring's capacity. */
@@ -215,11 +222,14 @@ interface JobData {
   timeline: Ring<TimelinePoint>;
   tokens: Ring<TokenRow>;
   version: number;
+  /** When each rank's figures were first seen (its rates until a window baseline holds it). */
+  rankFirstSeen: Map<number, number>;
 }
 
 export class Analyzer {
   private jobs = new Map<number, JobData>();
   private models = new Map<number, ModelInfo[]>();
+  private ranks = new Map<number, JobRanks>();
 
   /** Take one host message (only 'attached', 'layers', 'update' and 'tokens' matter here). */
   ingest(message: HostMessage): void {
@@ -238,6 +248,10 @@ export class Analyzer {
       this.ingestUpdate(message);
     } else if (message.type === 'tokens') {
       this.ingestTokens(message);
+    } else if (message.type === 'ranks') {
+      this.ranks.set(message.pid, { key: message.key, label: message.label, worldSize: message.worldSize, ranks: message.ranks });
+      const job = this.jobs.get(message.pid);
+      if (job) job.version++;
     }
   }
 
@@ -260,6 +274,7 @@ export class Analyzer {
   forget(pid: number): void {
     this.jobs.delete(pid);
     this.models.delete(pid);
+    this.ranks.delete(pid);
   }
 
   version(pid: number): number {
@@ -281,7 +296,7 @@ export class Analyzer {
       job = {
         pid, model, layers: widths.length, widths: widths.slice(), offsets, total, infos, topK: infos.map((l) => l.top_k),
         history: new Ring(capacity), latest: null, zero: null, t0: NaN,
-        timeline: new Ring(TIMELINE_POINTS), tokens: new Ring(TOKEN_PASSES), version: 0,
+        timeline: new Ring(TIMELINE_POINTS), tokens: new Ring(TOKEN_PASSES), version: 0, rankFirstSeen: new Map(),
       };
       this.jobs.set(pid, job);
     }
@@ -303,6 +318,7 @@ export class Analyzer {
       job.t0 = snap.ts;
       if (job.history.size === 0) job.zero = zeroSnapshot(snap);
     }
+    for (const r of snap.ranks ?? []) if (!job.rankFirstSeen.has(r.handle)) job.rankFirstSeen.set(r.handle, r.ts);
     const prev = job.history.last();
     if (!prev || snap.ts - prev.ts >= MIN_SPACING_S) job.history.push(snap);
     job.latest = snap;
@@ -548,7 +564,24 @@ export class Analyzer {
       coactivation: co,
       vocabulary,
       tokenPassesKept: job.tokens.size,
+      ...(latest.ranks ? { ranks: this.ranksOf(job, latest, base) } : {}),
     };
+  }
+
+  /** Each rank over the window; its per-expert counts from the first snapshot of the same layer. */
+  private ranksOf(job: JobData, latest: Snapshot, base: Snapshot): RanksAnalysis {
+    let countsBase: Snapshot = base;
+    if (base.ranks && base.rankLayer !== latest.rankLayer) {
+      countsBase = latest;
+      for (let i = 0; i < job.history.size; i++) {
+        const snap = job.history.at(i)!;
+        if (snap.ts >= base.ts && snap.rankLayer === latest.rankLayer) {
+          countsBase = snap;
+          break;
+        }
+      }
+    }
+    return analyzeRanks(this.ranks.get(job.pid), latest, base, countsBase, job.rankFirstSeen);
   }
 }
 
@@ -578,6 +611,8 @@ function toSnapshot(u: JobUpdate): Snapshot {
     decode: u.decode ?? 0,
     dropped: u.dropped,
     droppedTokens: u.droppedTokens ?? 0,
+    ranks: u.ranks ?? null,
+    rankLayer: u.rankLayer ?? 0,
   };
 }
 
@@ -587,7 +622,7 @@ function zeroSnapshot(like: Snapshot): Snapshot {
     tokens: like.tokens ? new Float64Array(like.tokens.length) : null,
     health: like.health ? new Float64Array(like.health.length) : null,
     timeS: like.timeS ? new Float64Array(like.timeS.length) : null,
-    probeS: 0, prefill: 0, decode: 0, dropped: 0, droppedTokens: 0,
+    probeS: 0, prefill: 0, decode: 0, dropped: 0, droppedTokens: 0, ranks: null, rankLayer: like.rankLayer,
   };
 }
 

@@ -73,6 +73,8 @@ function invalidMessage(v: unknown): string | null {
     case 'detached':
     case 'attaching':
       return isNum(m.pid) ? null : `a "${m.type}" message needs a pid`;
+    case 'ranks':
+      return isNum(m.pid) && Array.isArray(m.ranks) && isNum(m.worldSize) ? null : 'a "ranks" message needs pid, worldSize and ranks';
     default:
       return `unexpected message type ${JSON.stringify(m.type)}`;
   }

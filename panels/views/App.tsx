@@ -11,6 +11,7 @@ import { Load } from './Load';
 import { Overview } from './Overview';
 import { ProcessList } from './ProcessList';
 import { Profiler } from './Profiler';
+import { Ranks } from './Ranks';
 import { Timeline } from './Timeline';
 import { Tokens } from './Tokens';
 import { Anomalies } from './Anomalies';
@@ -84,7 +85,7 @@ export function App({ store }: { store: Store }) {
         <span class="spacer" />
         {recording && <span class="rec-label" data-testid="recording-status">● REC {recording.messages.length}</span>}
         {job && job.status === 'attached' && (
-          <button data-testid="toolbar-detach" onClick={() => store.detach(job.pid)}>Detach {job.pid}</button>
+          <button data-testid="toolbar-detach" onClick={() => store.detach(job.pid)}>{job.ranks ? 'Detach all ranks' : `Detach ${job.pid}`}</button>
         )}
       </header>
       {settingsOpen && <SettingsBar store={store} />}
@@ -180,7 +181,7 @@ function Notices({ store }: { store: Store }) {
       {notices.map((n) => (
         <div class="notice" role="alert" data-testid="notice" data-code={n.code} key={n.id}>
           <div>
-            <b>{n.pid !== undefined ? `Process ${n.pid}: ` : ''}</b>
+            <b>{n.pid === undefined ? '' : store.state.jobs.get(n.pid)?.ranks ? `${store.state.jobs.get(n.pid)!.ranks!.label}: ` : `Process ${n.pid}: `}</b>
             <span class="notice-message">{n.message}</span>
             {n.hint && <div class="hint">{n.hint}</div>}
           </div>
@@ -195,7 +196,7 @@ function JobView({ store, job, analysis: a }: { store: Store; job: JobState; ana
   const model = job.models[0];
   const layer = Math.min(store.state.selectedLayer, Math.max(0, (model?.layers.length ?? a?.layers ?? 1) - 1));
   const info = model?.layers[layer];
-  const view = store.state.view;
+  const view = store.state.view === 'ranks' && !job.ranks ? 'overview' : store.state.view;
   const token = store.state.token;
   const anomalies = store.longRun.anomaliesOf(job.pid);
   // The views change only with the analysis (at most 5 Hz), the layer or the selected token,
@@ -211,14 +212,17 @@ function JobView({ store, job, analysis: a }: { store: Store; job: JobState; ana
       {view === 'timeline' && <Timeline a={a} />}
       {view === 'coactivation' && <Coactivation a={a} layer={layer} />}
       {view === 'profiler' && <Profiler a={a} />}
+      {view === 'ranks' && <Ranks a={a} />}
       {view === 'compare' && <Compare store={store} job={job} />}
       {view === 'anomalies' && <Anomalies store={store} anomalies={anomalies} />}
     </div>
   ) : null), [store, a, view, layer, token, anomalies, job.pid]);
 
   if (job.status === 'attaching') return <div class="welcome">Attaching to process {job.pid}{job.method ? ` via ${job.method}` : ''}…</div>;
-  const title = job.session ? `History session ${job.session.info.id} of pid ${job.session.info.pid}` : job.replay ? `Recording of pid ${job.replay.pid}` : `pid ${job.pid}`;
-  const status = job.replay ? job.replay.file : job.status === 'detached' ? `Detached: ${job.detachReason ?? ''}` : `attached via ${job.method} in ${job.attachMs} ms`;
+  const title = job.session ? `History session ${job.session.info.id} of pid ${job.session.info.pid}` : job.replay ? `Recording of pid ${job.replay.pid}` : job.ranks ? `${job.ranks.worldSize} ranks` : `pid ${job.pid}`;
+  const status = job.replay ? job.replay.file : job.status === 'detached' ? `Detached: ${job.detachReason ?? ''}`
+    : job.ranks ? `${job.ranks.ranks.filter((r) => r.status === 'attached').length} of ${job.ranks.worldSize} ranks streaming · ${job.ranks.label}`
+      : `attached via ${job.method} in ${job.attachMs} ms`;
   return (
     <div class="job" data-testid="job" data-pid={job.pid} data-status={job.status}>
       <div class="job-head">
@@ -226,7 +230,7 @@ function JobView({ store, job, analysis: a }: { store: Store; job: JobState; ana
         <span class="muted" title={job.attachDetail} data-testid="attach-status">{status}</span>
       </div>
       <nav class="tabs" role="tablist">
-        {VIEWS.map((v) => (
+        {VIEWS.filter((v) => v.id !== 'ranks' || job.ranks).map((v) => (
           <button key={v.id} role="tab" aria-selected={view === v.id} class={`tab ${view === v.id ? 'selected' : ''}`} data-testid={`tab-${v.id}`} onClick={() => store.selectView(v.id)}>
             {v.label}
             {v.id === 'overview' && a && a.findings.length > 0 && <span class="badge" data-testid="findings-count">{a.findings.length}</span>}
@@ -234,7 +238,7 @@ function JobView({ store, job, analysis: a }: { store: Store; job: JobState; ana
           </button>
         ))}
       </nav>
-      {model && (view === 'load' || view === 'coactivation') && (
+      {model && (view === 'load' || view === 'coactivation' || view === 'ranks') && (
         <div class="controls">
           <label>
             Layer{' '}

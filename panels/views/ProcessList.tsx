@@ -1,17 +1,20 @@
 /** The jobs sidebar: the user's torch processes, with Attach / Detach. */
 import type { Store } from '../store';
+import { DistributedJobs } from './DistributedJobs';
 
 export function ProcessList({ store }: { store: Store }) {
-  const { processes, jobs, selectedPid, connection } = store.state;
+  const { processes: all, jobs, selectedPid, connection } = store.state;
+  const processes = all.filter((p) => !p.dist); // ranks of distributed jobs are listed by their job
   return (
     <aside class="process-pane" aria-label="Python processes">
+      <DistributedJobs store={store} />
       <div class="sidebar-head">
         <span>Python processes with torch</span>
         <button class="icon-button" title="Refresh the list" data-testid="refresh" disabled={connection !== 'connected'} onClick={() => store.refresh()}>
           ⟳
         </button>
       </div>
-      {processes.length === 0 && <p class="empty">No Python process with torch loaded was found for your user.</p>}
+      {all.length === 0 && <p class="empty">No Python process with torch loaded was found for your user.</p>}
       <ul class="process-list">
         {processes.map((p) => {
           const job = jobs.get(p.pid);

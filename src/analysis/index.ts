@@ -14,3 +14,4 @@ export * from './thresholds';
 export * from './health';
 export * from './layers';
 export { FINDING_KINDS, findings, fmtInt, type Finding, type FindingKind, type LayerWindow } from './findings';
+export * from './ranks';

@@ -14,6 +14,20 @@ export const PANEL_PROTOCOL_VERSION = 1;
 export const MAX_HOST_MESSAGE_BYTES = 1024 * 1024;
 export const HOST_NAME = 'com.moe_devtools.host';
 
+/**
+ * A process's place in a distributed job, as what launched it says (its environment, its parent),
+ * read before attaching. Processes with the same `job` are ranks of one job.
+ */
+export interface ProcessDist {
+  /** Same value = same job: from TORCHELASTIC_RUN_ID and MASTER_ADDR:MASTER_PORT, a Ray raylet, or a launcher parent. */
+  job: string;
+  /** How the job is named in the list, e.g. "torchrun 3f9c1d2e, world 4". */
+  label: string;
+  rank: number | null;
+  worldSize: number | null;
+  localRank: number | null;
+}
+
 export interface ProcessInfo {
   pid: number;
   /** Command line, joined with spaces, truncated for display. */
@@ -23,9 +37,64 @@ export interface ProcessInfo {
   /** A probe is already listening in this process (moe_probe.attach / python -m moe_probe run, or attached before). */
   probe: boolean;
   attached: boolean;
+  /** Present when the process is one rank of a distributed job. */
+  dist?: ProcessDist;
 }
 
-export type AttachMethod = 'socket' | 'remote_exec' | 'ptrace' | 'gdb' | 'lldb' | 'tcp';
+/**
+ * Ids in messages: a job's `pid` is its process id, or, at HANDLE_BASE and above (never a real pid),
+ * a handle the host gave a distributed job (all its ranks as one) or a rank reached through a relay.
+ */
+export const HANDLE_BASE = 2 ** 30;
+
+/** One rank of a distributed job, as the host sees it. */
+export interface RankInfo {
+  /** The id of the rank's process in messages: its pid here, a handle for a rank behind a relay. */
+  handle: number;
+  /** Its process id on its own machine. */
+  pid: number;
+  rank: number;
+  /** Its machine: the host name, or the relay's name for it. */
+  node: string;
+  /** The relay it is reached through ("" for this machine). */
+  via: string;
+  status: 'attached' | 'exited' | 'lost' | 'excluded' | 'detached';
+  /** Per MoE layer: the global experts it holds (expert-parallel layers), or null where it holds all. */
+  held: Array<number[] | null>;
+  /** Why it stopped or was left out. */
+  message?: string;
+}
+
+/**
+ * One rank's cumulative figures since it was attached (its own clock), carried by its job's
+ * update: totals over the MoE layers, and one layer (the update's `rankLayer`) in detail, so that
+ * an update of many ranks stays small. `load` is what its own experts processed: the work that
+ * makes the slowest GPU.
+ */
+export interface RankSample {
+  handle: number;
+  rank: number;
+  passes: number;
+  /** The rank's probe clock, seconds since the epoch. */
+  ts: number;
+  /** Tokens of its own batches through the first MoE layer. */
+  tokens: number;
+  /** Token-expert assignments its experts processed, all MoE layers (the sum of its counts). */
+  load: number;
+  /** The same in `rankLayer`. */
+  layerLoad: number;
+  /** Seconds in its MoE blocks, all layers (expert parallel: waiting in the all-to-all included). */
+  timeS?: number;
+  /** Seconds inside its own experts, all layers (expert parallel): its compute alone. */
+  expertS?: number;
+  /** What its experts processed per global expert in `rankLayer` (left out when a job has too many ranks for one message). */
+  counts?: number[];
+  /** Snapshots of this rank dropped on the way. */
+  dropped: number;
+}
+
+/** 'ranks': a distributed job, all its ranks as one (each rank has its own method); 'relay': a rank reached through a relay. */
+export type AttachMethod = 'socket' | 'remote_exec' | 'ptrace' | 'gdb' | 'lldb' | 'tcp' | 'ranks' | 'relay';
 
 /** What one attach method did: the panel lists these when all fail, and shows how the one that worked went. */
 export interface AttachAttempt {
@@ -55,6 +124,9 @@ export type ErrorCode =
   | 'host_unavailable'
   | 'partial_visibility'
   | 'history_unavailable'
+  | 'rank_conflict'
+  | 'rank_lost'
+  | 'relay_failed'
   | 'internal';
 
 export type PanelRequest =
@@ -70,6 +142,10 @@ export type PanelRequest =
   | { type: 'connect'; address: string; token: string }
   /** Host settings: history memory cap (MiB), panel update rate (Hz), and the history database's retention (MiB, days). */
   | { type: 'configure'; historyMB?: number; updateHz?: number; dbMaxMB?: number; dbMaxDays?: number }
+  /** Connect to a relay (`moe-devtools relay` on another node), through an SSH tunnel to its loopback port. */
+  | { type: 'connect-relay'; address: string; token: string }
+  /** The layer whose per-rank, per-expert counts a distributed job's updates carry (RankSample.counts). */
+  | { type: 'rank-layer'; pid: number; layer: number }
   /** The sessions in the history database (answered with 'sessions'). */
   | { type: 'sessions' }
   /**
@@ -107,11 +183,20 @@ export interface JobUpdate {
   timeS?: number[];
   /** Seconds the probe spent in its own hooks, cumulative. */
   probeS?: number;
+  /** Seconds inside the process's own experts per layer (expert-parallel jobs), cumulative. */
+  expertS?: number[];
   prefill?: number;
   decode?: number;
   shape?: number[];
   /** Per-token records dropped on the way. */
   droppedTokens?: number;
+  /**
+   * A distributed job's update: the counts above are the sum over its ranks (passes and tokens too,
+   * so per-pass figures are per rank), and each rank's own figures are here.
+   */
+  ranks?: RankSample[];
+  /** The layer of RankSample.counts. */
+  rankLayer?: number;
 }
 
 /** The routing of every sampled token of one pass. */
@@ -196,7 +281,8 @@ export interface AnomalyFinding {
 }
 
 export type HostMessage =
-  | { type: 'hello'; version: number; host: string; platform: string }
+  /** `node`: a relay's name for its machine (relays only). */
+  | { type: 'hello'; version: number; host: string; platform: string; node?: string }
   | { type: 'processes'; processes: ProcessInfo[] }
   | { type: 'attaching'; pid: number; method: AttachMethod }
   | {
@@ -213,6 +299,10 @@ export type HostMessage =
       warnings?: Array<{ code: string; message: string }>;
       /** How the probe got in: each method tried, the one that worked last. */
       attempts?: AttachAttempt[];
+      /** One rank of a distributed job: where it sits (its job's messages come under `group`). */
+      rank?: { group: number; job: string; label: string; rank: number; worldSize: number; node: string };
+      /** A distributed job shown as one (method 'ranks'): its key, label and world size. */
+      job?: { key: string; label: string; worldSize: number };
     }
   | JobUpdate
   | TokenUpdate
@@ -242,6 +332,10 @@ export type HostMessage =
    */
   | { type: 'session-data'; session: number; purpose: 'view' | 'export'; part: number; done: boolean; info?: HistorySession; available?: number; messages: HostMessage[] }
   | { type: 'session-imported'; session: number; name: string }
+  /** A distributed job's ranks: sent when one joins, ends or is left out. */
+  | { type: 'ranks'; pid: number; key: string; label: string; worldSize: number; ranks: RankInfo[] }
+  /** A relay connected (connect-relay): its address and the name of its node. */
+  | { type: 'relay'; address: string; node: string; status: 'connected' | 'closed'; message?: string }
   | { type: 'detached'; pid: number; reason: 'requested' | 'process_exited' | 'probe_closed' | 'error'; message?: string }
   | { type: 'error'; pid?: number; code: ErrorCode; message: string; hint?: string; attempts?: AttachAttempt[] };
 
@@ -272,14 +366,21 @@ export function parsePanelRequest(value: unknown): PanelRequest | { error: strin
       }
       return req;
     }
-    case 'connect': {
+    case 'connect':
+    case 'connect-relay': {
       const m = typeof msg.address === 'string' ? /^(127\.\d+\.\d+\.\d+|localhost|\[::1\]):(\d{1,5})$/.exec(msg.address) : null;
       if (!m || Number(m[2]) < 1 || Number(m[2]) > 65535) {
-        return { error: 'connect needs a loopback address such as 127.0.0.1:PORT (forward the remote port with ssh -L)' };
+        return { error: `${msg.type} needs a loopback address such as 127.0.0.1:PORT (forward the remote port with ssh -L)` };
       }
-      if (typeof msg.token !== 'string' || !/^[0-9a-f]{16,128}$/.test(msg.token)) return { error: 'connect needs the probe token (hex)' };
-      return { type: 'connect', address: msg.address as string, token: msg.token };
+      const whose = msg.type === 'connect' ? 'probe' : 'relay';
+      if (typeof msg.token !== 'string' || !/^[0-9a-f]{16,128}$/.test(msg.token)) return { error: `${msg.type} needs the ${whose} token (hex)` };
+      return { type: msg.type, address: msg.address as string, token: msg.token };
     }
+    case 'rank-layer':
+      if (!pidOk(msg.pid)) return { error: 'rank-layer needs a positive integer pid' };
+      return typeof msg.layer === 'number' && Number.isInteger(msg.layer) && msg.layer >= 0
+        ? { type: 'rank-layer', pid: msg.pid, layer: msg.layer }
+        : { error: 'rank-layer needs a whole layer number' };
     case 'token-pass':
       if (!pidOk(msg.pid)) return { error: 'token-pass needs a positive integer pid' };
       return typeof msg.pass === 'number' && Number.isInteger(msg.pass) && msg.pass > 0

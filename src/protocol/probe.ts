@@ -68,6 +68,31 @@ export interface LayerInfo {
   shared_experts: number;
   /** The router's scoring function when the model says ("sigmoid", "softmax"); "" when unknown. */
   gating: string;
+  /**
+   * Expert-parallel layers only: the global ids of the experts this process holds, in the order of
+   * its local experts (from the model, or moe_probe.attach(model, expert_map=...)). `experts` is then
+   * the layer's global width, and counts are the rows this process's experts received, at their
+   * global ids, so the counts of the job's logical layer are the sum over its ranks.
+   */
+  held?: number[];
+}
+
+/** Where the probe's process sits in a distributed job (hello.dist; absent for a single process). */
+export interface DistInfo {
+  rank: number;
+  world_size: number;
+  /** -1 when the launcher did not say. */
+  local_rank: number;
+  /** The host name of the machine. */
+  node: string;
+  /** torchelastic's run id (TORCHELASTIC_RUN_ID), "" when none. */
+  run_id: string;
+  /** The rendezvous address "MASTER_ADDR:MASTER_PORT", "" when not set. */
+  master: string;
+  /** torch.distributed's backend ("gloo", "nccl", ...), "" when it is not initialized. */
+  backend: string;
+  /** Where rank and world size were read: the initialized process group, or the launcher's environment. */
+  source: 'torch.distributed' | 'environment';
 }
 
 export interface ModelInfo {
@@ -99,6 +124,8 @@ export interface ProbeHello {
   /** What the probe can see only partly: CUDA graph replays, compiled modules, ... */
   warnings?: ProbeErrorInfo[];
   error?: ProbeErrorInfo;
+  /** Present when the process is one rank of a distributed job. */
+  dist?: DistInfo;
 }
 
 /** Columns of a counts frame's per-layer `health` block, in order. */
@@ -135,6 +162,11 @@ export interface ProbeCounts {
   time_s?: number[];
   /** Seconds the probe itself spent in its hooks, cumulative. */
   probe_s?: number;
+  /**
+   * Seconds inside this process's own experts per layer, cumulative: sent when some layer is
+   * expert parallel (0 for the others). Its compute, without the all-to-all waits `time_s` includes.
+   */
+  expert_s?: number[];
   /** Passes seen as prefill (sequence length > 1) and as decode (length 1), cumulative. */
   prefill?: number;
   decode?: number;
@@ -265,7 +297,11 @@ function parseLayer(value: unknown): LayerInfo {
   if (experts < 1 || topK < 1 || topK > experts) throw new ProtocolError(`layer has ${experts} experts and top_k ${topK}`);
   const identity = field(value, 'identity_experts', isNat, 'a whole number');
   if (identity >= experts) throw new ProtocolError(`layer has ${experts} experts, ${identity} of them zero-compute`);
-  return {
+  const held = optional(value, 'held', isNatArray, 'a list of whole numbers');
+  if (held && (!held.length || held.some((e) => e >= experts) || new Set(held).size !== held.length)) {
+    throw new ProtocolError(`field "held" should name distinct experts below ${experts}, got ${describeValue(held)}`);
+  }
+  const info: LayerInfo = {
     index: field(value, 'index', isNat, 'a whole number'),
     name: field(value, 'name', isStr, 'a string'),
     arch: field(value, 'arch', isStr, 'a string'),
@@ -280,6 +316,26 @@ function parseLayer(value: unknown): LayerInfo {
     identity_experts: identity,
     shared_experts: field(value, 'shared_experts', isNat, 'a whole number'),
     gating: field(value, 'gating', isStr, 'a string'),
+  };
+  if (held) info.held = held;
+  return info;
+}
+
+function parseDist(value: unknown): DistInfo {
+  if (!isObj(value)) throw new ProtocolError('field "dist" should be a map');
+  const worldSize = field(value, 'world_size', isNat, 'a whole number');
+  const rank = field(value, 'rank', isNat, 'a whole number');
+  if (rank >= worldSize) throw new ProtocolError(`rank ${rank} is not below the world size ${worldSize}`);
+  const source = value.source;
+  if (source !== 'torch.distributed' && source !== 'environment') throw new ProtocolError('field "source" should be "torch.distributed" or "environment"');
+  return {
+    rank, world_size: worldSize,
+    local_rank: field(value, 'local_rank', isInt, 'a whole number (-1 when unknown)'),
+    node: field(value, 'node', isStr, 'a string'),
+    run_id: field(value, 'run_id', isStr, 'a string'),
+    master: field(value, 'master', isStr, 'a string'),
+    backend: field(value, 'backend', isStr, 'a string'),
+    source,
   };
 }
 
@@ -343,6 +399,7 @@ export function parseProbeFrame(value: unknown): ProbeFrame {
           return { code: field(w, 'code', isStr, 'a string'), message: field(w, 'message', isStr, 'a string') };
         });
       }
+      if (value.dist !== undefined && value.dist !== null) hello.dist = parseDist(value.dist);
       const settings = value.settings;
       if (settings !== undefined) {
         if (!isObj(settings) || !Object.values(settings).every(isNum)) throw new ProtocolError('field "settings" should map names to numbers');
@@ -378,10 +435,11 @@ export function parseProbeFrame(value: unknown): ProbeFrame {
       if (health) frame.health = health;
       const maxLogit = sizedBytes(value, 'max_logit', layers * 8);
       if (maxLogit) frame.max_logit = maxLogit;
-      const timeS = optional(value, 'time_s', isNumArray, 'a list of numbers');
-      if (timeS) {
-        if (timeS.length !== layers) throw new ProtocolError(`field "time_s" has ${timeS.length} values for ${layers} layers`);
-        frame.time_s = timeS;
+      for (const key of ['time_s', 'expert_s'] as const) {
+        const seconds = optional(value, key, isNumArray, 'a list of numbers');
+        if (!seconds) continue;
+        if (seconds.length !== layers) throw new ProtocolError(`field "${key}" has ${seconds.length} values for ${layers} layers`);
+        frame[key] = seconds;
       }
       for (const key of ['prefill', 'decode', 'dropped_tokens'] as const) {
         const n = optional(value, key, isNat, 'a whole number');
