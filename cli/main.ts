@@ -22,6 +22,8 @@ import { databaseFile, historyDelete, historyExport, historyImport, historyList 
 import { planFromRecording, planJson, planText } from './commands/plan';
 import { prepareFile, writeFileAtomic } from './files';
 import { relayCommand } from './commands/relay';
+import { flowJson, flowText, recordingFlow } from './commands/flow';
+import { FLOW_WEIGHTINGS, type FlowWeighting } from '../src/analysis';
 
 /** One version for the command line and the probe package (a test holds moe_probe.__version__ to it). */
 const VERSION = packageJson.version;
@@ -47,6 +49,8 @@ export const USAGE = `usage: moe-devtools <command> [options]
   relay [--port P] [--token-file F]   serve this node's ranks of a distributed job to a panel elsewhere
         [--node NAME] [--job KEY]      (127.0.0.1 only: ssh -L P:127.0.0.1:P node; token printed,
         [--all-namespaces]             or MOE_DEVTOOLS_RELAY_TOKEN); runs until Ctrl-C
+  flow FILE --from L --to L2 [--json]  sampled tokens' transitions between consecutive MoE layers L..L2
+         [--weighting top1|slots|gates]  (the panel's Flow view; default top1) [--filter TEXT] [--passes A-B]
 
 Exit status: 0 done; 1 report --fail-on found something; 2 error (one line on stderr).`;
 
@@ -229,8 +233,28 @@ async function run(argv: string[]): Promise<number> {
       });
       return EXIT.ok;
     }
+    case 'flow': {
+      const { values, positionals: args } = parseArgs({ args: rest, allowPositionals: true, strict: true, options: {
+        from: { type: 'string' }, to: { type: 'string' }, weighting: { type: 'string' }, filter: { type: 'string' }, passes: { type: 'string' }, json: { type: 'boolean' },
+      } });
+      const [file] = positionals(args, ['FILE'], 'flow');
+      const layer = (v: string | undefined, flag: string) => {
+        if (v === undefined || !/^\d+$/.test(v)) throw new CliError(`${flag} needs a layer index (0 for the first MoE layer), got ${v === undefined ? 'nothing' : `"${v}"`}`);
+        return Number(v);
+      };
+      const weighting = (values.weighting ?? 'top1') as FlowWeighting;
+      if (!FLOW_WEIGHTINGS.includes(weighting)) throw new CliError(`--weighting should be one of ${FLOW_WEIGHTINGS.join(', ')}, got "${values.weighting}"`);
+      const passes = values.passes === undefined ? null : /^(\d+)-(\d+)$/.exec(values.passes);
+      if (values.passes !== undefined && !passes) throw new CliError(`--passes takes a range FIRST-LAST of pass numbers, got "${values.passes}"`);
+      const result = recordingFlow(readRecording(file!), {
+        from: layer(values.from, '--from'), to: layer(values.to, '--to'), weighting, filter: values.filter ?? '',
+        fromPass: passes ? Number(passes[1]) : undefined, toPass: passes ? Number(passes[2]) : undefined,
+      });
+      out(values.json ? flowJson(result) : flowText(result));
+      return EXIT.ok;
+    }
     default:
-      throw new CliError(`unknown command "${command}" (commands: list, record, report, export, plan, history, relay; see moe-devtools --help)`);
+      throw new CliError(`unknown command "${command}" (commands: list, record, report, export, plan, history, relay, flow; see moe-devtools --help)`);
   }
 }
 

@@ -3,6 +3,7 @@ import { render } from 'preact';
 import * as Comlink from 'comlink';
 import { PANEL_PORT_NAME, PANEL_PROTOCOL_VERSION, type HostMessage } from '../src/protocol/panel';
 import { Analyzer } from './engine/analyzer';
+import { forWorker } from './engine/transfer';
 import { Store, type AnalyzerPort, type UserSettings } from './store';
 import { App } from './views/App';
 import 'uplot/dist/uPlot.min.css';
@@ -32,7 +33,18 @@ function makeAnalyzer(): AnalyzerPort {
     const url = globalThis.chrome?.runtime?.id ? chrome.runtime.getURL('worker.js') : new URL('worker.js', location.href).href;
     const worker = new Worker(url);
     document.documentElement.dataset.analyzer = 'worker';
-    return Comlink.wrap<Analyzer>(worker) as unknown as AnalyzerPort;
+    const remote = Comlink.wrap<Analyzer>(worker) as unknown as AnalyzerPort;
+    return {
+      // Updates go over as transferred typed arrays (engine/transfer.ts); everything else as is.
+      ingest: (message: HostMessage) => {
+        const { message: m, transfer } = forWorker(message);
+        return remote.ingest(transfer.length ? Comlink.transfer(m, transfer) : m);
+      },
+      ingestMany: (messages: HostMessage[]) => remote.ingestMany(messages),
+      analyze: (pid, settings) => remote.analyze(pid, settings),
+      clear: (pid) => remote.clear(pid),
+      forget: (pid) => remote.forget(pid),
+    };
   } catch {
     document.documentElement.dataset.analyzer = 'main-thread';
     return new Analyzer();

@@ -12,18 +12,22 @@ import type { ErrorCode, HistorySession, HostMessage, JobUpdate, PanelRequest, P
 import type { ModelInfo } from '../src/protocol/probe';
 import { unknownLayer } from '../src/analysis/layers';
 import type { Analysis, AnalysisSettings, Analyzer, TokenRow, WindowMode } from './engine/analyzer';
+import type { ViewRequests } from './engine/view-data';
 import { parseRecording, RecordingError, serializeRecording, withPid } from './engine/recording';
 import { LongRun } from './long-run';
 import type { JobRanks } from './engine/ranks';
 
 export type ConnectionState = 'connecting' | 'connected' | 'disconnected';
 
-export type ViewId = 'overview' | 'load' | 'heatmap' | 'tokens' | 'timeline' | 'coactivation' | 'profiler' | 'ranks' | 'compare' | 'anomalies';
+export type ViewId = 'overview' | 'load' | 'heatmap' | 'flow' | 'activity' | 'layers' | 'tokens' | 'timeline' | 'coactivation' | 'profiler' | 'ranks' | 'compare' | 'anomalies';
 
 export const VIEWS: Array<{ id: ViewId; label: string }> = [
   { id: 'overview', label: 'Overview' },
   { id: 'load', label: 'Load' },
   { id: 'heatmap', label: 'Heatmap' },
+  { id: 'flow', label: 'Flow' },
+  { id: 'activity', label: '3D map' },
+  { id: 'layers', label: 'Layers' },
   { id: 'tokens', label: 'Tokens' },
   { id: 'timeline', label: 'Timeline' },
   { id: 'coactivation', label: 'Co-activation' },
@@ -114,6 +118,8 @@ export interface StoreState {
   /** The token whose path is shown; `row` is kept so the path stays while its pass scrolls out of the stream. */
   token: { pass: number; index: number; row?: TokenRow } | null;
   relays: RelayState[];
+  /** What each view asks the analysis for beyond the window (only the shown view's request is computed). */
+  viewRequests: Partial<Record<ViewId, ViewRequests>>;
 }
 
 export type Send = (request: PanelRequest) => void;
@@ -161,6 +167,7 @@ export class Store {
       saved: null,
       token: null,
       relays: [],
+      viewRequests: {},
     };
     this.longRun = new LongRun({
       send: (r) => this.send(r),
@@ -250,7 +257,14 @@ export class Store {
   }
 
   selectView(view: ViewId) {
+    if (this.state.selectedPid !== null && this.state.viewRequests[view]) this.dirty.add(this.state.selectedPid);
     this.set({ view });
+  }
+
+  /** A view's request to the analysis (flow layers, time buckets, ...); the next analysis answers it. */
+  setViewRequest(view: ViewId, request: ViewRequests) {
+    if (this.state.selectedPid !== null) this.dirty.add(this.state.selectedPid);
+    this.set({ viewRequests: { ...this.state.viewRequests, [view]: request } });
   }
 
   selectToken(token: { pass: number; index: number; row?: TokenRow } | null) {
@@ -399,6 +413,7 @@ export class Store {
         layer: this.state.selectedLayer,
         tokenPasses: 300,
         tokenBudget: 400,
+        views: this.state.viewRequests[this.state.view],
       });
       if (result && this.state.jobs.has(pid)) {
         const analyses = new Map(this.state.analyses);

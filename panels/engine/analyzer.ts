@@ -10,9 +10,14 @@ import {
   coactivation, findings, layerLabel, loadStats, maxVio, resolveThresholds, smallestJudgeableWindow, unknownLayer, vocabularySpecialization,
   type Finding, type LayerWindow, type Thresholds,
 } from '../../src/analysis';
+import { BucketHistory } from './buckets';
+import { LongHistory } from './long-history';
 import { Ring } from './ring';
 import { compareRanges, planRange, resolveRange, type ComparisonResult, type JobSnapshots, type PlanResult, type RangeSpec } from './long-run';
 import { analyzeRanks, type JobRanks, type RanksAnalysis } from './ranks';
+import { thinIndices } from './thin';
+import { packTokenRows } from './transfer';
+import { viewData, type ViewData, type ViewRequests } from './view-data';
 
 const HC = HEALTH_COLUMNS.length;
 const H_TOKENS = HEALTH_COLUMNS.indexOf('logit_tokens');
@@ -60,6 +65,8 @@ export interface AnalysisSettings {
    * view gets a readable stretch of text, and a large prefill pass stays a single pass.
    */
   tokenBudget?: number;
+  /** What the shown view needs beyond the window (panels/engine/view-data.ts). */
+  views?: ViewRequests;
 }
 
 /** Token ids seen fewer times than this in the window are left out of vocabulary specialization. */
@@ -189,6 +196,8 @@ export interface Analysis {
   tokenPassesKept: number;
   /** A distributed job: each rank over the window (absent for a single process). */
   ranks?: RanksAnalysis;
+  /** What settings.views asked for. */
+  views?: ViewData;
 }
 
 /** Snapshot memory budget per job (bytes of counts); bounds the ring's capacity. */
@@ -201,6 +210,8 @@ export function snapshotCapacity(totalExperts: number): number {
 /** Snapshots closer together than this are thinned (the newest is always kept). */
 const MIN_SPACING_S = 0.2;
 const TIMELINE_POINTS = 3600;
+/** Most timeline points an analysis carries (thinned, keeping peaks and dips): about a plot's width in pixels. */
+const TIMELINE_SENT = 1200;
 const TOKEN_PASSES = 512;
 
 interface JobData {
@@ -221,6 +232,10 @@ interface JobData {
   t0: number;
   timeline: Ring<TimelinePoint>;
   tokens: Ring<TokenRow>;
+  /** Routing per time bucket and the whole session's snapshots, for the views that look back (view-data.ts). */
+  buckets: BucketHistory;
+  long: LongHistory;
+  viewCache: Map<string, unknown>;
   version: number;
   /** When each rank's figures were first seen (its rates until a window baseline holds it). */
   rankFirstSeen: Map<number, number>;
@@ -266,6 +281,9 @@ export class Analyzer {
     job.history.clear();
     job.timeline.clear();
     job.tokens.clear();
+    job.buckets.clear();
+    job.long.clear();
+    job.viewCache.clear();
     job.zero = null;
     if (job.latest) job.history.push(job.latest);
     job.version++;
@@ -296,7 +314,8 @@ export class Analyzer {
       job = {
         pid, model, layers: widths.length, widths: widths.slice(), offsets, total, infos, topK: infos.map((l) => l.top_k),
         history: new Ring(capacity), latest: null, zero: null, t0: NaN,
-        timeline: new Ring(TIMELINE_POINTS), tokens: new Ring(TOKEN_PASSES), version: 0, rankFirstSeen: new Map(),
+        timeline: new Ring(TIMELINE_POINTS), tokens: new Ring(TOKEN_PASSES),
+        buckets: new BucketHistory(total), long: new LongHistory(total), viewCache: new Map(), version: 0, rankFirstSeen: new Map(),
       };
       this.jobs.set(pid, job);
     }
@@ -312,6 +331,9 @@ export class Analyzer {
       // The counters went backwards: a new attach. Start over.
       job.history.clear();
       job.timeline.clear();
+      job.buckets.clear();
+      job.long.clear();
+      job.viewCache.clear();
       job.latest = null;
     }
     if (!job.latest) {
@@ -322,6 +344,8 @@ export class Analyzer {
     const prev = job.history.last();
     if (!prev || snap.ts - prev.ts >= MIN_SPACING_S) job.history.push(snap);
     job.latest = snap;
+    job.buckets.add(snap, job.t0);
+    job.long.add(snap);
     this.addTimelinePoint(job, snap);
     job.version++;
   }
@@ -537,7 +561,15 @@ export class Analyzer {
       }
     }
 
-    const points = job.timeline.toArray();
+    const recentTokens = recentTokenRows(job.tokens.toArray(), s.tokenPasses, s.tokenBudget);
+    const views = s.views ? viewData({
+      layers: L, widths, offsets, topK: job.topK, t0: job.t0, latest, base, tokensInWindow: inWindow, recentTokens,
+      buckets: job.buckets, longSpacing: job.long.spacing, cache: job.viewCache,
+      snapshots: () => snapshotsOf(job),
+    }, s.views) : undefined;
+
+    const all = job.timeline.toArray();
+    const points = thinIndices(all.length, TIMELINE_SENT, (i) => all[i]!.maxVio).map((i) => all[i]!);
     const timelineMaxVio = new Float32Array(points.length * L);
     const timeline = points.map((p, i): TimelineSample => {
       timelineMaxVio.set(p.maxVioByLayer.subarray(0, L), i * L);
@@ -560,11 +592,12 @@ export class Analyzer {
       },
       dropped: latest.dropped,
       droppedTokenRecords: latest.droppedTokens,
-      tokens: recentTokenRows(job.tokens.toArray(), s.tokenPasses, s.tokenBudget),
+      tokens: packTokenRows(recentTokens),
       coactivation: co,
       vocabulary,
       tokenPassesKept: job.tokens.size,
       ...(latest.ranks ? { ranks: this.ranksOf(job, latest, base) } : {}),
+      views,
     };
   }
 
@@ -583,6 +616,14 @@ export class Analyzer {
     }
     return analyzeRanks(this.ranks.get(job.pid), latest, base, countsBase, job.rankFirstSeen);
   }
+}
+
+/** Every snapshot a job still holds: the zero baseline, the fine history, the long history and the latest. */
+function* snapshotsOf(job: JobData): Iterable<Snapshot> {
+  if (job.zero && job.history.evicted === 0) yield job.zero;
+  for (let i = 0; i < job.history.size; i++) yield job.history.at(i)!;
+  yield* job.long.all();
+  if (job.latest) yield job.latest;
 }
 
 /** The probe's layer descriptions, or stand-ins named by index where it gave none (old recordings). */

@@ -6,7 +6,10 @@ import type { Analysis } from '../engine/analyzer';
 import { VIEWS, type JobState, type Store } from '../store';
 import { Coactivation } from './Coactivation';
 import { fmt, int } from './format';
+import { Activity3D } from './Activity3D';
+import { Flow } from './Flow';
 import { Heatmap } from './Heatmap';
+import { Layers } from './Layers';
 import { Load } from './Load';
 import { Overview } from './Overview';
 import { ProcessList } from './ProcessList';
@@ -207,7 +210,10 @@ function JobView({ store, job, analysis: a }: { store: Store; job: JobState; ana
       {view === 'overview' && <Overview store={store} a={a} />}
       {view === 'load' && <Load store={store} a={a} layer={layer} />}
       {view === 'load' && <Placement store={store} pid={job.pid} layer={layer} modelClass={model?.class ?? ''} />}
-      {view === 'heatmap' && <Heatmap a={a} />}
+      {view === 'heatmap' && <Heatmap store={store} a={a} layer={layer} />}
+      {view === 'flow' && <Flow store={store} a={a} layer={layer} />}
+      {view === 'activity' && <Activity3D store={store} a={a} layer={layer} />}
+      {view === 'layers' && <Layers store={store} a={a} />}
       {view === 'tokens' && <Tokens store={store} a={a} />}
       {view === 'timeline' && <Timeline a={a} />}
       {view === 'coactivation' && <Coactivation a={a} layer={layer} />}

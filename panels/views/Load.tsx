@@ -1,5 +1,5 @@
 /** Load: per-expert token share for the chosen layer, all layers as small multiples, imbalance over time. */
-import { useEffect, useMemo, useRef } from 'preact/hooks';
+import { useEffect, useMemo, useRef, useState } from 'preact/hooks';
 import { shortLayerLabel } from '../../src/analysis';
 import type { Analysis } from '../engine/analyzer';
 import type { Store } from '../store';
@@ -52,6 +52,45 @@ function Spark({ counts }: { counts: Float64Array }) {
   return <canvas ref={ref} width={w} height={h} class="spark" aria-hidden="true" />;
 }
 
+/** Rows drawn past the visible ones, above and below. */
+const OVERSCAN = 8;
+/** Up to this many experts every row is in the page; more, and only the rows in view are (512 rows cost layout and paint at every analysis). */
+const ALL_ROWS = 128;
+const ROW_PX = 19;
+
+function ExpertTable({ counts, total, identityFrom, layer, a }: { counts: number[]; total: number; identityFrom: number; layer: number; a: Analysis }) {
+  const [top, setTop] = useState(0);
+  const box = useRef<HTMLDivElement>(null);
+  const E = counts.length;
+  const windowed = E > ALL_ROWS;
+  const view = Math.ceil((box.current?.clientHeight ?? 300) / ROW_PX);
+  const start = windowed ? Math.max(0, Math.floor(top / ROW_PX) - OVERSCAN) : 0;
+  const end = windowed ? Math.min(E, Math.floor(top / ROW_PX) + view + OVERSCAN) : E;
+  const row = (e: number) => {
+    const c = counts[e]!;
+    return (
+      <tr key={e} data-expert={e} class={c === 0 ? 'zero' : ''} style={windowed ? { height: `${ROW_PX}px` } : undefined}>
+        <td>{e}{e >= identityFrom ? <span class="muted" title="zero-compute (identity) expert"> ∅</span> : null}</td>
+        <td class="num" data-testid="expert-count">{c}</td>
+        <td class="num">{total ? ((100 * c) / total).toFixed(1) : '0.0'}%</td>
+      </tr>
+    );
+  };
+  return (
+    <div class="table-scroll expert-table-box" ref={box} onScroll={(e) => windowed && setTop((e.currentTarget as HTMLElement).scrollTop)}>
+      <table class="grid" data-testid="expert-table" data-layer={layer} data-passes={a.window.passes} data-from-pass={a.window.fromPass} data-experts={E}
+        data-rows-from={start} data-rows-to={end}>
+        <thead><tr><th>Expert</th><th>Tokens</th><th>Share</th></tr></thead>
+        <tbody>
+          {start > 0 && <tr aria-hidden="true" style={{ height: `${start * ROW_PX}px` }} />}
+          {Array.from({ length: end - start }, (_, i) => row(start + i))}
+          {end < E && <tr aria-hidden="true" style={{ height: `${(E - end) * ROW_PX}px` }} />}
+        </tbody>
+      </table>
+    </div>
+  );
+}
+
 export function Load({ store, a, layer }: { store: Store; a: Analysis; layer: number }) {
   const row = a.rows[layer];
   const E = a.widths[layer] ?? 0;
@@ -71,20 +110,7 @@ export function Load({ store, a, layer }: { store: Store; a: Analysis; layer: nu
           <LoadChart counts={counts} title={`Tokens per expert, ${row?.label ?? `layer ${layer}`} (last ${a.window.passes} passes)`} />
           {row && <div class="muted stats-line">MaxVio {fmt(row.maxVio)} · CV {fmt(row.cv)} · Gini {fmt(row.gini)} · load entropy {fmt(row.normalizedEntropy)} · effective experts {fmt(row.effectiveExperts, 1)} of {E}</div>}
         </div>
-        <div class="table-scroll expert-table-box">
-          <table class="grid" data-testid="expert-table" data-layer={layer} data-passes={a.window.passes} data-from-pass={a.window.fromPass}>
-            <thead><tr><th>Expert</th><th>Tokens</th><th>Share</th></tr></thead>
-            <tbody>
-              {counts.map((c, e) => (
-                <tr key={e} data-expert={e} class={c === 0 ? 'zero' : ''}>
-                  <td>{e}{e >= identityFrom ? <span class="muted" title="zero-compute (identity) expert"> ∅</span> : null}</td>
-                  <td class="num" data-testid="expert-count">{c}</td>
-                  <td class="num">{total ? ((100 * c) / total).toFixed(1) : '0.0'}%</td>
-                </tr>
-              ))}
-            </tbody>
-          </table>
-        </div>
+        <ExpertTable counts={counts} total={total} identityFrom={identityFrom} layer={layer} a={a} />
       </div>
       <LinePlot title="Imbalance over time (MaxVio, trailing 1 s)" testid="imbalance-plot" pan
         lines={[{ label: row ? shortLayerLabel(row.info) : `layer ${layer}`, color: '#1a73e8' }, { label: 'mean of layers', color: '#e37400' }]} data={vio} height={150} />

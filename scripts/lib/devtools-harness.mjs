@@ -163,13 +163,16 @@ export async function readFindings(panel) {
   );
 }
 
-/** The heatmap's hover readout for (layer, expert), by moving the mouse over that cell (unsorted heatmap). */
+/** The heatmap's hover readout for the cell at (row, column position), by moving the mouse over it (in index order: (layer, expert)). */
 export async function hoverHeatmap(panel, layer, expert) {
   return panel.evaluate((l, e) => {
     const canvas = document.querySelector('[data-testid="heatmap"]');
     const rect = canvas.getBoundingClientRect();
-    const x = rect.left + ((e + 0.5) / canvas.width) * rect.width;
-    const y = rect.top + ((l + 0.5) / canvas.height) * rect.height;
+    // The map's cells, as it says (its pixels may be fewer: one pixel column can cover several experts).
+    const cols = Number(canvas.getAttribute('data-cols') ?? canvas.width);
+    const rows = Number(canvas.getAttribute('data-rows') ?? canvas.height);
+    const x = rect.left + ((e + 0.5) / cols) * rect.width;
+    const y = rect.top + ((l + 0.5) / rows) * rect.height;
     canvas.dispatchEvent(new MouseEvent('mousemove', { clientX: x, clientY: y, bubbles: true }));
     return new Promise((resolve) => setTimeout(() => resolve(document.querySelector('[data-testid="heatmap-readout"]').textContent), 50));
   }, layer, expert);

@@ -15,3 +15,7 @@ export * from './health';
 export * from './layers';
 export { FINDING_KINDS, findings, fmtInt, type Finding, type FindingKind, type LayerWindow } from './findings';
 export * from './ranks';
+export * from './flow';
+export * from './shift';
+export * from './seriation';
+export * from './layer-metrics';

@@ -19,6 +19,12 @@ export interface PassRecord {
   out: string;
   hooks: number;
   threads: string[];
+  /** tiny_moe_job.py: input distribution (0, or 1 after --switch-file) and wall time. */
+  phase?: number;
+  time?: number;
+  /** With --log-tokens: input token ids (batch flattened) and each token's top-k experts per layer [layer][token][k]. */
+  input?: number[];
+  ids?: number[][][];
 }
 
 export interface Job {

@@ -8,7 +8,11 @@ outputs and how many forward hooks the model carries, so a test can check both
 what the panel shows and that the job is unchanged after detach.
 
 Inputs cycle through --cycle fixed batches, so pass i and pass i + cycle must
-produce identical outputs.
+produce identical outputs. With --log-tokens each line also holds the input token ids
+("input", the batch flattened row by row, as the router sees its tokens) and every token's
+top-k experts per layer ("ids": [layer][token][k], best first), so a test can recompute any
+per-token statistic. With --switch-file PATH the job changes its input distribution once PATH
+exists: from then on its batches hold only token ids 0..3 ("phase": 1 in the log).
 """
 
 import argparse
@@ -104,12 +108,15 @@ def main():
                         help="plant a dead expert: its router row is set so it never wins (mixtral)")
     parser.add_argument("--collapse", action="append", type=int, default=[], metavar="LAYER",
                         help="plant router collapse: experts 0..top_k-1 win every token of LAYER (mixtral)")
+    parser.add_argument("--log-tokens", action="store_true", help="log every token's input id and top-k experts per layer")
+    parser.add_argument("--switch-file", help="switch to inputs of token ids 0..3 once this file exists")
     args = parser.parse_args()
 
     torch.set_num_threads(1)
     model = build_model(args.arch, args.layers, args.experts, args.top_k, args.hidden, args.seed).eval()
     generator = torch.Generator().manual_seed(args.seed + 1)
     batches = [torch.randint(0, 256, (args.batch, args.seq), generator=generator) for _ in range(args.cycle)]
+    narrow = [torch.randint(0, 4, (args.batch, args.seq), generator=generator) for _ in range(args.cycle)]
     faults = [(int(l), "dead", int(e)) for l, e in (d.split(":") for d in args.dead)]
     faults += [(l, "collapse", 0) for l in args.collapse]
     for layer, kind, expert in sorted(faults):  # lower layers first: their edits change later layers' inputs
@@ -119,19 +126,29 @@ def main():
         log.write(json.dumps({"ready": True, "pid": os.getpid(), "arch": args.arch,
                               "layers": args.layers, "experts": args.experts, "top_k": args.top_k}) + "\n")
         i = 0
+        phase = 0
         while args.passes == 0 or i < args.passes:
+            if not phase and args.switch_file and os.path.exists(args.switch_file):
+                phase = 1
+            batch = (narrow if phase else batches)[i % args.cycle]
             with torch.no_grad():
-                out = model(batches[i % args.cycle], output_router_logits=True)
+                out = model(batch, output_router_logits=True)
             counts = []
+            top = []
             for logits in out.router_logits:
                 probs = torch.softmax(logits.float(), dim=-1)
                 ids = torch.topk(probs, args.top_k, dim=-1).indices
                 counts.append(torch.bincount(ids.reshape(-1), minlength=args.experts).tolist())
+                top.append(ids.tolist())
             digest = hashlib.sha256(out.logits.contiguous().numpy().tobytes()).hexdigest()[:16]
-            log.write(json.dumps({
+            record = {
                 "pass": i, "counts": counts, "out": digest, "hooks": hook_count(model),
-                "threads": sorted(t.name for t in threading.enumerate()),
-            }) + "\n")
+                "threads": sorted(t.name for t in threading.enumerate()), "phase": phase, "time": time.time(),
+            }
+            if args.log_tokens:
+                record["input"] = batch.reshape(-1).tolist()
+                record["ids"] = top
+            log.write(json.dumps(record) + "\n")
             i += 1
             if args.sleep:
                 time.sleep(args.sleep)
