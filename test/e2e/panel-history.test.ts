@@ -14,6 +14,7 @@ import {
   attachThroughPanel, clickInPanel, launchBrowser, makeProfile, openMoEPanel, readShownCounts, selectLayer, setPanelSettings, showView,
 } from '../../scripts/lib/devtools-harness.mjs';
 import { findWindow, startTinyJob, type Job } from './jobs';
+import { contiguousPlacement, eplbPlacement, planPlacement } from '../../src/analysis/placement';
 
 const LAYERS = 4;
 
@@ -99,6 +100,21 @@ describe('History view', () => {
     await showView(panel, 'compare');
     // against itself: no divergence anywhere
     await panel.waitForSelector('[data-testid="compare-layer"]', { timeout: 10000 });
+
+    // the placement plan beside Load, from the loads the reopened session shows (the selected layer; 4
+    // devices, 4 redundant slots by default): the same placements the analyses give for those loads
+    await showView(panel, 'load');
+    await clickInPanel(panel, '[data-testid="plan-make"]');
+    await panel.waitForSelector('[data-testid="plan-layer"], [data-testid="plan-error"]', { timeout: 20000 });
+    const shownPlan = await panel.$eval('[data-testid="plan-layer"]', (el: Element) => ({
+      layer: Number(el.getAttribute('data-layer')),
+      before: Number(el.getAttribute('data-before')), eplb: Number(el.getAttribute('data-eplb')), ours: Number(el.getAttribute('data-ours')),
+    }));
+    const load = live[shownPlan.layer]!.counts;
+    expect(shownPlan.before).toBeCloseTo(contiguousPlacement(load, 4).balancedness, 12);
+    expect(shownPlan.eplb).toBeCloseTo(eplbPlacement(load, 4, 4).balancedness, 12);
+    expect(shownPlan.ours).toBeCloseTo(planPlacement(load, 4, 4).balancedness, 12);
+    expect(shownPlan.ours).toBeGreaterThanOrEqual(shownPlan.eplb - 1e-12);
 
     // export it as a .moerec: the last snapshot is the live view's
     await openHistory(panel);
