@@ -4,11 +4,12 @@
  * panel's own Analyzer (panels/engine/analyzer.ts, which runs the src/analysis functions), so
  * the command line, its exports and the panel can never disagree about a number.
  */
-import { FINDING_KINDS, type Finding, type Thresholds } from '../src/analysis';
+import { FINDING_KINDS, parameterFindings, type Finding, type ParameterFinding, type Thresholds } from '../src/analysis';
 import type { HostMessage, JobUpdate } from '../src/protocol/panel';
 import { layerOffsets } from '../src/protocol/probe';
 import { Analyzer, type Analysis } from '../panels/engine/analyzer';
 import { withPid, type Recording } from '../panels/engine/recording';
+import { addExpertParams, type ExpertParamsResult } from '../panels/engine/requests';
 
 export { FINDING_KINDS };
 
@@ -92,6 +93,10 @@ export interface RoutingReport {
   thresholds: Thresholds;
   layers: LayerReport[];
   findings: Finding[];
+  /** Findings from the experts' weights, when the recording holds the probe's expert-weight analysis. */
+  parameterFindings?: ParameterFinding[];
+  /** Routing decisions the probe explained during (or before) the recording. */
+  explanations?: number;
   series: { stepS: number; windowS: number; points: SeriesPoint[] };
 }
 
@@ -192,6 +197,10 @@ export function buildReport(recording: Recording, options: Partial<ReportOptions
     msPerPass: finite(r.msPerPass),
     counts: Array.from(layerCounts(a, l)),
   }));
+  // What the probe answered on request: the latest expert-weight analysis, and explanations.
+  let weights: ExpertParamsResult | undefined;
+  for (const m of messages) if (m.type === 'expert-params' && m.model === modelId) weights = addExpertParams(weights, m);
+  const explained = messages.filter((m) => m.type === 'explanation' && m.model === modelId).length;
   return {
     pid,
     started: recording.header.started,
@@ -203,6 +212,8 @@ export function buildReport(recording: Recording, options: Partial<ReportOptions
     thresholds: a.thresholds,
     layers,
     findings: a.findings,
+    ...(weights ? { parameterFindings: parameterFindings([...weights.layers.values()], (l) => a.rows[l]?.label ?? `layer ${l}`) } : {}),
+    ...(explained ? { explanations: explained } : {}),
     series: { stepS: opts.stepS, windowS: opts.windowS, points },
   };
 }

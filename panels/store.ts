@@ -8,18 +8,19 @@
  * Worker of panels/worker.ts behind comlink; the store only forwards messages
  * to it and keeps the latest result. DOM-free, so unit tests drive it directly.
  */
-import type { ErrorCode, HistorySession, HostMessage, JobUpdate, PanelRequest, ProcessInfo } from '../src/protocol/panel';
+import type { ErrorCode, ExplainRequest, ExplanationMessage, HistorySession, HostMessage, JobUpdate, PanelRequest, ProcessInfo } from '../src/protocol/panel';
 import type { ModelInfo } from '../src/protocol/probe';
 import { unknownLayer } from '../src/analysis/layers';
 import type { Analysis, AnalysisSettings, Analyzer, TokenRow, WindowMode } from './engine/analyzer';
 import type { ViewRequests } from './engine/view-data';
 import { parseRecording, RecordingError, serializeRecording, withPid } from './engine/recording';
 import { LongRun } from './long-run';
+import { addExpertParams, addExplanation, complete, expertParamsAsMessages, explanationKey, type ExpertParamsResult, type RequestStatus } from './engine/requests';
 import type { JobRanks } from './engine/ranks';
 
 export type ConnectionState = 'connecting' | 'connected' | 'disconnected';
 
-export type ViewId = 'overview' | 'load' | 'heatmap' | 'flow' | 'activity' | 'layers' | 'tokens' | 'timeline' | 'coactivation' | 'profiler' | 'ranks' | 'compare' | 'anomalies';
+export type ViewId = 'overview' | 'load' | 'heatmap' | 'flow' | 'activity' | 'layers' | 'tokens' | 'timeline' | 'coactivation' | 'profiler' | 'ranks' | 'experts' | 'compare' | 'anomalies';
 
 export const VIEWS: Array<{ id: ViewId; label: string }> = [
   { id: 'overview', label: 'Overview' },
@@ -32,6 +33,7 @@ export const VIEWS: Array<{ id: ViewId; label: string }> = [
   { id: 'timeline', label: 'Timeline' },
   { id: 'coactivation', label: 'Co-activation' },
   { id: 'profiler', label: 'Profiler' },
+  { id: 'experts', label: 'Experts' },
   /** Distributed jobs only. */
   { id: 'ranks', label: 'Ranks' },
   { id: 'compare', label: 'Compare' },
@@ -60,6 +62,10 @@ export interface JobState {
   replay?: { file: string; pid: number };
   /** For a session opened from the history: which, over what range (probe clock), from how many snapshots. */
   session?: { info: HistorySession; from?: number; to?: number; available?: number };
+  /** Explanations of routing decisions the probe answered (or the recording holds), newest last. */
+  explanations?: ExplanationMessage[];
+  /** The experts' weight analysis, as far as it has arrived. */
+  expertParams?: ExpertParamsResult;
   /** A distributed job shown as one: its ranks (the host's last word on them). */
   ranks?: JobRanks;
   /** A process that is one rank of such a job: the job's id. */
@@ -117,6 +123,8 @@ export interface StoreState {
   /** Token selected in the Tokens view: pass and position. */
   /** The token whose path is shown; `row` is kept so the path stays while its pass scrolls out of the stream. */
   token: { pass: number; index: number; row?: TokenRow } | null;
+  /** Explain and expert-params requests by id: running, answered or refused. */
+  requests: Map<number, RequestStatus>;
   relays: RelayState[];
   /** What each view asks the analysis for beyond the window (only the shown view's request is computed). */
   viewRequests: Partial<Record<ViewId, ViewRequests>>;
@@ -150,6 +158,7 @@ export class Store {
   private persist: (s: UserSettings) => void = () => {};
   /** The history database's sessions and every job's anomalies (panels/long-run.ts). */
   readonly longRun: LongRun;
+  private nextRequestId = 1;
 
   constructor(settings: Partial<UserSettings> = {}) {
     this.state = {
@@ -166,6 +175,7 @@ export class Store {
       recording: null,
       saved: null,
       token: null,
+      requests: new Map(),
       relays: [],
       viewRequests: {},
     };
@@ -271,6 +281,37 @@ export class Store {
     this.set({ token });
   }
 
+  /** Ask the selected job's probe why a sampled token went to an expert; returns the request id. */
+  explain(request: Omit<ExplainRequest, 'type' | 'pid' | 'id' | 'model'>): number | null {
+    const job = this.state.selectedPid !== null ? this.state.jobs.get(this.state.selectedPid) : undefined;
+    if (!job || job.status !== 'attached' || !job.models[0]) return null;
+    const id = this.nextRequestId++;
+    this.track({ id, pid: job.pid, kind: 'explain', started: Date.now(), state: 'running', key: explanationKey(request) });
+    this.send({ type: 'explain', pid: job.pid, id, model: job.models[0].id, ...request });
+    return id;
+  }
+
+  /** Ask the selected job's probe for its experts' weight analysis (every MoE layer); returns the request id. */
+  analyzeExperts(): number | null {
+    const job = this.state.selectedPid !== null ? this.state.jobs.get(this.state.selectedPid) : undefined;
+    if (!job || job.status !== 'attached' || !job.models[0]) return null;
+    const id = this.nextRequestId++;
+    this.track({ id, pid: job.pid, kind: 'expert-params', started: Date.now(), state: 'running' });
+    this.send({ type: 'expert-params', pid: job.pid, id, model: job.models[0].id });
+    return id;
+  }
+
+  private track(status: RequestStatus) {
+    const requests = new Map(this.state.requests);
+    requests.set(status.id, status);
+    this.set({ requests });
+  }
+
+  private settle(id: number, patch: Partial<RequestStatus>) {
+    const current = this.state.requests.get(id);
+    if (current) this.track({ ...current, ...patch });
+  }
+
   setSettings(patch: Partial<UserSettings>) {
     const settings = { ...this.state.settings, ...patch };
     if (!(settings.windowValue > 0)) settings.windowValue = DEFAULT_USER_SETTINGS.windowValue;
@@ -303,8 +344,10 @@ export class Store {
     const pid = this.state.selectedPid;
     const job = pid !== null ? this.state.jobs.get(pid) : undefined;
     if (!job || job.status !== 'attached') return;
-    // The attach message first, so that a replay knows the model's layers and top-k.
-    const messages = job.attachedMessage ? [job.attachedMessage] : [];
+    // The attach message first, so that a replay knows the model's layers and top-k; then what
+    // the probe explained and found in the weights so far, so that the recording shows them too.
+    const messages: HostMessage[] = job.attachedMessage ? [job.attachedMessage] : [];
+    messages.push(...(job.explanations ?? []), ...(job.expertParams ? expertParamsAsMessages(job.expertParams, job.pid) : []));
     this.set({ recording: { pid: job.pid, started: Date.now(), messages }, saved: null });
   }
 
@@ -357,9 +400,13 @@ export class Store {
       const u = [...latest.values()][0]!;
       models = [{ id: u.model, class: 'Recorded model', model_type: '', device: '', dtype: '', layers: u.widths.map((w, i) => unknownLayer(i, w)) }];
     }
+    let explanations: ExplanationMessage[] | undefined;
+    let expertParams: ExpertParamsResult | undefined;
     let ranks: JobRanks | undefined;
     for (const m of messages) {
       if (m.type === 'layers') models = models.map((x) => (x.id === m.model ? { ...x, layers: m.layers } : x));
+      if (m.type === 'explanation') explanations = addExplanation(explanations, m);
+      if (m.type === 'expert-params') expertParams = addExpertParams(expertParams, m);
       if (m.type === 'ranks') ranks = { key: m.key, label: m.label, worldSize: m.worldSize, ranks: m.ranks };
     }
     const session = extra.session;
@@ -373,7 +420,7 @@ export class Store {
     }
     this.longRun.adopt(id, messages);
     const jobs = new Map(this.state.jobs);
-    jobs.set(id, { pid: id, status: 'recording', models, latest, updates, replay: { file, pid: recordedPid }, method: 'recording', ...(ranks ? { ranks } : {}), ...extra });
+    jobs.set(id, { pid: id, status: 'recording', models, latest, updates, replay: { file, pid: recordedPid }, method: 'recording', explanations, expertParams, ...(ranks ? { ranks } : {}), ...extra });
     this.dirty.add(id);
     this.set({ jobs, selectedPid: id, token: null });
     await this.tick();
@@ -434,7 +481,7 @@ export class Store {
   receive(message: HostMessage) {
     if ('pid' in message && message.pid !== undefined) {
       const rec = this.state.recording;
-      if (rec && rec.pid === message.pid && message.type !== 'error') {
+      if (rec && rec.pid === message.pid && message.type !== 'error' && message.type !== 'refused') {
         rec.messages.push(message);
         if (rec.messages.length >= MAX_RECORDED_MESSAGES) this.stopRecording();
       }
@@ -496,7 +543,26 @@ export class Store {
         this.dirty.add(message.pid);
         return;
       }
+      case 'explanation': {
+        const job = this.state.jobs.get(message.pid);
+        if (!job) return;
+        this.settle(message.id, { state: 'done' });
+        return this.patchJob(message.pid, { explanations: addExplanation(job.explanations, message) });
+      }
+      case 'expert-params': {
+        const job = this.state.jobs.get(message.pid);
+        if (!job) return;
+        const expertParams = addExpertParams(job.expertParams, message);
+        if (complete(expertParams)) this.settle(message.id, { state: 'done' });
+        return this.patchJob(message.pid, { expertParams });
+      }
+      case 'refused':
+        this.settle(message.id, { state: 'refused', code: message.code, message: message.message });
+        return;
       case 'detached':
+        for (const r of this.state.requests.values()) {
+          if (r.pid === message.pid && r.state === 'running') this.settle(r.id, { state: 'refused', code: 'detached', message: 'The job was detached before the probe answered.' });
+        }
         if (this.state.recording?.pid === message.pid) this.stopRecording();
         this.patchJob(message.pid, { status: 'detached', detachReason: message.message ?? message.reason });
         this.refresh();

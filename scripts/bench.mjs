@@ -26,6 +26,7 @@ export const BENCHMARKS = [
   { id: 'host_relay', title: 'Host relay', script: 'scripts/bench_host_relay.mjs' },
   { id: 'panel', title: 'Panel frame time', script: 'scripts/bench_panel.mjs' },
   { id: 'ranks', title: 'Distributed job (ranks)', script: 'scripts/bench_ranks.mjs' },
+  { id: 'explain', title: 'Explanations and expert weights', script: 'scripts/bench_explain.py' },
   { id: 'history', title: 'History database: relay with writing on vs off, size per hour', script: 'scripts/bench_history.mjs' },
   { id: 'placement', title: 'Expert placement: ours vs EPLB greedy', script: 'scripts/bench_placement.mjs' },
   { id: 'anomaly', title: 'Anomaly detection on healthy runs', script: 'scripts/bench_anomaly.mjs' },

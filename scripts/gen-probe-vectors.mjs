@@ -256,6 +256,60 @@ const valid = [
       t: 'layers', model: 0, layers: [layer(0, 8, 2), layer(1, 8, 2, { source: 'recomputed', token_source: 'recomputed' })],
     },
   },
+  {
+    name: 'explanation',
+    frame: {
+      // Token 14 of pass 2 (row 1, position 2 of a batch of 12-token rows): 3 positions here for brevity.
+      t: 'explanation', id: 11, model: 0, pass: 2, index: 14, layer: 1, expert: 3, row: 1, position: 2,
+      token_ids: int32s([17, 4711, 63]), texts: ['def', '▁données', '('], steps: 32, baseline: 'zero', baseline_token: -1,
+      prob_kind: 'softmax', logit: 1.625, prob: 0.4375, baseline_logit: -0.125, baseline_prob: 0.1875,
+      gxi_logit: float64s([0.5, -0.25, 1.125]), gxi_prob: float64s([0.0625, -0.03125, 0.15625]),
+      ig_logit: float64s([0.625, -0.375, 1.5]), ig_prob: float64s([0.0625, -0.0625, 0.25]),
+      recomputed: int32s([3, 0]), seconds: 0.375, peak_bytes: 1048576, batch: 32, device: 'cpu', notes: [],
+    },
+  },
+  {
+    name: 'explanation_generated_token',
+    frame: {
+      // A generated token (decode pass), no tokenizer, a token baseline, a router that hands out probabilities.
+      t: 'explanation', id: 12, model: 1, pass: 300, index: 0, layer: 0, expert: 0, row: 0, position: 1,
+      token_ids: int32s([5, 9]), texts: null, steps: 64, baseline: 'token', baseline_token: 2,
+      prob_kind: 'row', logit: 0.75, prob: 0.75, baseline_logit: 0.5, baseline_prob: 0.5,
+      gxi_logit: float64s([0.125, 0.25]), gxi_prob: float64s([0.125, 0.25]),
+      ig_logit: float64s([0.0625, 0.1875]), ig_prob: float64s([0.0625, 0.1875]),
+      recomputed: int32s([0, 2]), seconds: 2.5, peak_bytes: 3221225472, batch: 8, device: 'cuda:0',
+      notes: ['a generated token: the sequence is the prompt and every token generated since, recomputed without the job\'s KV cache'],
+    },
+  },
+  {
+    name: 'expert_params',
+    frame: {
+      // Three experts; NaN marks what does not exist (a zeroed router row has no direction).
+      t: 'expert-params', id: 20, model: 0, layer: 1, part: 1, parts: 4, experts: 3, compute_experts: 3,
+      router_name: 'weight', router_norms: float64s([0.5, 0.25, 0]),
+      router_cosine: float32s([1, 0.5, NaN, 0.5, 1, NaN, NaN, NaN, NaN]),
+      router_bias_name: 'e_score_correction_bias', router_bias: float64s([0.125, -0.125, 0.5]),
+      layout: 'stacked', groups: ['gate_up_proj', 'down_proj'], params: 49152,
+      expert_norms: float64s([1.5, 1.25, 1.75]), group_norms: float64s([1.25, 1.125, 1.5, 0.75, 0.5, 0.875]),
+      weight_cosine: float32s([1, 0.015625, 1, 0.015625, 1, 0.015625, 1, 0.015625, 1]),
+      seconds: 0.0625, peak_bytes: 67108864, notes: [],
+    },
+  },
+  {
+    name: 'expert_params_unreadable',
+    frame: {
+      // No router weight and experts whose weights were not found (quantized); two zero-compute experts.
+      t: 'expert-params', id: 21, model: 0, layer: 0, part: 0, parts: 1, experts: 4, compute_experts: 2,
+      router_name: '', router_norms: null, router_cosine: null, router_bias_name: '', router_bias: null,
+      layout: '', groups: [], params: 0, expert_norms: null, group_norms: null, weight_cosine: null,
+      seconds: 0.001, peak_bytes: 256,
+      notes: ['no router weight with one row per expert was found', 'the last 2 experts compute nothing (identity): no weights of their own'],
+    },
+  },
+  {
+    name: 'refused',
+    frame: { t: 'refused', id: 11, request: 'explain', code: 'no_context', message: 'The probe cannot recompute pass 99: pass 99 was not sampled by this probe.' },
+  },
 ];
 
 const byName = (name) => valid.find((v) => v.name === name).frame;
@@ -263,6 +317,8 @@ const hello = byName('hello');
 const counts = byName('counts');
 const countsFull = byName('counts_full');
 const tokens = byName('tokens');
+const explanation = byName('explanation');
+const expertParams = byName('expert_params');
 const without = (obj, key) => Object.fromEntries(Object.entries(obj).filter(([k]) => k !== key));
 
 const invalid = [
@@ -328,6 +384,11 @@ const invalid = [
     frame: { ...tokens, layers: [{ ...tokens.layers[0], ids: int32s([0, 3, 2, 1, 3]) }] },
     expect_error: 'field "ids" holds 20 bytes, expected 24',
   },
+  { name: 'explanation_short_gxi', frame: { ...explanation, gxi_logit: float64s([0.5, -0.25]) }, expect_error: 'field "gxi_logit" holds 16 bytes, expected 24' },
+  { name: 'explanation_position_outside', frame: { ...explanation, position: 3 }, expect_error: 'position 3 is outside the 3-token sequence' },
+  { name: 'explanation_logit_missing', frame: without(explanation, 'logit'), expect_error: 'field "logit" should be a number' },
+  { name: 'expert_params_matrix_wrong_size', frame: { ...expertParams, weight_cosine: float32s([1, 0, 0, 1]) }, expect_error: 'field "weight_cosine" holds 16 bytes, expected 36' },
+  { name: 'refused_unknown_request', frame: { t: 'refused', id: 1, request: 'train', code: 'bad_request', message: 'no' }, expect_error: 'field "request" should be "explain", "expert-params" or "unknown"' },
   { name: 'unknown_t', frame: { t: 'hullo', reason: 'x' }, expect_error: 'unknown frame type "hullo"' },
   { name: 'missing_t', frame: { reason: 'detached' }, expect_error: 'unknown frame type undefined' },
   { name: 'not_a_map', frame: ['bye', 'detached'], expect_error: 'frame should be a MessagePack map' },

@@ -44,6 +44,17 @@ export function reportText(report: RoutingReport, file: string): string {
   } else {
     out.push('Findings: none');
   }
+  if (report.parameterFindings) {
+    out.push('');
+    if (report.parameterFindings.length) {
+      out.push(`Findings from the experts' weights (${report.parameterFindings.length}):`);
+      const width = Math.max(...report.parameterFindings.map((f) => f.kind.length));
+      for (const f of report.parameterFindings) out.push(`  ${f.kind.padEnd(width)}  ${f.message}`);
+    } else {
+      out.push("Findings from the experts' weights: none (no near-duplicate experts, no collapsed router rows)");
+    }
+  }
+  if (report.explanations) out.push('', `The recording holds ${report.explanations} explained routing decision${report.explanations === 1 ? '' : 's'} (open it in the panel: Tokens view).`);
   out.push('');
   const head = ['layer', 'experts', 'top_k', 'tokens', 'balancedness', 'max_vio', 'load_entropy', 'router_entropy', 'z_loss', 'dead_experts', 'ms/pass', 'name'];
   const rows = report.layers.map((l) => [

@@ -35,6 +35,8 @@ from typing import Dict, List, Optional
 import torch
 from torch import nn
 
+from . import side
+from .contexts import InputKeeper
 from .routers import MoELayer, Routing
 
 # Columns of the per-layer health accumulator (float64, cumulative).
@@ -200,6 +202,7 @@ class Recorder:
         self._health_pass = False
         self._health_t = 0.0
         self._block_on_gpu = [False] * self.num_layers
+        self.inputs = InputKeeper(settings.token_sample)
 
     # -- lifecycle (called from the probe's own thread) --
 
@@ -234,7 +237,7 @@ class Recorder:
     # -- hooks (called from the job's thread, inside its forward) --
 
     def _on_pass_start(self, module, args, kwargs):
-        if not self.active:
+        if not self.active or side.state.active:
             return
         self._pass_depth += 1
         if self._pass_depth != 1:
@@ -252,11 +255,14 @@ class Recorder:
             if self._health_pass:
                 self._health_t = t0
             self._token_record = None
-            if self._want_token_record(t0):
+            sampled = self._want_token_record(t0)
+            if sampled:
                 sample = None
                 if ids is not None:
                     sample = ids.detach().reshape(-1)[: self.settings.token_sample].to(torch.int32, copy=True)
                 self._token_record = TokenRecord(self.passes + 1, self._phase, sample)
+            # the rows behind sampled tokens, so that their routing can be explained on request
+            self.inputs.on_pass(ids, kwargs, self.passes + 1, self._phase, sampled)
         except Exception as exc:
             self.on_error(exc)
         self.probe_time_s += perf_counter() - t0
@@ -283,7 +289,7 @@ class Recorder:
         starts = self._block_start if index < self.num_layers else self._expert_start
 
         def hook(module, args):
-            if self.active and self._in_pass:
+            if self.active and self._in_pass and not side.state.active:
                 if self._block_on_gpu[layer]:
                     event = torch.cuda.Event(enable_timing=True)
                     event.record()
@@ -298,7 +304,7 @@ class Recorder:
                           else (self._expert_start, self.expert_time_s))
 
         def hook(module, args, output):
-            if self.active and self._in_pass:
+            if self.active and self._in_pass and not side.state.active:
                 if self._block_on_gpu[layer]:
                     # the latest open timing of this index (an expert-parallel block's experts are
                     # timed inside it, so the block's own start may not be the last entry)
@@ -399,7 +405,7 @@ class Recorder:
             row[5] += float(dropped)
 
     def _on_pass_end(self, module, args, output):
-        if not self.active or self._pass_depth == 0:
+        if not self.active or self._pass_depth == 0 or side.state.active:
             return  # the pass began before our hooks went in: it was not counted
         self._pass_depth -= 1
         if self._pass_depth:

@@ -40,10 +40,12 @@ argmax over [N, E].
 
 import functools
 import inspect
-from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple, Union
 
 import torch
 from torch import nn
+
+from . import side
 
 
 class Routing(NamedTuple):
@@ -180,6 +182,8 @@ class MoELayer:
         return handles
 
     def _guarded(self, on_routing, reader, args, other):
+        if side.state.active:
+            return  # the probe's own side computation (an explanation): not the job's routing
         try:
             routing = reader(args, other)
         except Exception as exc:  # a probe bug must never break the job's forward
@@ -252,13 +256,15 @@ class MoELayer:
         return routing
 
     def _start_rows(self, args, kwargs):
+        if side.state.active:
+            return
         self._rows = [0] * len(self.expert_modules)
         hidden = _first_float(list(args) + list(kwargs.values()))
         self._call_tokens = None if hidden is None else _leading(hidden)
 
     def _on_expert_input(self, position, args, kwargs):
         # Python ints only: the shape is known on the host without touching the data.
-        if self._rows is None:
+        if self._rows is None or side.state.active:
             return
         hidden = _first_float(list(args) + list(kwargs.values()))
         if hidden is not None:
@@ -952,7 +958,7 @@ def _match_router(name, module, declared, parents, rejected) -> Optional[MoELaye
                     design="hash" if _is_hash(module, top_k) else "top-k", gating=_gating(chain))
 
 
-def find_moe_layers(root: nn.Module, rejected: Optional[List[Rejection]] = None, expert_map=None) -> List[MoELayer]:
+def find_moe_layers(root: nn.Module, rejected: Optional[List[Rejection]] = None, expert_map: Optional[Dict[Union[str, int], List[int]]] = None) -> List[MoELayer]:
     """All MoE layers under root, in module order, with .index set 0..L-1.
 
     Blocks are tried before routers, and a claimed module's descendants are

@@ -28,6 +28,7 @@ from .framing import FrameError, FrameReader, encode_frame
 from .distributed import dist_info
 from .models import describe_model, no_moe_message, survey
 from .recorder import Recorder, Settings
+from .requests import RequestWorker
 
 PROTOCOL_VERSION = 2
 QUEUE_SIZE = 64
@@ -228,6 +229,7 @@ class Session:
         self.error_trace = ""
         self.reader = FrameReader()
         self.tokenizer = None
+        self.requests = None  # answers explain / expert-params requests on a thread of its own
 
     def send(self, message):
         self.conn.sendall(encode_frame(message))
@@ -247,6 +249,9 @@ class Session:
         except (OSError, FrameError, ValueError):
             pass  # the host went away or spoke nonsense: just clean up
         finally:
+            if self.requests is not None:
+                self.requests.stop()  # cancels a running request at its next step
+                self.requests = None
             for recorder in self.recorders:
                 recorder.stop()
             self.recorders = []
@@ -284,6 +289,7 @@ class Session:
         self.tokenizer = found.tokenizer
         for model_id, (root, layers) in enumerate(roots):
             self.recorders.append(Recorder(model_id, root, layers, self.queue, settings, self.fail))
+        self.requests = RequestWorker(self.recorders, self.queue, self._texts)
         self.send(hello)
         for recorder in self.recorders:
             recorder.start()
@@ -307,6 +313,8 @@ class Session:
             self._send_counts(recorder, payload)
         elif kind == "layers":
             self.send({"t": "layers", "model": recorder.model_id, "layers": payload})
+        elif kind == "frame":
+            self.send(payload)  # an answer to a request, built on the request thread
         else:
             self._send_tokens(recorder, payload)
 
@@ -413,7 +421,14 @@ class Session:
             if isinstance(message, dict) and message.get("t") == "detach":
                 self._send_final()
                 return False
+            if isinstance(message, dict) and message.get("t") in ("explain", "expert-params") \
+                    and self.requests is not None:
+                self.requests.submit(message)
         return True
+
+    def _texts(self, ids):
+        """The live tokenizer's strings for token ids, or None without one."""
+        return None if self.tokenizer is None else token_texts(self.tokenizer, ids)
 
     def _wait_for_close(self, timeout):
         end = time.monotonic() + timeout

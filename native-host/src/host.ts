@@ -17,6 +17,7 @@ import { JobObserver } from './job-observer';
 import { attachMethods, type InjectMethod, injectProbe, preflight, waitForProbe } from './inject';
 import { probeSocketPath, socketDir } from './paths';
 import { ProbeClient } from './probe-client';
+import { expertParamsFrame, expertParamsMessages, explainFrame, explanationMessage, refusedMessage } from './requests';
 import { listTorchProcesses, processExists } from './processes';
 import { RankGroups } from './rank-groups';
 import { RelayLinks } from './relay-client';
@@ -143,6 +144,26 @@ export class Host {
       case 'session-delete':
       case 'session-import':
         return this.historyRequests.handle(request);
+      case 'explain':
+      case 'expert-params': {
+        // Answered by the probe on a thread of its own; the answer comes back as a frame.
+        if (this.groups.isGroup(request.pid)) {
+          // one probe answers for its own process: which rank's sequence and weights to ask, and
+          // how to number its answer in the job's view, is not decided yet
+          this.send({
+            type: 'refused', pid: request.pid, id: request.id, request: request.type, code: 'distributed_job',
+            message: 'Explanations and the expert-weight analysis are not available for a distributed job yet (its ranks are shown as one). Run the model in a single process to use them.',
+          });
+          return;
+        }
+        const job = this.jobs.get(request.pid);
+        if (!job) {
+          this.send({ type: 'refused', pid: request.pid, id: request.id, request: request.type, code: 'bad_request', message: `Not attached to process ${request.pid}.` });
+          return;
+        }
+        job.client.send(request.type === 'explain' ? explainFrame(request) : expertParamsFrame(request));
+        return;
+      }
       case 'configure':
         if (request.dbMaxMB !== undefined || request.dbMaxDays !== undefined) {
           this.opts.history?.setRetention(request.dbMaxMB !== undefined ? request.dbMaxMB * 1024 * 1024 : undefined, request.dbMaxDays);
@@ -336,6 +357,12 @@ export class Host {
       job.observer.layers(frame.model, frame.layers);
       if (job.group !== undefined) this.groups.layers(job.pid, frame.model, frame.layers);
       else this.send({ type: 'layers', pid: job.pid, model: frame.model, layers: frame.layers });
+    } else if (frame.t === 'explanation') {
+      this.send(explanationMessage(job.pid, frame));
+    } else if (frame.t === 'expert-params') {
+      for (const part of expertParamsMessages(job.pid, frame, MESSAGE_BUDGET)) this.send(part);
+    } else if (frame.t === 'refused') {
+      this.send(refusedMessage(job.pid, frame));
     } else if (frame.t === 'error') {
       this.send({ type: 'error', pid: job.pid, code: 'probe_failed', message: `The probe stopped itself: ${frame.message}` });
     }

@@ -1,4 +1,6 @@
 /** The current metrics as CSV and JSON, for export. DOM-free. */
+import type { ExplanationMessage } from '../../src/protocol/panel';
+import { completeness, parameterFindings, type ExpertParameterLayer } from '../../src/analysis';
 import type { Analysis } from './analyzer';
 
 const num = (x: number) => (Number.isFinite(x) ? String(Math.round(x * 1e6) / 1e6) : '');
@@ -23,13 +25,41 @@ export function metricsCsv(a: Analysis): string {
   return out.join('\n') + '\n';
 }
 
-export function metricsJson(a: Analysis): string {
-  return JSON.stringify({
+/** What the probe answered on request, exported beside the metrics when there is any. */
+export interface RequestedResults {
+  explanations?: readonly ExplanationMessage[];
+  expertParams?: readonly ExpertParameterLayer[];
+}
+
+export function metricsJson(a: Analysis, requested: RequestedResults = {}): string {
+  const label = (layer: number) => a.rows[layer]?.label ?? `layer ${layer}`;
+  const matrix = (m: Float32Array | null, E: number) => (m ? Array.from({ length: E }, (_, i) => Array.from(m.subarray(i * E, (i + 1) * E))) : null);
+  const vector = (v: Float64Array | null) => (v ? Array.from(v) : null);
+  const out: Record<string, unknown> = {
     pid: a.pid, model: a.model, passes: a.passes,
     window: { passes: a.window.passes, seconds: a.window.seconds, tokens: a.window.tokens, fromPass: a.window.fromPass, toPass: a.window.toPass },
     thresholds: a.thresholds,
     layers: a.rows.map((r) => ({ ...r, counts: Array.from(a.window.counts.subarray(r.offset, r.offset + r.experts)) })),
     findings: a.findings,
     profile: a.profile,
-  }, (_k, v) => (typeof v === 'number' && !Number.isFinite(v) ? null : v), 2);
+  };
+  if (requested.explanations?.length) {
+    // each with its completeness check, as the panel shows it
+    out.explanations = requested.explanations.map(({ type: _type, pid: _pid, ...e }) => ({
+      ...e, layerName: label(e.layer),
+      completeness: { logit: completeness(e.igLogit, e.logit, e.baselineLogit), prob: completeness(e.igProb, e.prob, e.baselineProb) },
+    }));
+  }
+  if (requested.expertParams?.length) {
+    out.expertParameters = {
+      layers: requested.expertParams.map((p) => ({
+        layer: p.layer, name: label(p.layer), experts: p.experts, computeExperts: p.computeExperts, layout: p.layout, groups: p.groups,
+        params: p.params, routerNorms: vector(p.routerNorms), routerBiasName: p.routerBiasName, routerBias: vector(p.routerBias),
+        expertNorms: vector(p.expertNorms), routerCosine: matrix(p.routerCosine, p.experts), weightCosine: matrix(p.weightCosine, p.experts),
+        seconds: p.seconds, peakBytes: p.peakBytes, notes: p.notes,
+      })),
+      findings: parameterFindings(requested.expertParams, label),
+    };
+  }
+  return JSON.stringify(out, (_k, v) => (typeof v === 'number' && !Number.isFinite(v) ? null : v), 2);
 }

@@ -70,6 +70,28 @@ function invalidMessage(v: unknown): string | null {
       return isNum(m.pid) && isNum(m.model) && a && typeof a === 'object' && typeof a.metric === 'string' && isNum(a.layer) && isNum(a.ts) && typeof a.message === 'string'
         ? null : 'an "anomaly" needs pid, model and an anomaly with metric, layer, ts and message';
     }
+    case 'explanation': {
+      if (!isNum(m.pid) || !isNum(m.pass) || !isNum(m.index) || !isNum(m.layer) || !isNum(m.expert) || !isNumArray(m.tokenIds)) {
+        return 'an "explanation" needs pid, pass, index, layer, expert and tokenIds';
+      }
+      const n = m.tokenIds.length;
+      for (const key of ['gxiLogit', 'gxiProb', 'igLogit', 'igProb'] as const) {
+        if (!isNumArray(m[key]) || m[key].length !== n) return `an "explanation" needs "${key}" with one number per token`;
+      }
+      for (const key of ['logit', 'prob', 'baselineLogit', 'baselineProb', 'position', 'seconds'] as const) if (!isNum(m[key])) return `an "explanation" needs a number "${key}"`;
+      return (m.position as number) < n ? null : 'an "explanation" points at a token outside its sequence';
+    }
+    case 'expert-params': {
+      if (!isNum(m.pid) || !isNum(m.layer) || !Number.isInteger(m.experts) || (m.experts as number) < 1 || !isNum(m.rowStart) || !isNum(m.rowEnd)) {
+        return 'an "expert-params" message needs pid, layer, experts and its rows';
+      }
+      const E = m.experts as number;
+      const rows = (m.rowEnd as number) - (m.rowStart as number);
+      const nullable = (v: unknown, length: number) => v === null || (Array.isArray(v) && v.length === length && v.every((x) => x === null || isNum(x)));
+      for (const key of ['routerNorms', 'routerBias', 'expertNorms'] as const) if (!nullable(m[key], E)) return `"${key}" should hold one value per expert`;
+      for (const key of ['routerCosine', 'weightCosine'] as const) if (!nullable(m[key], rows * E)) return `"${key}" should hold ${rows} rows of ${E} values`;
+      return null;
+    }
     case 'detached':
     case 'attaching':
       return isNum(m.pid) ? null : `a "${m.type}" message needs a pid`;

@@ -5,6 +5,7 @@ import { layerLabel, routingDescription } from '../../src/analysis';
 import type { Analysis } from '../engine/analyzer';
 import { VIEWS, type JobState, type Store } from '../store';
 import { Coactivation } from './Coactivation';
+import { Experts } from './Experts';
 import { fmt, int } from './format';
 import { Activity3D } from './Activity3D';
 import { Flow } from './Flow';
@@ -79,7 +80,7 @@ export function App({ store }: { store: Store }) {
         {state.saved && <SaveLink saved={state.saved} />}
         <span class="divider" />
         <button class="tool text" data-testid="export-csv" disabled={!analysis} title="Export the current metrics as CSV" onClick={() => analysis && download(`moe-${analysis.pid}-metrics.csv`, metricsCsv(analysis), 'text/csv')}>CSV</button>
-        <button class="tool text" data-testid="export-json" disabled={!analysis} title="Export the current metrics as JSON" onClick={() => analysis && download(`moe-${analysis.pid}-metrics.json`, metricsJson(analysis), 'application/json')}>JSON</button>
+        <button class="tool text" data-testid="export-json" disabled={!analysis} title="Export the current metrics as JSON" onClick={() => analysis && download(`moe-${analysis.pid}-metrics.json`, metricsJson(analysis, { explanations: job?.explanations, expertParams: job?.expertParams && [...job.expertParams.layers.values()] }), 'application/json')}>JSON</button>
         <span class="divider" />
         <button class={`tool text ${store.longRun.showHistory ? 'on' : ''}`} data-testid="history-toggle" title="Sessions kept in the history database"
           onClick={() => store.longRun.toggleHistory()}>History</button>
@@ -219,6 +220,7 @@ function JobView({ store, job, analysis: a }: { store: Store; job: JobState; ana
       {view === 'coactivation' && <Coactivation a={a} layer={layer} />}
       {view === 'profiler' && <Profiler a={a} />}
       {view === 'ranks' && <Ranks a={a} />}
+      {view === 'experts' && <Experts store={store} a={a} layer={layer} />}
       {view === 'compare' && <Compare store={store} job={job} />}
       {view === 'anomalies' && <Anomalies store={store} anomalies={anomalies} />}
     </div>
@@ -244,7 +246,7 @@ function JobView({ store, job, analysis: a }: { store: Store; job: JobState; ana
           </button>
         ))}
       </nav>
-      {model && (view === 'load' || view === 'coactivation' || view === 'ranks') && (
+      {model && (view === 'load' || view === 'coactivation' || view === 'ranks' || view === 'experts') && (
         <div class="controls">
           <label>
             Layer{' '}

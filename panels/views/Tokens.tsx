@@ -4,6 +4,7 @@
  */
 import type { Analysis, TokenRow } from '../engine/analyzer';
 import type { Store } from '../store';
+import { ExplainToken, ExplanationList } from './ExplainToken';
 
 function tokenText(row: TokenRow, i: number): string {
   const t = row.texts?.[i];
@@ -42,7 +43,14 @@ function streamLines(rows: TokenRow[]): StreamLine[] {
 export function Tokens({ store, a }: { store: Store; a: Analysis }) {
   const rows = a.tokens;
   const sel = store.state.token;
-  if (!rows.length) return <p class="empty" data-testid="tokens-empty">No token records yet: the probe samples a few passes per second.</p>;
+  if (!rows.length) {
+    return (
+      <>
+        <p class="empty" data-testid="tokens-empty">No token records yet: the probe samples a few passes per second.</p>
+        <ExplanationList store={store} a={a} />
+      </>
+    );
+  }
   const row = (sel && (rows.find((r) => r.pass === sel.pass) ?? sel.row)) ?? null;
   const colourLayer = store.state.selectedLayer;
   const labelOf = (layer: number) => a.rows[layer]?.label ?? `layer ${layer}`;
@@ -99,8 +107,10 @@ export function Tokens({ store, a }: { store: Store; a: Analysis }) {
               ))}
             </tbody>
           </table>
+          <ExplainToken key={`${row.pass}:${sel.index}`} store={store} a={a} row={row} index={sel.index} />
         </div>
       )}
+      <ExplanationList store={store} a={a} />
     </div>
   );
 }

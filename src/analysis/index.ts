@@ -19,3 +19,5 @@ export * from './flow';
 export * from './shift';
 export * from './seriation';
 export * from './layer-metrics';
+export * from './attribution';
+export * from './experts';

@@ -7,7 +7,7 @@
  * UTF-8 JSON, on the host's stdin (requests) and stdout (messages). Send hello
  * first; closing stdin makes the host detach from every job and exit.
  */
-import { describeValue, type LayerInfo, type ModelInfo } from './probe';
+import { describeValue, EXPLAIN_BASELINES, type ExplainBaseline, type LayerInfo, type ModelInfo } from './probe';
 
 export const PANEL_PROTOCOL_VERSION = 1;
 /** Chrome disconnects a native host that sends a message over 1 MiB. */
@@ -156,7 +156,102 @@ export type PanelRequest =
   | { type: 'session-open'; session: number; from?: number; to?: number; points?: number; purpose?: 'view' | 'export' }
   | { type: 'session-delete'; session: number }
   /** A .moerec file's text into the history, in parts (each under 32 MiB) joined in order; answered with 'session-imported'. */
-  | { type: 'session-import'; name: string; part: number; done: boolean; text: string };
+  | { type: 'session-import'; name: string; part: number; done: boolean; text: string }
+  /**
+   * Explain why sampled token `index` of pass `pass` went to `expert` in `layer` (see ProbeExplanation).
+   * `id` is the panel's own, echoed in the answer. Steps default to 32, the baseline to 'zero'.
+   */
+  | ExplainRequest
+  /** Analyse the experts' weights of the listed layers (all when absent); answered by expert-params messages. */
+  | { type: 'expert-params'; pid: number; id: number; model: number; layers?: number[]; chunkMB?: number };
+
+export interface ExplainRequest {
+  type: 'explain';
+  pid: number;
+  id: number;
+  model: number;
+  pass: number;
+  index: number;
+  layer: number;
+  expert: number;
+  steps?: number;
+  baseline?: ExplainBaseline;
+  baselineToken?: number;
+  /** Bounds of the work: seconds (default 60) and MiB held for gradients at once (default 512). */
+  maxSeconds?: number;
+  maxMB?: number;
+}
+
+/** An explanation as the panel gets it (ProbeExplanation with plain numbers). */
+export interface ExplanationMessage {
+  type: 'explanation';
+  pid: number;
+  id: number;
+  model: number;
+  pass: number;
+  index: number;
+  layer: number;
+  expert: number;
+  row: number;
+  position: number;
+  tokenIds: number[];
+  texts: string[] | null;
+  steps: number;
+  baseline: string;
+  baselineToken: number;
+  probKind: string;
+  logit: number;
+  prob: number;
+  baselineLogit: number;
+  baselineProb: number;
+  /** Per position: gradient x input and integrated gradients, of the score and of the probability. */
+  gxiLogit: number[];
+  gxiProb: number[];
+  igLogit: number[];
+  igProb: number[];
+  /** Top-k experts of the recomputed scores at the token. */
+  recomputed: number[];
+  seconds: number;
+  peakBytes: number;
+  batch: number;
+  device: string;
+  notes: string[];
+}
+
+/**
+ * One MoE layer's experts (ProbeExpertParams), in as many messages as its matrices need to stay under
+ * the message limit: each carries matrix rows [rowStart, rowEnd) (row-major, null where the probe sent
+ * NaN); the vectors come with the part that starts at row 0.
+ */
+export interface ExpertParamsMessage {
+  type: 'expert-params';
+  pid: number;
+  id: number;
+  model: number;
+  layer: number;
+  /** The layer's place among the request's layers. */
+  part: number;
+  parts: number;
+  experts: number;
+  computeExperts: number;
+  rowStart: number;
+  rowEnd: number;
+  routerName: string;
+  routerNorms: Array<number | null> | null;
+  routerCosine: Array<number | null> | null;
+  routerBiasName: string;
+  routerBias: Array<number | null> | null;
+  layout: string;
+  groups: string[];
+  params: number;
+  expertNorms: Array<number | null> | null;
+  /** [groups x experts], row-major. */
+  groupNorms: Array<number | null> | null;
+  weightCosine: Array<number | null> | null;
+  seconds: number;
+  peakBytes: number;
+  notes: string[];
+}
 
 export interface JobUpdate {
   type: 'update';
@@ -332,6 +427,10 @@ export type HostMessage =
    */
   | { type: 'session-data'; session: number; purpose: 'view' | 'export'; part: number; done: boolean; info?: HistorySession; available?: number; messages: HostMessage[] }
   | { type: 'session-imported'; session: number; name: string }
+  | ExplanationMessage
+  | ExpertParamsMessage
+  /** The probe could not answer an explain or expert-params request (see ProbeRefused for the codes). */
+  | { type: 'refused'; pid: number; id: number; request: 'explain' | 'expert-params' | 'unknown'; code: string; message: string }
   /** A distributed job's ranks: sent when one joins, ends or is left out. */
   | { type: 'ranks'; pid: number; key: string; label: string; worldSize: number; ranks: RankInfo[] }
   /** A relay connected (connect-relay): its address and the name of its node. */
@@ -412,6 +511,22 @@ export function parsePanelRequest(value: unknown): PanelRequest | { error: strin
       if (typeof msg.name !== 'string' || typeof msg.text !== 'string') return { error: 'session-import needs a name and the text of a .moerec file' };
       if (typeof msg.part !== 'number' || !Number.isInteger(msg.part) || msg.part < 0 || typeof msg.done !== 'boolean') return { error: 'session-import needs a part number and done' };
       return { type: 'session-import', name: msg.name, part: msg.part, done: msg.done, text: msg.text };
+    case 'explain':
+      return parseExplainRequest(msg, pidOk);
+    case 'expert-params': {
+      if (!pidOk(msg.pid)) return { error: 'expert-params needs a positive integer pid' };
+      if (!isWhole(msg.id) || !isWhole(msg.model)) return { error: 'expert-params needs whole id and model numbers' };
+      const req: Extract<PanelRequest, { type: 'expert-params' }> = { type: 'expert-params', pid: msg.pid, id: msg.id, model: msg.model };
+      if (msg.layers !== undefined) {
+        if (!Array.isArray(msg.layers) || !msg.layers.every(isWhole) || msg.layers.length > 4096) return { error: 'expert-params: layers should list whole layer numbers' };
+        req.layers = msg.layers as number[];
+      }
+      if (msg.chunkMB !== undefined) {
+        if (typeof msg.chunkMB !== 'number' || !(msg.chunkMB >= 1 && msg.chunkMB <= 4096)) return { error: 'expert-params: chunkMB should be between 1 and 4096' };
+        req.chunkMB = msg.chunkMB;
+      }
+      return req;
+    }
     case 'configure': {
       const req: Extract<PanelRequest, { type: 'configure' }> = { type: 'configure' };
       for (const [key, lo, hi] of [['dbMaxMB', 1, 1 << 24], ['dbMaxDays', 0.001, 36500]] as const) {
@@ -432,6 +547,41 @@ export function parsePanelRequest(value: unknown): PanelRequest | { error: strin
     default:
       return { error: `unknown request type ${describeValue(msg.type)}` };
   }
+}
+
+const isWhole = (v: unknown): v is number => typeof v === 'number' && Number.isInteger(v) && v >= 0 && v < 2 ** 31;
+
+function parseExplainRequest(msg: Record<string, unknown>, pidOk: (p: unknown) => p is number): ExplainRequest | { error: string } {
+  if (!pidOk(msg.pid)) return { error: 'explain needs a positive integer pid' };
+  for (const key of ['id', 'model', 'pass', 'index', 'layer', 'expert'] as const) {
+    if (!isWhole(msg[key])) return { error: `explain needs a whole number ${key}` };
+  }
+  const req: ExplainRequest = {
+    type: 'explain', pid: msg.pid, id: msg.id as number, model: msg.model as number, pass: msg.pass as number,
+    index: msg.index as number, layer: msg.layer as number, expert: msg.expert as number,
+  };
+  if (msg.steps !== undefined) {
+    if (!isWhole(msg.steps) || msg.steps < 1 || msg.steps > 1024) return { error: 'explain: steps should be a whole number from 1 to 1024' };
+    req.steps = msg.steps;
+  }
+  if (msg.baseline !== undefined) {
+    if (!(EXPLAIN_BASELINES as readonly unknown[]).includes(msg.baseline)) return { error: `explain: baseline should be one of ${EXPLAIN_BASELINES.join(', ')}` };
+    req.baseline = msg.baseline as ExplainBaseline;
+  }
+  if (msg.baselineToken !== undefined) {
+    if (!isWhole(msg.baselineToken)) return { error: 'explain: baselineToken should be a token id' };
+    req.baselineToken = msg.baselineToken;
+  }
+  if (req.baseline === 'token' && req.baselineToken === undefined) return { error: 'explain: a token baseline needs baselineToken' };
+  if (msg.maxSeconds !== undefined) {
+    if (typeof msg.maxSeconds !== 'number' || !(msg.maxSeconds >= 0.1 && msg.maxSeconds <= 3600)) return { error: 'explain: maxSeconds should be between 0.1 and 3600' };
+    req.maxSeconds = msg.maxSeconds;
+  }
+  if (msg.maxMB !== undefined) {
+    if (typeof msg.maxMB !== 'number' || !(msg.maxMB >= 1 && msg.maxMB <= 1048576)) return { error: 'explain: maxMB should be between 1 and 1048576' };
+    req.maxMB = msg.maxMB;
+  }
+  return req;
 }
 
 /** Name of the runtime port between the panel and the service worker. */

@@ -220,7 +220,136 @@ export interface ProbeLayers {
   layers: LayerInfo[];
 }
 
-export type ProbeFrame = ProbeHello | ProbeCounts | ProbeTokens | ProbeFailure | ProbeBye | ProbeLayers;
+/**
+ * Why a sampled token's router chose an expert: the attribution of layer `layer`'s router score
+ * for `expert` at the token (and of its routing probability) to each position's input embedding,
+ * computed by the probe on a thread of its own from the sequence the token saw (its row of the
+ * batch; for a generated token, the prompt and every token generated since).
+ * Per-position arrays are float64 little-endian [n].
+ */
+export interface ProbeExplanation {
+  t: 'explanation';
+  /** The request's id. */
+  id: number;
+  model: number;
+  pass: number;
+  /** The token's index among the pass's sampled tokens. */
+  index: number;
+  layer: number;
+  expert: number;
+  /** Row of the batch the token sat in, and its position in the sequence below. */
+  row: number;
+  position: number;
+  /** int32 little-endian [n]: the sequence that was recomputed. */
+  token_ids: Uint8Array;
+  texts: string[] | null;
+  steps: number;
+  /** 'zero', 'mean' (the mean input embedding over the vocabulary) or 'token' (baseline_token's embedding at every position). */
+  baseline: string;
+  /** The baseline's token id; -1 unless baseline is 'token'. */
+  baseline_token: number;
+  /** How the probability is made from the scores: 'softmax', 'sigmoid' or 'row' (the router hands out probabilities). */
+  prob_kind: string;
+  /** f(x): the router's score for the expert at the token, and its routing probability. */
+  logit: number;
+  prob: number;
+  /** f(baseline). */
+  baseline_logit: number;
+  baseline_prob: number;
+  /** Gradient x input per position (summed over the hidden dimension), for the score and the probability. */
+  gxi_logit: Uint8Array;
+  gxi_prob: Uint8Array;
+  /** Integrated gradients per position (midpoint rule over `steps` points); they should sum to f(x) - f(baseline). */
+  ig_logit: Uint8Array;
+  ig_prob: Uint8Array;
+  /** int32 little-endian [k]: the top-k experts of the recomputed scores at the token. */
+  recomputed: Uint8Array;
+  /** Seconds the explanation took, and the most bytes it held for gradients at once. */
+  seconds: number;
+  peak_bytes: number;
+  /** Integrated-gradient steps run together in one batch (as many as the memory limit allowed). */
+  batch: number;
+  /** Where it ran, e.g. "cpu", "cuda:0". */
+  device: string;
+  /** What the reader should know (a recomputed KV cache, a prompt cut short, ...). */
+  notes: string[];
+}
+
+/**
+ * What one MoE layer's experts look like, one frame per layer of an expert-params request.
+ * Vectors are float64 little-endian [experts]; matrices float32 little-endian [experts x experts],
+ * row-major; NaN where a value does not exist (a zero-compute expert, a zero-norm row).
+ */
+export interface ProbeExpertParams {
+  t: 'expert-params';
+  id: number;
+  model: number;
+  layer: number;
+  /** This frame's place among the request's frames (one per layer asked for). */
+  part: number;
+  parts: number;
+  experts: number;
+  /** Experts with weights of their own (the others are zero-compute). */
+  compute_experts: number;
+  /** The router weight's name inside the router module ("" when none was found). */
+  router_name: string;
+  /** Norm of each expert's router row. */
+  router_norms: Uint8Array | null;
+  /** Cosine similarity of every pair of router rows. */
+  router_cosine: Uint8Array | null;
+  router_bias_name: string;
+  /** A per-expert router bias (a Linear bias, a selection bias such as e_score_correction_bias). */
+  router_bias: Uint8Array | null;
+  /** How the experts' weights are held: 'modules', 'stacked', 'embedding-rows', or '' when not found. */
+  layout: string;
+  /** Each expert's parameters, by name (the groups of group_norms). */
+  groups: string[];
+  /** Weights per expert read, in all. */
+  params: number;
+  /** Norm of all of each expert's weights. */
+  expert_norms: Uint8Array | null;
+  /** float64 [groups x experts]: the norm of each parameter group of each expert. */
+  group_norms: Uint8Array | null;
+  /** Cosine similarity of every pair of experts' flattened weights. */
+  weight_cosine: Uint8Array | null;
+  seconds: number;
+  /** Most bytes held at once while reading the weights. */
+  peak_bytes: number;
+  notes: string[];
+}
+
+/** A request the probe cannot answer: what was asked, why not (`code` for programs), in words. */
+export interface ProbeRefused {
+  t: 'refused';
+  id: number;
+  request: 'explain' | 'expert-params' | 'unknown';
+  /**
+   * bad_request, busy, no_context (the pass's input is not kept), training_mode, compiled, no_router, no_embedding,
+   * no_scores, not_differentiable, decoder_layer, over_limit (time or memory), model_error, cancelled, failed; and from the
+   * host, distributed_job (asked of a distributed job shown as one).
+   */
+  code: string;
+  message: string;
+}
+
+export type ProbeFrame = ProbeHello | ProbeCounts | ProbeTokens | ProbeFailure | ProbeBye | ProbeLayers | ProbeExplanation | ProbeExpertParams | ProbeRefused;
+
+/** Baselines an explanation can start its path from. */
+export const EXPLAIN_BASELINES = ['zero', 'mean', 'token'] as const;
+export type ExplainBaseline = (typeof EXPLAIN_BASELINES)[number];
+
+/**
+ * Frames the host sends to the probe, on the same socket and framing. A TCP client must send
+ * auth first. The probe answers explain and expert-params on a thread of its own, one at a time
+ * (explanation or refused; expert-params frames then), and detach with its last counts and bye.
+ */
+export type HostToProbe =
+  | { t: 'auth'; token: string }
+  | { t: 'detach' }
+  /** Explain a sampled token's routing (see ProbeExplanation); the limits bound the work (default 60 s, 512 MiB). */
+  | { t: 'explain'; id: number; model: number; pass: number; index: number; layer: number; expert: number; steps: number; baseline: ExplainBaseline; baseline_token?: number; max_seconds?: number; max_mb?: number }
+  /** Analyse the experts' weights of the listed layers (all when absent), reading chunk_mb at a time (default 64). */
+  | { t: 'expert-params'; id: number; model: number; layers?: number[]; chunk_mb?: number };
 
 export class ProtocolError extends Error {
   constructor(message: string) {
@@ -483,9 +612,102 @@ export function parseProbeFrame(value: unknown): ProbeFrame {
       return { t, reason: field(value, 'reason', isStr, 'a string') };
     case 'layers':
       return { t, model: field(value, 'model', isNat, 'a whole number'), layers: parseLayers(value.layers) };
+    case 'explanation':
+      return parseExplanation(value);
+    case 'expert-params':
+      return parseExpertParams(value);
+    case 'refused': {
+      const request = value.request;
+      if (request !== 'explain' && request !== 'expert-params' && request !== 'unknown') {
+        throw new ProtocolError('field "request" should be "explain", "expert-params" or "unknown"');
+      }
+      return {
+        t, id: field(value, 'id', isNat, 'a whole number'), request,
+        code: field(value, 'code', isStr, 'a string'), message: field(value, 'message', isStr, 'a string'),
+      };
+    }
     default:
       throw new ProtocolError(`unknown frame type ${describeValue(t)}`);
   }
+}
+
+function parseExplanation(value: Obj): ProbeExplanation {
+  const tokenIds = field(value, 'token_ids', isBytes, 'binary data');
+  if (tokenIds.byteLength % 4) throw new ProtocolError('field "token_ids" should hold int32 values');
+  const n = tokenIds.byteLength / 4;
+  const perPosition = (key: string) => {
+    const bytes = sizedBytes(value, key, n * 8);
+    if (!bytes) throw new ProtocolError(`field "${key}" should be binary data`);
+    return bytes;
+  };
+  const position = field(value, 'position', isNat, 'a whole number');
+  if (position >= n) throw new ProtocolError(`position ${position} is outside the ${n}-token sequence`);
+  const texts = optional(value, 'texts', isStrArray, 'a list of strings');
+  if (texts && texts.length !== n) throw new ProtocolError(`field "texts" has ${texts.length} strings for ${n} tokens`);
+  const recomputed = field(value, 'recomputed', isBytes, 'binary data');
+  if (recomputed.byteLength % 4) throw new ProtocolError('field "recomputed" should hold int32 values');
+  return {
+    t: 'explanation',
+    id: field(value, 'id', isNat, 'a whole number'),
+    model: field(value, 'model', isNat, 'a whole number'),
+    pass: field(value, 'pass', isNat, 'a whole number'),
+    index: field(value, 'index', isNat, 'a whole number'),
+    layer: field(value, 'layer', isNat, 'a whole number'),
+    expert: field(value, 'expert', isNat, 'a whole number'),
+    row: field(value, 'row', isNat, 'a whole number'),
+    position,
+    token_ids: tokenIds,
+    texts: texts ?? null,
+    steps: field(value, 'steps', isNat, 'a whole number'),
+    baseline: field(value, 'baseline', isStr, 'a string'),
+    baseline_token: field(value, 'baseline_token', isInt, 'a whole number (-1 when none)'),
+    prob_kind: field(value, 'prob_kind', isStr, 'a string'),
+    logit: field(value, 'logit', isNum, 'a number'),
+    prob: field(value, 'prob', isNum, 'a number'),
+    baseline_logit: field(value, 'baseline_logit', isNum, 'a number'),
+    baseline_prob: field(value, 'baseline_prob', isNum, 'a number'),
+    gxi_logit: perPosition('gxi_logit'),
+    gxi_prob: perPosition('gxi_prob'),
+    ig_logit: perPosition('ig_logit'),
+    ig_prob: perPosition('ig_prob'),
+    recomputed,
+    seconds: field(value, 'seconds', isNum, 'a number'),
+    peak_bytes: field(value, 'peak_bytes', isNat, 'a whole number'),
+    batch: field(value, 'batch', isNat, 'a whole number'),
+    device: field(value, 'device', isStr, 'a string'),
+    notes: field(value, 'notes', isStrArray, 'a list of strings'),
+  };
+}
+
+function parseExpertParams(value: Obj): ProbeExpertParams {
+  const experts = field(value, 'experts', isNat, 'a whole number');
+  if (experts < 1) throw new ProtocolError('field "experts" should be at least 1');
+  const groups = field(value, 'groups', isStrArray, 'a list of strings');
+  const sized = (key: string, values: number) => sizedBytes(value, key, values) ?? null;
+  return {
+    t: 'expert-params',
+    id: field(value, 'id', isNat, 'a whole number'),
+    model: field(value, 'model', isNat, 'a whole number'),
+    layer: field(value, 'layer', isNat, 'a whole number'),
+    part: field(value, 'part', isNat, 'a whole number'),
+    parts: field(value, 'parts', isNat, 'a whole number'),
+    experts,
+    compute_experts: field(value, 'compute_experts', isNat, 'a whole number'),
+    router_name: field(value, 'router_name', isStr, 'a string'),
+    router_norms: sized('router_norms', experts * 8),
+    router_cosine: sized('router_cosine', experts * experts * 4),
+    router_bias_name: field(value, 'router_bias_name', isStr, 'a string'),
+    router_bias: sized('router_bias', experts * 8),
+    layout: field(value, 'layout', isStr, 'a string'),
+    groups,
+    params: field(value, 'params', isNat, 'a whole number'),
+    expert_norms: sized('expert_norms', experts * 8),
+    group_norms: sized('group_norms', groups.length * experts * 8),
+    weight_cosine: sized('weight_cosine', experts * experts * 4),
+    seconds: field(value, 'seconds', isNum, 'a number'),
+    peak_bytes: field(value, 'peak_bytes', isNat, 'a whole number'),
+    notes: field(value, 'notes', isStrArray, 'a list of strings'),
+  };
 }
 
 /** Decode a little-endian float64 payload. */

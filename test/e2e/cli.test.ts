@@ -71,10 +71,12 @@ const faultyRec = path.join(tmp, 'faulty.moerec');
 const healthyRec = path.join(tmp, 'healthy.moerec');
 
 beforeAll(async () => {
-  // --sleep 0: back-to-back generations, so a recording holds enough tokens to judge dead experts.
+  // --sleep 0 and short generations: back-to-back prompts (a prefill pass carries a whole prompt,
+  // a decode pass one token), so a recording holds enough tokens to judge dead experts even
+  // when the machine is busy.
   [faulty, healthy] = await Promise.all([
-    startDemoJob(['--faults', '--sleep', '0'], 8, { env: PROBE_ENV }),
-    startDemoJob(['--sleep', '0'], 8, { env: PROBE_ENV }),
+    startDemoJob(['--faults', '--sleep', '0', '--max-new', '8'], 8, { env: PROBE_ENV }),
+    startDemoJob(['--sleep', '0', '--max-new', '8'], 8, { env: PROBE_ENV }),
   ]);
   jobs.push(faulty, healthy);
 }, 180_000);

@@ -72,6 +72,14 @@ describe('ranks that do not agree with their job', () => {
     expect(last.widths).toEqual([8, 8]);
     const ranksMessage = driver.messages.filter((m): m is Extract<HostMessage, { type: 'ranks' }> => m.type === 'ranks').at(-1)!;
     expect(ranksMessage.ranks.map((r) => [r.rank, r.status])).toEqual([[0, 'attached'], [1, 'attached'], [2, 'excluded']]);
+    // explanations and the weight analysis are asked of one process: the job says plainly it has none
+    const group = ranksMessage.pid;
+    for (const [id, request] of [[901, { type: 'explain', pid: group, id: 901, model: 0, pass: 1, index: 0, layer: 0, expert: 0 }], [902, { type: 'expert-params', pid: group, id: 902, model: 0 }]] as const) {
+      driver.send(request);
+      const refused = await driver.waitFor((m) => m.type === 'refused' && m.id === id, 10000) as Extract<HostMessage, { type: 'refused' }>;
+      expect(refused).toMatchObject({ pid: group, request: request.type, code: 'distributed_job' });
+      expect(refused.message).toContain('not available for a distributed job');
+    }
   });
 
   it('leaves out a rank whose expert map conflicts with another rank\'s', async () => {

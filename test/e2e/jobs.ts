@@ -25,6 +25,8 @@ export interface PassRecord {
   /** With --log-tokens: input token ids (batch flattened) and each token's top-k experts per layer [layer][token][k]. */
   input?: number[];
   ids?: number[][][];
+  /** How many parameters carried a .grad when the pass ended (tiny job). */
+  grads?: number;
 }
 
 export interface Job {

@@ -13,6 +13,11 @@ produce identical outputs. With --log-tokens each line also holds the input toke
 top-k experts per layer ("ids": [layer][token][k], best first), so a test can recompute any
 per-token statistic. With --switch-file PATH the job changes its input distribution once PATH
 exists: from then on its batches hold only token ids 0..3 ("phase": 1 in the log).
+Each line also says how many parameters carry a .grad (grads), so a test can check that
+nothing the probe computed on the side reached the job.
+
+--duplicate LAYER:A:B makes expert B of LAYER a copy of expert A (its weights), and
+--zero-router LAYER:E sets expert E's router row to zero, for the expert-weight tests.
 """
 
 import argparse
@@ -86,6 +91,19 @@ def plant_fault(model, layer, kind, expert, top_k, batches):
     raise SystemExit("could not plant %s in layer %d" % (kind, layer))
 
 
+def copy_expert(model, layer, source, target):
+    """Expert `target` of `layer` becomes a copy of `source`: every stacked [E, ...] weight of the experts."""
+    experts = model.model.layers[layer].mlp.experts
+    with torch.no_grad():
+        for p in experts.parameters():
+            p[target].copy_(p[source])
+
+
+def zero_router_row(model, layer, expert):
+    with torch.no_grad():
+        model.model.layers[layer].mlp.gate.weight[expert].zero_()
+
+
 def hook_count(model):
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
 
@@ -108,6 +126,10 @@ def main():
                         help="plant a dead expert: its router row is set so it never wins (mixtral)")
     parser.add_argument("--collapse", action="append", type=int, default=[], metavar="LAYER",
                         help="plant router collapse: experts 0..top_k-1 win every token of LAYER (mixtral)")
+    parser.add_argument("--duplicate", action="append", default=[], metavar="LAYER:A:B",
+                        help="make expert B of LAYER a copy of expert A")
+    parser.add_argument("--zero-router", action="append", default=[], metavar="LAYER:E",
+                        help="set expert E's router row in LAYER to zero")
     parser.add_argument("--log-tokens", action="store_true", help="log every token's input id and top-k experts per layer")
     parser.add_argument("--switch-file", help="switch to inputs of token ids 0..3 once this file exists")
     args = parser.parse_args()
@@ -121,6 +143,12 @@ def main():
     faults += [(l, "collapse", 0) for l in args.collapse]
     for layer, kind, expert in sorted(faults):  # lower layers first: their edits change later layers' inputs
         plant_fault(model, layer, kind, expert, args.top_k, batches)
+    for spec in args.duplicate:
+        layer, source, target = (int(x) for x in spec.split(":"))
+        copy_expert(model, layer, source, target)
+    for spec in args.zero_router:
+        layer, expert = (int(x) for x in spec.split(":"))
+        zero_router_row(model, layer, expert)
 
     with open(args.log, "a", buffering=1) as log:
         log.write(json.dumps({"ready": True, "pid": os.getpid(), "arch": args.arch,
@@ -144,6 +172,7 @@ def main():
             record = {
                 "pass": i, "counts": counts, "out": digest, "hooks": hook_count(model),
                 "threads": sorted(t.name for t in threading.enumerate()), "phase": phase, "time": time.time(),
+                "grads": sum(p.grad is not None for p in model.parameters()),
             }
             if args.log_tokens:
                 record["input"] = batch.reshape(-1).tolist()

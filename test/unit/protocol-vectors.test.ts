@@ -43,7 +43,7 @@ function fromJson(value: unknown): unknown {
 
 describe('probe frame vectors', () => {
   it('cover every frame type, with and without optional fields, and invalid frames', () => {
-    expect(new Set(valid.map((v) => (v.frame as { t: string }).t))).toEqual(new Set(['hello', 'counts', 'tokens', 'error', 'bye', 'layers']));
+    expect(new Set(valid.map((v) => (v.frame as { t: string }).t))).toEqual(new Set(['hello', 'counts', 'tokens', 'error', 'bye', 'layers', 'explanation', 'expert-params', 'refused']));
     expect(valid.some((v) => (v.frame as { error?: unknown }).error)).toBe(true);
     expect(valid.some((v) => ((v.frame as { models?: { layers: unknown[] }[] }).models ?? []).some((m) => m.layers.length > 1))).toBe(true);
     expect(invalid.length).toBeGreaterThanOrEqual(4);
