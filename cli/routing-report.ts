@@ -4,7 +4,7 @@
  * panel's own Analyzer (panels/engine/analyzer.ts, which runs the src/analysis functions), so
  * the command line, its exports and the panel can never disagree about a number.
  */
-import { FINDING_KINDS, parameterFindings, type Finding, type ParameterFinding, type Thresholds } from '../src/analysis';
+import { FINDING_KINDS, parameterFindings, visibilityNotes, type Finding, type ParameterFinding, type Thresholds } from '../src/analysis';
 import type { HostMessage, JobUpdate } from '../src/protocol/panel';
 import { layerOffsets } from '../src/protocol/probe';
 import { Analyzer, type Analysis } from '../panels/engine/analyzer';
@@ -98,6 +98,8 @@ export interface RoutingReport {
   /** Routing decisions the probe explained during (or before) the recording. */
   explanations?: number;
   series: { stepS: number; windowS: number; points: SeriesPoint[] };
+  /** What the probe saw of how the passes ran (torch.compile, CUDA graphs), as of the last counts; empty for plain eager passes. */
+  visibility: string[];
 }
 
 const finite = (x: number): number | null => (Number.isFinite(x) ? x : null);
@@ -215,5 +217,6 @@ export function buildReport(recording: Recording, options: Partial<ReportOptions
     ...(weights ? { parameterFindings: parameterFindings([...weights.layers.values()], (l) => a.rows[l]?.label ?? `layer ${l}`) } : {}),
     ...(explained ? { explanations: explained } : {}),
     series: { stepS: opts.stepS, windowS: opts.windowS, points },
+    visibility: visibilityNotes(last).map((n) => n.text),
   };
 }

@@ -23,6 +23,8 @@ import { ROOT, projectPython } from './python-env.mjs';
 export const BENCHMARKS = [
   { id: 'attach', title: 'Attach safety and time', script: 'scripts/bench_attach.mjs' },
   { id: 'probe_overhead', title: 'Probe overhead', script: 'scripts/bench_probe_overhead.py' },
+  { id: 'compile', title: 'torch.compile', script: 'scripts/bench_compile.py' },
+  { id: 'gpu', title: 'GPU overhead', script: 'scripts/bench_gpu.py' },
   { id: 'host_relay', title: 'Host relay', script: 'scripts/bench_host_relay.mjs' },
   { id: 'panel', title: 'Panel frame time', script: 'scripts/bench_panel.mjs' },
   { id: 'ranks', title: 'Distributed job (ranks)', script: 'scripts/bench_ranks.mjs' },

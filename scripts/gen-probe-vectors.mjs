@@ -199,6 +199,12 @@ const valid = [
       health: float64s([48, 61.25, 130.5, 0, 0, 0, 48, 58.75, 122.0625, 1, 2, 3]),
       max_logit: float64s([3.5, -0.25]),
       time_s: [0.0125, 0.0375], probe_s: 0.00025, prefill: 1, decode: 2, shape: [2, 8], dropped_tokens: 0,
+      // How the passes ran: 3 read from torch.compile'd code after one recompilation of 4.5 s;
+      // CUDA graphs: 2 passes captured while attached, 40 counted from their replays, 7 replays unseen.
+      visibility: {
+        compiled_passes: 3, tap_compiles: 1, tap_compile_s: 4.5, other_compiles: 0, graph_breaks: 0,
+        captured_passes: 2, replayed_passes: 40, unseen_replays: 7,
+      },
     },
   },
   {
@@ -212,6 +218,11 @@ const valid = [
       max_logit: float64s([2.5, 1.75]),
       time_s: [0.0625, 0.03125], probe_s: 0.00025, prefill: 2, decode: 0, shape: [2, 4], dropped_tokens: 0,
       expert_s: [0.015625, 0],
+      // every pass eager, in view of the probe
+      visibility: {
+        compiled_passes: 0, tap_compiles: 0, tap_compile_s: 0, other_compiles: 0, graph_breaks: 0,
+        captured_passes: 0, replayed_passes: 0, unseen_replays: 0,
+      },
     },
   },
   {
@@ -376,6 +387,8 @@ const invalid = [
   { name: 'counts_ts_string', frame: { ...counts, ts: 'now' }, expect_error: 'field "ts" should be a number' },
   { name: 'counts_health_wrong_length', frame: { ...countsFull, health: bytes(88) }, expect_error: 'field "health" holds 88 bytes, expected 96' },
   { name: 'counts_time_s_per_layer', frame: { ...countsFull, time_s: [0.5] }, expect_error: 'field "time_s" has 1 values for 2 layers' },
+  { name: 'counts_visibility_not_a_map', frame: { ...countsFull, visibility: [1, 2] }, expect_error: 'field "visibility" should be a map' },
+  { name: 'counts_visibility_missing_field', frame: { ...countsFull, visibility: without(countsFull.visibility, 'unseen_replays') }, expect_error: 'field "unseen_replays" should be a whole number' },
   { name: 'counts_expert_s_per_layer', frame: { ...countsFull, expert_s: [0.5, 0.25, 0.125] }, expect_error: 'field "expert_s" has 3 values for 2 layers' },
   { name: 'hello_settings_not_numbers', frame: { ...hello, settings: { token_sample: 'all' } }, expect_error: 'field "settings" should map names to numbers' },
   { name: 'tokens_bad_phase', frame: { ...tokens, phase: 'middle' }, expect_error: 'field "phase" should be "prefill" or "decode"' },

@@ -36,6 +36,7 @@ export function reportText(report: RoutingReport, file: string): string {
   out.push(`model ${report.model.class}, ${report.model.layers} MoE layers; recorded ${new Date(report.started).toISOString()}, ` +
     `${report.window.seconds.toFixed(1)} s of counts, ${fmtInt(report.window.passes)} passes since attach, ` +
     `${fmtInt(report.window.tokens)} tokens through layer 0`);
+  for (const line of report.visibility) out.push(line);
   out.push('');
   if (report.findings.length) {
     out.push(`Findings (${report.findings.length}):`);

@@ -17,7 +17,7 @@ sampled passes.
 
 import collections
 import threading
-from typing import Dict, List, Optional, Tuple, Union
+from typing import List, Optional, Tuple, Union
 
 import torch
 
@@ -77,7 +77,7 @@ class InputKeeper:
 
     # -- the job's thread, inside the pass-start hook --
 
-    def on_pass(self, ids: Optional[torch.Tensor], kwargs: Optional[Dict], pass_id: int, phase: str,
+    def on_pass(self, ids: Optional[torch.Tensor], attention_mask: Optional[torch.Tensor], pass_id: int, phase: str,
                 sampled: bool) -> None:
         if ids is None:
             self._sequence = None
@@ -104,7 +104,7 @@ class InputKeeper:
         if sequence is None:
             self._remember(pass_id, self._missing)
             return
-        mask = kwargs.get("attention_mask") if kwargs else None
+        mask = attention_mask
         if isinstance(mask, torch.Tensor) and mask.dim() == 2 and mask.shape[0] >= sequence.rows \
                 and mask.shape[1] == sequence.length:
             mask = mask.detach()[: sequence.rows].clone()

@@ -20,6 +20,7 @@ class Survey(NamedTuple):
     tokenizer: Optional[object]  # a live tokenizer, to label token records with text
     cuda_graphs: int  # captured CUDA graphs, whose replays run no hooks
     rejected: List[Rejection]  # modules that looked like MoE routers or experts but could not be read
+    wrapped: frozenset = frozenset()  # ids of models found inside torch.compile's wrapper (OptimizedModule)
 
 
 def survey(explicit_models=None, expert_map=None) -> Survey:
@@ -95,7 +96,7 @@ def survey_from_names(expert_map=None) -> Optional[Survey]:
     roots = find_model_roots([m for m in modules if id(m) not in descendants], expert_map=expert_map)
     if not roots:
         return None
-    return Survey(roots, len(modules), tokenizer, 0, [])
+    return Survey(roots, len(modules), tokenizer, 0, [], _wrapped(modules))
 
 
 # Objects whose referents never lead to a model a program holds: values, tensors, code,
@@ -136,8 +137,13 @@ def survey_all_objects(explicit_models=None, expert_map=None) -> Survey:
     tokenizer = next((obj for obj in picked if type(obj) in tokenizer_types), None)
     graphs = sum(1 for obj in picked if type(obj) in graph_types)
     rejected: List[Rejection] = []
-    roots = find_model_roots(modules if explicit_models is None else explicit_models, rejected, expert_map)
-    return Survey(roots, len(modules), tokenizer, graphs, rejected)
+    candidates = modules if explicit_models is None else explicit_models
+    roots = find_model_roots(candidates, rejected, expert_map)
+    return Survey(roots, len(modules), tokenizer, graphs, rejected, _wrapped(candidates))
+
+
+def _wrapped(modules) -> frozenset:
+    return frozenset(id(unwrap_compiled(m)) for m in modules if unwrap_compiled(m) is not m)
 
 
 def _is_tokenizer(cls) -> bool:
@@ -150,18 +156,39 @@ def find_model_roots(candidates, rejected: Optional[List[Rejection]] = None,
                      expert_map=None) -> List[Tuple[nn.Module, List[MoELayer]]]:
     """Top-level modules among candidates (not a submodule of another) that contain MoE layers.
     What looked like an MoE router or experts but could not be read goes to `rejected`."""
+    candidates = [unwrap_compiled(module) for module in candidates]
     child_ids = set()
     for module in candidates:
         for child in module.children():
             child_ids.add(id(child))
     found = []
+    seen = set()
     for module in candidates:
-        if id(module) in child_ids:
+        if id(module) in child_ids or id(module) in seen:
             continue
+        seen.add(id(module))
         layers = find_moe_layers(module, rejected, expert_map)
         if layers:
             found.append((module, layers))
     return found
+
+
+def unwrap_compiled(module):
+    """The model inside torch.compile(model)'s wrapper (an OptimizedModule holding it as
+    `_orig_mod`): layers are named by the model's own paths, and its hooks run inside the
+    compiled code, where the probe's taps read them (see compiled.py)."""
+    inner = getattr(module, "_orig_mod", None) if type(module).__name__ == "OptimizedModule" else None
+    return inner if isinstance(inner, nn.Module) else module
+
+
+def compiled_parts(root: nn.Module, wrapped: bool = False) -> List[str]:
+    """What of a model runs under torch.compile, as far as the modules show it: the whole model
+    (wrapped by torch.compile, or model.compile()), or the submodules compiled one by one.
+    (Compiling a function that calls the model leaves no trace on it.)"""
+    if wrapped or getattr(root, "_compiled_call_impl", None) is not None:
+        return [""]
+    return [name for name, module in root.named_modules()
+            if name and getattr(module, "_compiled_call_impl", None) is not None]
 
 
 def describe_model(model_id: int, root: nn.Module, layers: List[MoELayer]):

@@ -35,7 +35,7 @@ from typing import Dict, List, Optional
 import torch
 from torch import nn
 
-from . import side
+from . import compiled, cudagraphs, side
 from .contexts import InputKeeper
 from .routers import MoELayer, Routing
 
@@ -111,6 +111,18 @@ class TokenRecord:
         self.event = None
 
 
+class CaptureRecord:
+    """The Python-side tallies of one pass recorded into a CUDA graph, added at each replay."""
+
+    __slots__ = ("passes", "phase", "layer_tokens", "host_loads")
+
+    def __init__(self, num_layers, phase):
+        self.passes = 1
+        self.phase = phase
+        self.layer_tokens = [0] * num_layers
+        self.host_loads: Optional[List[int]] = None
+
+
 class _DeviceState:
     def __init__(self, num_layers, total_experts, device):
         # One slot past the end takes the -1 "no expert" entries of variable-k routing.
@@ -132,6 +144,13 @@ def _block_of(root: nn.Module, layer: MoELayer) -> nn.Module:
         except AttributeError:
             pass
     return layer.module
+
+
+def _input_ids_of(args, kwargs):
+    """The root pre-hook's tap: the input ids, if the pass was given any (traced by dynamo), and
+    its attention mask (kept with sampled passes so their routing can be explained later)."""
+    mask = kwargs.get("attention_mask") if kwargs else None
+    return [_input_ids(args, kwargs)], [mask if isinstance(mask, torch.Tensor) else None]
 
 
 def _input_ids(args, kwargs):
@@ -203,6 +222,17 @@ class Recorder:
         self._health_t = 0.0
         self._block_on_gpu = [False] * self.num_layers
         self.inputs = InputKeeper(settings.token_sample)
+        # What the probe could see of how passes ran (see visibility()).
+        self._on_cuda = False
+        self._pass_compiled = False
+        # Whether any MoE layer was read in the current pass: a pass whose layers all ran where
+        # the hooks could not reach (compiled code without the probe's op) is not counted.
+        self._pass_routed = False
+        self.unseen_passes = 0  # passes whose start and end were seen but none of their layers
+        self.compiled_passes = 0  # passes read (partly) from compiled code, through the taps
+        self._capture: Optional[CaptureRecord] = None  # the pass being recorded into a CUDA graph
+        self.captured_passes = 0  # passes recorded into CUDA graphs while attached
+        self.replayed_passes = 0  # passes counted from replays of those graphs
 
     # -- lifecycle (called from the probe's own thread) --
 
@@ -211,32 +241,44 @@ class Recorder:
         # Counters on the model's device from the start: snapshots flow even for layers
         # read on the host alone (rows per expert) or before any routing is seen.
         param = next(self.root.parameters(), None)
-        self._device_state(param.device if param is not None else torch.device("cpu"))
+        device = param.device if param is not None else torch.device("cpu")
+        self._on_cuda = device.type == "cuda"
+        self._device_state(device)
+        compiled.prepare()
         with self._lock:
             for layer, block in zip(self.layers, self.blocks):
                 layer.on_error = self.on_error
                 self._handles += layer.install(self._on_routing)
-                self._handles.append(block.register_forward_pre_hook(self._timer_start(layer.index)))
-                self._handles.append(block.register_forward_hook(self._timer_end(layer.index), always_call=True))
+                # Block times are not measured inside compiled code (traced=False): the compiler
+                # fuses across block boundaries, so there is no such time to take.
+                self._handles.append(compiled.pre_hook(block, "block_start", self._timer_start(layer.index),
+                                                       pack=compiled.nothing, traced=False))
+                self._handles.append(compiled.post_hook(block, "block_end", self._timer_end(layer.index),
+                                                        pack=compiled.nothing, traced=False, always_call=True))
             for index in self.ep_layers:
                 for expert in self.layers[index].expert_modules:
-                    self._handles.append(expert.register_forward_pre_hook(self._timer_start(self.num_layers + index)))
-                    self._handles.append(expert.register_forward_hook(self._timer_end(self.num_layers + index), always_call=True))
-            self._handles.append(self.root.register_forward_pre_hook(self._on_pass_start, with_kwargs=True))
+                    self._handles.append(compiled.pre_hook(expert, "block_start", self._timer_start(self.num_layers + index),
+                                                           pack=compiled.nothing, traced=False))
+                    self._handles.append(compiled.post_hook(expert, "block_end", self._timer_end(self.num_layers + index),
+                                                            pack=compiled.nothing, traced=False, always_call=True))
+            self._handles.append(compiled.pre_hook(self.root, "pass_start", self._on_pass_start, pack=_input_ids_of))
             # always_call: a forward that raises still ends the pass.
-            self._handles.append(self.root.register_forward_hook(self._on_pass_end, always_call=True))
+            self._handles.append(compiled.post_hook(self.root, "pass_end", self._on_pass_end, pack=compiled.nothing,
+                                                    always_call=True))
             self.active = True
 
     def stop(self):
         with self._lock:
             self.active = False
-            for handle in self._handles:
+            for handle in reversed(self._handles):  # last in, first out: wrappers nest
                 handle.remove()
             self._handles = []
+            if self.captured_passes:
+                cudagraphs.keep_alive(list(self._state.values()))  # graphs still point at them
 
     # -- hooks (called from the job's thread, inside its forward) --
 
-    def _on_pass_start(self, module, args, kwargs):
+    def _on_pass_start(self, first, second):
         if not self.active or side.state.active:
             return
         self._pass_depth += 1
@@ -245,24 +287,30 @@ class Recorder:
         t0 = perf_counter()
         try:
             self._in_pass = True
-            ids = _input_ids(args, kwargs)
+            self._pass_routed = False
+            self._pass_compiled = compiled.from_compiled()
+            ids = first[0] if first else None
             if ids is not None:
                 self.last_shape = list(ids.shape)
                 seq = ids.shape[-1]
                 self._phase = "decode" if seq == 1 and self.passes > 0 else "prefill"
+            # A pass recorded into a CUDA graph runs nothing now: its counting is captured and
+            # happens at each replay (see cudagraphs.py); what can only be done once (health,
+            # token records) is left out of it.
+            self._capture = CaptureRecord(self.num_layers, self._phase) if self._capturing() else None
             rate = self.settings.health_passes_per_s
-            self._health_pass = rate > 0 and t0 - self._health_t >= 1.0 / rate
+            self._health_pass = rate > 0 and t0 - self._health_t >= 1.0 / rate and self._capture is None
             if self._health_pass:
                 self._health_t = t0
             self._token_record = None
-            sampled = self._want_token_record(t0)
+            sampled = self._capture is None and self._want_token_record(t0)
             if sampled:
                 sample = None
                 if ids is not None:
                     sample = ids.detach().reshape(-1)[: self.settings.token_sample].to(torch.int32, copy=True)
                 self._token_record = TokenRecord(self.passes + 1, self._phase, sample)
             # the rows behind sampled tokens, so that their routing can be explained on request
-            self.inputs.on_pass(ids, kwargs, self.passes + 1, self._phase, sampled)
+            self.inputs.on_pass(ids, second[0] if second else None, self.passes + 1, self._phase, sampled)
         except Exception as exc:
             self.on_error(exc)
         self.probe_time_s += perf_counter() - t0
@@ -288,8 +336,8 @@ class Recorder:
         layer = index % self.num_layers
         starts = self._block_start if index < self.num_layers else self._expert_start
 
-        def hook(module, args):
-            if self.active and self._in_pass and not side.state.active:
+        def hook(_first, _second):
+            if self.active and self._in_pass and self._capture is None and not side.state.active:
                 if self._block_on_gpu[layer]:
                     event = torch.cuda.Event(enable_timing=True)
                     event.record()
@@ -303,8 +351,8 @@ class Recorder:
         starts, totals = ((self._block_start, self.layer_time_s) if index < self.num_layers
                           else (self._expert_start, self.expert_time_s))
 
-        def hook(module, args, output):
-            if self.active and self._in_pass and not side.state.active:
+        def hook(_first, _second):
+            if self.active and self._in_pass and self._capture is None and not side.state.active:
                 if self._block_on_gpu[layer]:
                     # the latest open timing of this index (an expert-parallel block's experts are
                     # timed inside it, so the block's own start may not be the last entry)
@@ -333,21 +381,28 @@ class Recorder:
             if self._calls_outside_pass > 4 * self.num_layers:
                 self._ungated = True
             return
+        if self._ungated and layer.index == 0 and self._capture is None and self._capturing():
+            self._capture = CaptureRecord(self.num_layers, self._phase)
         t0 = perf_counter()
+        self._pass_routed = True
         try:
+            if compiled.from_compiled():
+                self._pass_compiled = True
             index = layer.index
             offset = self.offsets[index]
             ids = None if routing.ids is None else routing.ids.detach()
             per_token = ids if ids is not None else routing.token_ids
             tokens = routing.tokens if routing.tokens is not None else (
                 per_token.shape[0] if per_token is not None else 0)
-            self.layer_tokens[index] += int(tokens)
+            # Python-side tallies of a pass being captured into a CUDA graph are added at each replay.
+            tally = self if self._capture is None else self._capture
+            tally.layer_tokens[index] += int(tokens)
             state = None
             if isinstance(routing.loads, list):
-                if self.host_loads is None:
-                    self.host_loads = [0] * self.total_experts
+                if tally.host_loads is None:
+                    tally.host_loads = [0] * self.total_experts
                 for e, rows in enumerate(routing.loads[: self.widths[index]]):
-                    self.host_loads[offset + e] += rows
+                    tally.host_loads[offset + e] += rows
             elif routing.loads is not None:
                 state = self._device_state(routing.loads.device)
                 state.counts.narrow(0, offset, self.widths[index]).add_(routing.loads.to(torch.int64))
@@ -359,7 +414,7 @@ class Recorder:
                 if state.ones.numel() < flat.numel():
                     state.ones = torch.ones(flat.numel(), dtype=torch.int64, device=ids.device)
                 state.counts.scatter_add_(0, flat, state.ones[: flat.numel()])
-            if self._health_pass or self._ungated:
+            if (self._health_pass or self._ungated) and self._capture is None:
                 device = _device_of(routing)
                 if device is not None:
                     self._record_health(state or self._device_state(device), index, routing)
@@ -404,7 +459,7 @@ class Recorder:
         elif dropped:
             row[5] += float(dropped)
 
-    def _on_pass_end(self, module, args, output):
+    def _on_pass_end(self, _first, _second):
         if not self.active or self._pass_depth == 0 or side.state.active:
             return  # the pass began before our hooks went in: it was not counted
         self._pass_depth -= 1
@@ -416,8 +471,25 @@ class Recorder:
     def _end_pass(self):
         t0 = perf_counter()
         try:
+            capture, self._capture = self._capture, None
+            if capture is not None:
+                # Recorded into a CUDA graph, not run: it counts when (and each time) it is replayed.
+                self.captured_passes += 1
+                cudagraphs.watch.pass_captured(self, capture)
+                return
+            routed, self._pass_routed = self._pass_routed, False
+            if not routed:
+                # Its layers ran where no hook reached them: claiming it as a pass would show
+                # routing that was never read (all zeros).
+                self.unseen_passes += 1
+                self._token_record = None
+                self._pass_compiled = False
+                return
             self.passes += 1
             self.phase_passes[self._phase] += 1
+            if self._pass_compiled:
+                self.compiled_passes += 1
+                self._pass_compiled = False
             if any(layer.changed for layer in self.layers):
                 # What the first calls revealed (how ids are read, the routing design). A full
                 # queue leaves the flags set, so the next pass tries again.
@@ -430,21 +502,52 @@ class Recorder:
             record, self._token_record = self._token_record, None
             if record is not None and record.layers:
                 self._enqueue(("tokens", self, record), is_snapshot=False)
-            now = time.monotonic()
-            if not self._state or (now - self._last_flush < self.settings.flush_interval_s and not self._force_flush):
-                if not self._gpu_events or len(self._gpu_events) > 4096:
-                    self._gpu_events = []
-                return
-            if _capturing_cuda_graph(self._state):
-                return  # a clone now would be recorded into the graph, not run
-            self._force_flush = False
-            self._last_flush = now
-            snapshot = self._snapshot(time.time())
-            self._enqueue(("counts", self, snapshot), is_snapshot=True)
+            self._maybe_flush()
         except Exception as exc:
             self.on_error(exc)
         finally:
             self.probe_time_s += perf_counter() - t0
+
+    def _maybe_flush(self):
+        """A snapshot at a pass boundary, at most once per flush interval (or when asked for)."""
+        now = time.monotonic()
+        if not self._state or (now - self._last_flush < self.settings.flush_interval_s and not self._force_flush):
+            if not self._gpu_events or len(self._gpu_events) > 4096:
+                self._gpu_events = []
+            return
+        if _capturing_cuda_graph(self._state):
+            return  # a clone now would be recorded into the graph, not run
+        self._force_flush = False
+        self._last_flush = now
+        snapshot = self._snapshot(time.time())
+        self._enqueue(("counts", self, snapshot), is_snapshot=True)
+
+    def replayed(self, capture: "CaptureRecord"):
+        """A CUDA graph holding passes captured while attached was just replayed (on the job's
+        thread, right after its kernels were queued): its captured counting runs on the device
+        with the replay; the Python-side tallies it recorded are added here."""
+        if not self.active:
+            return
+        t0 = perf_counter()
+        try:
+            self.passes += capture.passes
+            self.replayed_passes += capture.passes
+            self.phase_passes[capture.phase] += capture.passes
+            for index, tokens in enumerate(capture.layer_tokens):
+                self.layer_tokens[index] += tokens
+            if capture.host_loads is not None:
+                if self.host_loads is None:
+                    self.host_loads = [0] * self.total_experts
+                for slot, rows in enumerate(capture.host_loads):
+                    self.host_loads[slot] += rows
+            self._maybe_flush()  # queued after the replay on the same stream: sees its counts
+        except Exception as exc:
+            self.on_error(exc)
+        finally:
+            self.probe_time_s += perf_counter() - t0
+
+    def _capturing(self) -> bool:
+        return self._on_cuda and torch.cuda.is_current_stream_capturing()
 
     def _snapshot(self, wall_time) -> Snapshot:
         states = list(self._state.values())
@@ -469,6 +572,9 @@ class Recorder:
             "layer_tokens": list(self.layer_tokens),
             "total_experts": self.total_experts,
             "host_loads": None if self.host_loads is None else list(self.host_loads),
+            "compiled_passes": self.compiled_passes,
+            "captured_passes": self.captured_passes,
+            "replayed_passes": self.replayed_passes,
         }
         self._gpu_events = []
         return Snapshot(self.passes, tensors, event, wall_time, host)

@@ -45,7 +45,7 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from . import side
+from . import compiled, side
 
 
 class Routing(NamedTuple):
@@ -156,30 +156,39 @@ class MoELayer:
     # -- hooks -----------------------------------------------------------------
 
     def install(self, on_routing: OnRouting) -> list:
-        """Add hooks that call on_routing(self, routing) once per routed call; return their handles."""
+        """Add hooks that call on_routing(self, routing) once per routed call; return their handles.
+
+        The hooks are taps (see compiled.py): they read the same way whether the module runs
+        eagerly or inside torch.compile'd code, and every hooked module's forward is marked so
+        that code compiled before they existed recompiles once to include them."""
         handles = []
         deliver = functools.partial(self._guarded, on_routing)
+        hooked = []
         if self.router is not None:
-            handles.append(self.router.register_forward_hook(
-                lambda module, args, output: deliver(self._on_router, args, output)))
+            handles.append(compiled.post_hook(self.router, "router", functools.partial(deliver, self._on_router)))
+            hooked.append(self.router)
         if self.route_fn:
-            handles.append(_patch_route_fn(self, deliver))
+            handles.append(_patch_route_fn(self, functools.partial(deliver, _read_route_fn(self))))
+            hooked.append(self.module)
         if self.dispatch is not None:
-            handles.append(self.dispatch.register_forward_pre_hook(
-                lambda module, args, kwargs: deliver(self._on_dispatch, args, kwargs), with_kwargs=True))
+            handles.append(compiled.pre_hook(self.dispatch, "dispatch", functools.partial(deliver, self._on_dispatch)))
+            hooked.append(self.dispatch)
         if self.expert_modules:
             for position, expert in enumerate(self.expert_modules):
-                handles.append(expert.register_forward_pre_hook(
-                    lambda module, args, kwargs, e=position: self._on_expert_input(e, args, kwargs),
-                    with_kwargs=True))
+                handles.append(compiled.pre_hook(expert, "expert_input",
+                                                 functools.partial(self._on_expert_input, position)))
+                hooked.append(expert)
             # The rows are tallied over one call of whatever runs the experts: the dispatching
             # container when it has a forward of its own, else the block.
             outer = self.dispatch if self.dispatch is not None else self.module
-            handles.append(outer.register_forward_pre_hook(
-                lambda module, args, kwargs: self._start_rows(args, kwargs), with_kwargs=True))
-            handles.append(outer.register_forward_hook(
-                lambda module, args, output: deliver(self._end_rows, args, output), always_call=True))
-        return handles
+            handles.append(compiled.pre_hook(outer, "rows_start", self._start_rows))
+            handles.append(compiled.post_hook(outer, "rows_end", functools.partial(deliver, self._end_rows),
+                                              always_call=True))
+            hooked.append(outer)
+        if not compiled.reads_compiled_code():
+            return handles  # (torch without custom ops) a recompilation would gain nothing
+        marks = [compiled.mark_forward(module) for module in dict.fromkeys([self.module] + hooked)]
+        return handles + [mark for mark in marks if mark is not None]
 
     def _guarded(self, on_routing, reader, args, other):
         if side.state.active:
@@ -210,9 +219,9 @@ class MoELayer:
             self.top_k = top_k
             self.changed = True
 
-    def _on_router(self, args, output):
-        items = list(output) if isinstance(output, (tuple, list)) else [output]
-        if self.logits_index is not None and isinstance(output, (tuple, list)):
+    def _on_router(self, _args, items):
+        items = list(items)  # the router's output items (compiled.outputs)
+        if self.logits_index is not None:
             # transformers says which item holds the logits: move it last so it wins
             idx = self.logits_index if self.logits_index >= 0 else len(items) + self.logits_index
             if 0 <= idx < len(items):
@@ -238,7 +247,7 @@ class MoELayer:
         return wide[-1] if wide else None
 
     def _on_dispatch(self, args, kwargs):
-        values = list(args) + list(kwargs.values())
+        values = list(args) + list(kwargs)
         if self.expert_modules:
             # The rows each expert receives decide; the arguments matter only if every
             # expert turns out to run on every token (read then, in _end_rows).
@@ -259,14 +268,14 @@ class MoELayer:
         if side.state.active:
             return
         self._rows = [0] * len(self.expert_modules)
-        hidden = _first_float(list(args) + list(kwargs.values()))
+        hidden = _first_float(list(args) + list(kwargs))
         self._call_tokens = None if hidden is None else _leading(hidden)
 
     def _on_expert_input(self, position, args, kwargs):
         # Python ints only: the shape is known on the host without touching the data.
         if self._rows is None or side.state.active:
             return
-        hidden = _first_float(list(args) + list(kwargs.values()))
+        hidden = _first_float(list(args) + list(kwargs))
         if hidden is not None:
             self._rows[position] += _leading(hidden)
 
@@ -287,7 +296,7 @@ class MoELayer:
                 # every expert on every token, weighted by the router: soft routing, counted by
                 # each token's largest-logit expert
                 self._learn("recomputed", design="soft", top_k=1)
-                ids = logits.argmax(dim=-1, keepdim=True)
+                ids = _scores(logits).argmax(dim=-1, keepdim=True)
                 routing = Routing(ids=ids)
             elif logits is not None:
                 routing = self._read_items([logits])
@@ -345,7 +354,7 @@ class MoELayer:
         if ids is None and dispatch is not None:
             ids, dropped = _from_one_hot(dispatch, logits)
         if ids is None and logits is not None:
-            ids = torch.topk(logits, k, dim=-1).indices
+            ids = torch.topk(_scores(logits), k, dim=-1).indices
             if weights is None and len(floats_e) > 1:
                 weights = floats_e[-2].gather(-1, ids)
         if ids is None:
@@ -398,7 +407,7 @@ def read_dispatch(layer: MoELayer, values) -> Optional[Routing]:
             if layer.identity_experts == 1 and weights is not None:
                 # A router with one skip class may hand a skip choice to the experts as expert 0
                 # with weight 0 (Zaya): a zero-weight assignment is the skip class.
-                ids = torch.where(weights == 0, torch.full_like(ids, E - 1), ids)
+                ids = torch.where(_scores(weights) == 0, torch.full_like(ids, E - 1), ids)
             if not layer.k_known:
                 layer.k_known = True
                 layer._learn(design="top-k")
@@ -417,7 +426,7 @@ def read_dispatch(layer: MoELayer, values) -> Optional[Routing]:
         # ids only from the router's logits (the gate's own top-k on the same tensor)
         loads = [int(x) for x in sizes[0]]
         logits = layer._router_logits()
-        token_ids = None if logits is None else torch.topk(logits, k, dim=-1).indices
+        token_ids = None if logits is None else torch.topk(_scores(logits), k, dim=-1).indices
         tokens = logits.shape[0] if logits is not None else sum(loads) // max(1, k)
         return Routing(loads=loads, tokens=tokens, logits=logits, token_ids=token_ids)
     for item in floats:
@@ -426,7 +435,7 @@ def read_dispatch(layer: MoELayer, values) -> Optional[Routing]:
             # dense weights over all experts and no ids: soft routing. Counted by each
             # token's largest-weight expert; the panel says so.
             layer._learn(design="soft", top_k=1)
-            ids = flat.argmax(dim=-1, keepdim=True)
+            ids = _scores(flat).argmax(dim=-1, keepdim=True)
             return Routing(ids=ids, weights=flat.gather(-1, ids))
     return None
 
@@ -448,7 +457,7 @@ def _from_one_hot(mask: torch.Tensor, logits: Optional[torch.Tensor]):
     chosen = hot.argmax(dim=-1)
     dropped = hot.sum(dim=-1) == 0
     if logits is not None and logits.shape[0] == chosen.shape[0]:
-        chosen = torch.where(dropped, logits.argmax(dim=-1), chosen)
+        chosen = torch.where(dropped, _scores(logits).argmax(dim=-1), chosen)
     return chosen.unsqueeze(-1), dropped
 
 
@@ -472,6 +481,13 @@ def _from_expert_choice(layer: MoELayer, chosen: torch.Tensor, n: int) -> Routin
                                       torch.ones(chosen.numel(), dtype=torch.int64, device=chosen.device))
     loads = [int(chosen.shape[1])] * chosen.shape[0]
     return Routing(loads=loads, tokens=n, dropped=per_token == 0)
+
+
+def _scores(t: torch.Tensor) -> torch.Tensor:
+    """A float tensor to rank or compare: itself, or float32 for 8-bit floats (fp8 logits or
+    weights), which CPU kernels cannot rank. Converting them to float32 is exact, so the order
+    (and ties) stay those of the values the model computed."""
+    return t.float() if t.is_floating_point() and t.element_size() == 1 else t
 
 
 def _flat(item: torch.Tensor) -> torch.Tensor:
@@ -500,41 +516,15 @@ def _rows_of(routing: Routing) -> Optional[int]:
     return routing.tokens
 
 
-class _AttributePatch:
-    """Handle for a method wrapped by an instance attribute; remove() puts things back exactly."""
-
-    def __init__(self, obj, attr: str, make_wrapper):
-        self.obj = obj
-        self.attr = attr
-        self.active = True
-        self._had = attr in obj.__dict__
-        self._previous = obj.__dict__.get(attr)
-        self.wrapper = make_wrapper(getattr(obj, attr), self)
-        obj.__dict__[attr] = self.wrapper
-
-    def remove(self):
-        if not self.active:
-            return
-        self.active = False  # the wrapper becomes a pass-through even if we cannot unhook it
-        if self.obj.__dict__.get(self.attr) is self.wrapper:
-            if self._had:
-                self.obj.__dict__[self.attr] = self._previous
-            else:
-                del self.obj.__dict__[self.attr]
-        # else: someone wrapped our wrapper since; deleting it would drop theirs, so it stays
-        # in their chain as an inactive pass-through.
-
-
 ROUTE_FN = "route_tokens_to_experts"
 
 
-def _patch_route_fn(layer: MoELayer, deliver) -> _AttributePatch:
-    """Wrap the block's `route_tokens_to_experts`: its result ((ids, weights) or (weights, ids))
+def _read_route_fn(layer: MoELayer):
+    """Reads the block's `route_tokens_to_experts`: its result ((ids, weights) or (weights, ids))
     is what the block hands to its experts; a float [.., E] argument is kept as the logits."""
 
     def read(args, result):
-        items = list(result) if isinstance(result, (tuple, list)) else [result]
-        routing = layer._read_items(items)
+        routing = layer._read_items(result)
         if routing is None:
             return None
         layer._router_out = None
@@ -547,17 +537,29 @@ def _patch_route_fn(layer: MoELayer, deliver) -> _AttributePatch:
                 routing = routing._replace(logits=flat)
         return routing
 
-    def make_wrapper(original, patch):
-        @functools.wraps(original)
-        def route_tokens_to_experts(*args, **kwargs):
-            result = original(*args, **kwargs)
-            if patch.active:
-                deliver(read, tuple(args) + tuple(kwargs.values()), result)
-            return result
+    return read
 
-        return route_tokens_to_experts
 
-    return _AttributePatch(layer.module, ROUTE_FN, make_wrapper)
+class _RouteFnPatch:
+    """The block's `route_tokens_to_experts` wrapped by an instance attribute that taps its
+    arguments and result (compiled.wrap_method); remove() puts things back exactly."""
+
+    def __init__(self, layer: MoELayer, handler):
+        self.tap = None
+
+        def make_wrapper(original, patch):
+            self.tap, call = compiled.wrap_method(layer.module, "route_fn", original, handler)
+            return functools.wraps(original)(call)
+
+        self.patch = compiled.InstancePatch(layer.module, ROUTE_FN, make_wrapper)
+
+    def remove(self):
+        self.tap.remove()  # a wrapper someone else wrapped since calls no handler any more
+        self.patch.remove()
+
+
+def _patch_route_fn(layer: MoELayer, handler) -> _RouteFnPatch:
+    return _RouteFnPatch(layer, handler)
 
 
 # -- where a layer sits in the model -----------------------------------------------------------

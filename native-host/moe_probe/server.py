@@ -23,10 +23,10 @@ import traceback
 
 import torch
 
-from . import paths
+from . import compiled, cudagraphs, paths
 from .framing import FrameError, FrameReader, encode_frame
 from .distributed import dist_info
-from .models import describe_model, no_moe_message, survey
+from .models import compiled_parts, describe_model, no_moe_message, survey
 from .recorder import Recorder, Settings
 from .requests import RequestWorker
 
@@ -230,6 +230,9 @@ class Session:
         self.reader = FrameReader()
         self.tokenizer = None
         self.requests = None  # answers explain / expert-params requests on a thread of its own
+        self.compile_watch = compiled.CompileWatch()
+        self.graphs_watched = False
+        self.unseen_replays_at_start = 0
 
     def send(self, message):
         self.conn.sendall(encode_frame(message))
@@ -256,6 +259,10 @@ class Session:
                 recorder.stop()
             self.recorders = []
             self.tokenizer = None
+            self.compile_watch.stop()
+            if self.graphs_watched:
+                cudagraphs.watch.stop()
+                self.graphs_watched = False
             try:
                 self.conn.close()
             except OSError:
@@ -276,7 +283,7 @@ class Session:
             "argv": list(sys.argv)[:16],
             "models": [describe_model(i, root, layers) for i, (root, layers) in enumerate(roots)],
             "settings": settings.describe(),
-            "warnings": visibility_warnings([root for root, _ in roots], found.cuda_graphs),
+            "warnings": visibility_warnings([root for root, _ in roots], found.cuda_graphs, found.wrapped),
         }
         where = dist_info()
         if where is not None:
@@ -291,6 +298,12 @@ class Session:
             self.recorders.append(Recorder(model_id, root, layers, self.queue, settings, self.fail))
         self.requests = RequestWorker(self.recorders, self.queue, self._texts)
         self.send(hello)
+        # What the probe cannot see of how passes run is watched from before the first hook
+        # goes in: compilations (torch.compile) and CUDA graph captures and replays.
+        self.compile_watch.start()
+        cudagraphs.watch.start()
+        self.graphs_watched = True
+        self.unseen_replays_at_start = cudagraphs.watch.unseen_replays
         for recorder in self.recorders:
             recorder.start()
         while not self.server._stopping.is_set():
@@ -352,8 +365,24 @@ class Session:
             "decode": host["decode"],
             "shape": host["shape"],
             "dropped_tokens": host["dropped_tokens_records"],
+            "visibility": self._visibility(host),
             **extra,
         })
+
+    def _visibility(self, host):
+        """How the passes counted so far ran, and what the probe could not see (cumulative)."""
+        watch = self.compile_watch
+        watch.poll()
+        return {
+            "compiled_passes": host["compiled_passes"],
+            "tap_compiles": watch.tap_compiles,
+            "tap_compile_s": round(watch.tap_compile_s, 6),
+            "other_compiles": watch.other_compiles,
+            "graph_breaks": watch.graph_breaks,
+            "captured_passes": host["captured_passes"],
+            "replayed_passes": host["replayed_passes"],
+            "unseen_replays": cudagraphs.watch.unseen_replays - self.unseen_replays_at_start,
+        }
 
     def _send_tokens(self, recorder, record):
         layers = []
@@ -436,19 +465,34 @@ class Session:
             time.sleep(POLL_S)
 
 
-def visibility_warnings(roots, cuda_graphs=0):
-    """What forward hooks cannot see in this process, said up front rather than discovered as missing data."""
+def visibility_warnings(roots, cuda_graphs=0, wrapped=frozenset()):
+    """What forward hooks cannot see in this process, or see only at a cost, said up front
+    rather than discovered as missing data. What was then seen is in each counts frame's
+    `visibility`."""
     warnings = []
     if cuda_graphs:
         warnings.append({"code": "cuda_graphs", "message": (
-            "This process holds %d captured CUDA graph%s: passes replayed from a graph run no Python hooks, "
-            "so the probe sees only eager passes (typically prefill)." % (cuda_graphs, "" if cuda_graphs == 1 else "s"))})
-    compiled = [type(root).__name__ for root in roots
-                if getattr(root, "_compiled_call_impl", None) is not None or type(root).__name__ == "OptimizedModule"]
-    if compiled:
-        warnings.append({"code": "compiled", "message": (
-            "%s runs under torch.compile: hooks added after compilation may be skipped until it recompiles."
-            % ", ".join(compiled))})
+            "This process holds %d captured CUDA graph%s. A pass replayed from a graph captured before "
+            "attach runs no Python, so the probe cannot see it (in serving engines: the decode steps); "
+            "such replays are counted apart, never as routing. To see them: attach before the engine "
+            "captures its graphs (a graph captured while attached carries the probe's counting), or run "
+            "the engine eagerly (vLLM: enforce_eager=True; SGLang: --disable-cuda-graph; torch.compile: "
+            "a mode other than reduce-overhead)." % (cuda_graphs, "" if cuda_graphs == 1 else "s"))})
+    for root in roots:
+        parts = compiled_parts(root, wrapped=id(root) in wrapped)
+        if not parts:
+            continue
+        what = type(root).__name__ if parts == [""] else "%s (%s)" % (
+            type(root).__name__, ", ".join(parts[:3]) + (" and %d more" % (len(parts) - 3) if len(parts) > 3 else ""))
+        if compiled.reads_compiled_code():
+            message = ("%s runs under torch.compile: the probe's hooks go into its compiled code at its next pass, "
+                       "which waits for one recompilation; routing is then read from inside the compiled code, with no "
+                       "graph break. Detaching returns to the original compiled code without recompiling." % what)
+        else:
+            message = ("%s runs under torch.compile, and this torch (%s) has no custom operators for the probe's hooks "
+                       "to go into compiled code with: passes that run compiled are not seen (torch 2.4 or newer reads "
+                       "them)." % (what, torch.__version__))
+        warnings.append({"code": "compiled", "message": message})
     return warnings
 
 

@@ -438,6 +438,7 @@ export function jobUpdate(pid: number, counts: ProbeCounts, coalesced: number): 
   if (counts.decode !== undefined) update.decode = counts.decode;
   if (counts.shape) update.shape = counts.shape;
   if (counts.dropped_tokens !== undefined) update.droppedTokens = counts.dropped_tokens;
+  if (counts.visibility) update.visibility = counts.visibility;
   return update;
 }
 

@@ -182,7 +182,11 @@ def test_an_exception_inside_the_probe_never_reaches_the_forward(socket_dir, mon
     client.close()
 
 
-def test_a_slow_host_never_blocks_the_forward_and_drops_are_counted(socket_dir):
+def test_a_slow_host_never_blocks_the_forward_and_drops_are_counted(socket_dir, monkeypatch):
+    from moe_probe import server
+    # The sender gives up on a host that reads nothing for SEND_TIMEOUT_S: longer than the 400 passes
+    # take on a loaded machine, so the session lasts the whole test.
+    monkeypatch.setattr(server, "SEND_TIMEOUT_S", 600.0)
     model = tiny_mixtral()
     x = torch.randint(0, 64, (1, 8))
     client = Client(moe_probe.attach(model, flush_interval_s=0, token_passes_per_s=1000), read=False)

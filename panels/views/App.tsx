@@ -13,6 +13,7 @@ import { Heatmap } from './Heatmap';
 import { Layers } from './Layers';
 import { Load } from './Load';
 import { Overview } from './Overview';
+import { Visibility } from './Visibility';
 import { ProcessList } from './ProcessList';
 import { Profiler } from './Profiler';
 import { Ranks } from './Ranks';
@@ -237,6 +238,7 @@ function JobView({ store, job, analysis: a }: { store: Store; job: JobState; ana
         <span class="job-title">{model ? `${model.class}` : 'Model'} · {title}</span>
         <span class="muted" title={job.attachDetail} data-testid="attach-status">{status}</span>
       </div>
+      <Visibility update={model ? job.latest.get(model.id) : undefined} />
       <nav class="tabs" role="tablist">
         {VIEWS.filter((v) => v.id !== 'ranks' || job.ranks).map((v) => (
           <button key={v.id} role="tab" aria-selected={view === v.id} class={`tab ${view === v.id ? 'selected' : ''}`} data-testid={`tab-${v.id}`} onClick={() => store.selectView(v.id)}>

@@ -14,6 +14,7 @@ export * from './thresholds';
 export * from './health';
 export * from './layers';
 export { FINDING_KINDS, findings, fmtInt, type Finding, type FindingKind, type LayerWindow } from './findings';
+export * from './visibility';
 export * from './ranks';
 export * from './flow';
 export * from './shift';

@@ -7,7 +7,7 @@
  * UTF-8 JSON, on the host's stdin (requests) and stdout (messages). Send hello
  * first; closing stdin makes the host detach from every job and exit.
  */
-import { describeValue, EXPLAIN_BASELINES, type ExplainBaseline, type LayerInfo, type ModelInfo } from './probe';
+import { describeValue, EXPLAIN_BASELINES, type ExplainBaseline, type LayerInfo, type ModelInfo, type ProbeVisibility } from './probe';
 
 export const PANEL_PROTOCOL_VERSION = 1;
 /** Chrome disconnects a native host that sends a message over 1 MiB. */
@@ -285,6 +285,8 @@ export interface JobUpdate {
   shape?: number[];
   /** Per-token records dropped on the way. */
   droppedTokens?: number;
+  /** How the passes ran (torch.compile, CUDA graphs) and what the probe could not see; as the probe sent it. */
+  visibility?: ProbeVisibility;
   /**
    * A distributed job's update: the counts above are the sum over its ranks (passes and tokens too,
    * so per-pass figures are per rank), and each rank's own figures are here.

@@ -131,6 +131,34 @@ export interface ProbeHello {
 /** Columns of a counts frame's per-layer `health` block, in order. */
 export const HEALTH_COLUMNS = ['logit_tokens', 'entropy_sum', 'zloss_sum', 'nan', 'inf', 'dropped'] as const;
 
+/**
+ * How the passes counted so far ran, and what the probe could not see; cumulative since attach.
+ * Forward hooks run only where Python runs: in torch.compile'd code the probe's hooks are
+ * compiled in as calls of its own op (one recompilation at the first attach), and a pass
+ * replayed from a CUDA graph captured before attach runs no Python at all.
+ */
+export interface ProbeVisibility {
+  /** Passes read (wholly or in part) from torch.compile'd code, through the probe's compiled-in hooks. */
+  compiled_passes: number;
+  /** Compilations that put the probe's hooks into compiled code (a compiled model: one at the first attach, none after). */
+  tap_compiles: number;
+  /** Seconds those compilations took; the job's pass waited for them. */
+  tap_compile_s: number;
+  /** The job's other compilations while attached (new shapes, its own code). */
+  other_compiles: number;
+  /** Graph breaks dynamo reported while attached. */
+  graph_breaks: number;
+  /** Passes recorded into CUDA graphs captured while attached (their counting runs at each replay). */
+  captured_passes: number;
+  /** Passes counted from replays of those graphs. */
+  replayed_passes: number;
+  /** Replays of CUDA graphs captured before attach (or holding no pass the probe saw): passes it could not see, not counted. */
+  unseen_replays: number;
+}
+
+export const VISIBILITY_FIELDS = ['compiled_passes', 'tap_compiles', 'tap_compile_s', 'other_compiles', 'graph_breaks',
+  'captured_passes', 'replayed_passes', 'unseen_replays'] as const satisfies ReadonlyArray<keyof ProbeVisibility>;
+
 /** Cumulative per-(layer, expert) token counts since attach, as of the end of pass `passes`. */
 export interface ProbeCounts {
   t: 'counts';
@@ -174,6 +202,8 @@ export interface ProbeCounts {
   shape?: number[];
   /** Token records the probe dropped because its queue was full (cumulative). */
   dropped_tokens?: number;
+  /** How the passes ran: compiled, captured into CUDA graphs, replayed unseen. */
+  visibility?: ProbeVisibility;
 }
 
 /** Per-token routing of one sampled pass. */
@@ -477,6 +507,17 @@ function parseLayers(value: unknown): LayerInfo[] {
   return layers;
 }
 
+function parseVisibility(value: unknown): ProbeVisibility {
+  if (!isObj(value)) throw new ProtocolError('field "visibility" should be a map');
+  const out = {} as ProbeVisibility;
+  for (const key of VISIBILITY_FIELDS) {
+    out[key] = key === 'tap_compile_s'
+      ? field(value, key, (v): v is number => isNum(v) && v >= 0, 'a number of seconds')
+      : field(value, key, isNat, 'a whole number');
+  }
+  return out;
+}
+
 function parseModel(value: unknown): ModelInfo {
   if (!isObj(value)) throw new ProtocolError('model should be a map');
   return {
@@ -578,6 +619,7 @@ export function parseProbeFrame(value: unknown): ProbeFrame {
       if (probeS !== undefined) frame.probe_s = probeS;
       const shape = optional(value, 'shape', isNumArray, 'a list of numbers');
       if (shape) frame.shape = shape;
+      if (value.visibility !== undefined && value.visibility !== null) frame.visibility = parseVisibility(value.visibility);
       return frame;
     }
     case 'tokens': {

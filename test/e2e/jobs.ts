@@ -19,6 +19,9 @@ export interface PassRecord {
   out: string;
   hooks: number;
   threads: string[];
+  /** --compile: graphs dynamo had compiled in the job by the end of this pass, and the pass's seconds. */
+  graphs?: number;
+  seconds?: number;
   /** tiny_moe_job.py: input distribution (0, or 1 after --switch-file) and wall time. */
   phase?: number;
   time?: number;
@@ -57,13 +60,13 @@ function readLog(log: string): { ready?: Record<string, unknown>; passes: PassRe
  * Start test/jobs/tiny_moe_job.py (a real transformers model; it never imports the probe).
  * `prelude`: Python run first in the same process (e.g. to start a library-mode probe).
  */
-export async function startTinyJob(args: string[] = [], minPasses = 8, opts: { prelude?: string; env?: NodeJS.ProcessEnv } = {}): Promise<Job> {
+export async function startTinyJob(args: string[] = [], minPasses = 8, opts: { prelude?: string; env?: NodeJS.ProcessEnv; timeoutMs?: number } = {}): Promise<Job> {
   const log = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'moe-job-')), 'job.jsonl');
   const script = path.join(ROOT, 'test/jobs/tiny_moe_job.py');
   const argv = opts.prelude
     ? ['-c', `${opts.prelude}\nimport runpy, sys\nsys.argv = ${JSON.stringify([script, '--log', log, ...args])}\nrunpy.run_path(sys.argv[0], run_name='__main__')`]
     : [script, '--log', log, ...args];
-  return startLoggingJob(pythonPath(), argv, log, minPasses, opts.env);
+  return startLoggingJob(pythonPath(), argv, log, minPasses, opts.env, opts.timeoutMs);
 }
 
 /**
@@ -88,8 +91,9 @@ export async function startMixedJob(args: string[] = [], minPasses = 8): Promise
   return startLoggingJob(pythonPath(), [path.join(ROOT, 'test/jobs/mixed_moe_job.py'), '--log', log, ...args], log, minPasses);
 }
 
-/** Spawn a job that appends one JSON line per pass to `log`, and wait until it has logged `minPasses`. */
-export async function startLoggingJob(python: string, argv: string[], log: string, minPasses: number, env: NodeJS.ProcessEnv = {}): Promise<Job> {
+/** Spawn a job that appends one JSON line per pass to `log`, and wait (90 s unless told) until it has logged `minPasses`. */
+export async function startLoggingJob(python: string, argv: string[], log: string, minPasses: number, env: NodeJS.ProcessEnv = {},
+  timeoutMs = 90_000): Promise<Job> {
   const child = spawn(python, argv, { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, ...env } });
   let stderr = '';
   child.stderr!.on('data', (d) => (stderr += d));
@@ -105,14 +109,14 @@ export async function startLoggingJob(python: string, argv: string[], log: strin
         child.kill('SIGKILL');
       }),
   };
-  const deadline = Date.now() + 90_000;
+  const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
     if (child.exitCode !== null) throw new Error(`job exited early (${child.exitCode}): ${stderr}`);
     if (fs.existsSync(log) && readLog(log).passes.length >= minPasses) return job;
     await new Promise((r) => setTimeout(r, 100));
   }
   await job.stop();
-  throw new Error(`job did not run ${minPasses} passes within 90 s: ${stderr}`);
+  throw new Error(`job did not run ${minPasses} passes within ${timeoutMs / 1000} s: ${stderr}`);
 }
 
 /**

@@ -18,6 +18,10 @@ nothing the probe computed on the side reached the job.
 
 --duplicate LAYER:A:B makes expert B of LAYER a copy of expert A (its weights), and
 --zero-router LAYER:E sets expert E's router row to zero, for the expert-weight tests.
+
+--compile runs the model under torch.compile (inductor, or aot_eager for dynamo alone), as
+jobs really run: every pass goes through the compiled model, router outputs included, and
+the log also says how many graphs dynamo has compiled so far and how long the pass took.
 """
 
 import argparse
@@ -132,6 +136,8 @@ def main():
                         help="set expert E's router row in LAYER to zero")
     parser.add_argument("--log-tokens", action="store_true", help="log every token's input id and top-k experts per layer")
     parser.add_argument("--switch-file", help="switch to inputs of token ids 0..3 once this file exists")
+    parser.add_argument("--compile", choices=["inductor", "aot_eager"],
+                        help="run every pass through torch.compile(model, backend=...)")
     args = parser.parse_args()
 
     torch.set_num_threads(1)
@@ -150,6 +156,11 @@ def main():
         layer, expert = (int(x) for x in spec.split(":"))
         zero_router_row(model, layer, expert)
 
+    forward = model
+    if args.compile:
+        from torch._dynamo.utils import counters
+        forward = torch.compile(model, backend=args.compile)
+
     with open(args.log, "a", buffering=1) as log:
         log.write(json.dumps({"ready": True, "pid": os.getpid(), "arch": args.arch,
                               "layers": args.layers, "experts": args.experts, "top_k": args.top_k}) + "\n")
@@ -159,8 +170,10 @@ def main():
             if not phase and args.switch_file and os.path.exists(args.switch_file):
                 phase = 1
             batch = (narrow if phase else batches)[i % args.cycle]
+            started = time.perf_counter()
             with torch.no_grad():
-                out = model(batch, output_router_logits=True)
+                out = forward(batch, output_router_logits=True)
+            seconds = time.perf_counter() - started
             counts = []
             top = []
             for logits in out.router_logits:
@@ -177,6 +190,8 @@ def main():
             if args.log_tokens:
                 record["input"] = batch.reshape(-1).tolist()
                 record["ids"] = top
+            if args.compile:
+                record.update(graphs=counters["stats"]["unique_graphs"], seconds=seconds)
             log.write(json.dumps(record) + "\n")
             i += 1
             if args.sleep:
