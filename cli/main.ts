@@ -18,6 +18,9 @@ import { listCommand } from './commands/list';
 import { describeRecord, recordCommand } from './commands/record';
 import { failingFindings, parseFailOn, reportJson, reportText } from './commands/report';
 import { exportCommand, parseTarget } from './commands/export';
+import { databaseFile, historyDelete, historyExport, historyImport, historyList } from './commands/history';
+import { planFromRecording, planJson, planText } from './commands/plan';
+import { prepareFile, writeFileAtomic } from './files';
 import { relayCommand } from './commands/relay';
 import { flowJson, flowText, recordingFlow } from './commands/flow';
 import { FLOW_WEIGHTINGS, type FlowWeighting } from '../src/analysis';
@@ -36,6 +39,13 @@ export const USAGE = `usage: moe-devtools <command> [options]
   export FILE --to TARGET DEST        tensorboard DIR | perfetto FILE | wandb DIR | csv DIR
          [--force] [--python PATH] [--project NAME]   (W&B: a Python with wandb, default $MOE_PYTHON or python3)
   report and export: [--step S] [--window S]   a point of the series every S s over the trailing S s (1, 30)
+  plan FILE --devices G [--redundant R]  expert placement per layer from a recording's loads (vs EPLB's greedy)
+         [-o PLAN.json] [--force]
+  history list [--json]               sessions in the history database the host keeps (the panel's History view)
+  history export ID -o FILE           every snapshot of a session (or --from S --to S, seconds since it began) as .moerec
+  history import FILE                 a .moerec into the history as a new session
+  history delete ID                   remove a session
+         [--db FILE]                    the database (default: where the host keeps it, MOE_DEVTOOLS_DB or the user data folder)
   relay [--port P] [--token-file F]   serve this node's ranks of a distributed job to a panel elsewhere
         [--node NAME] [--job KEY]      (127.0.0.1 only: ssh -L P:127.0.0.1:P node; token printed,
         [--all-namespaces]             or MOE_DEVTOOLS_RELAY_TOKEN); runs until Ctrl-C
@@ -53,6 +63,18 @@ function positiveNumber(value: string | undefined, flag: string, fallback?: numb
   }
   const n = Number(value);
   if (!(n > 0) || !Number.isFinite(n)) throw new CliError(`${flag} should be a positive number, got "${value}"`);
+  return n;
+}
+
+function wholeNumber(value: string | undefined, flag: string, min: number): number {
+  if (value === undefined) throw new CliError(`${flag} is required`);
+  if (!/^\d+$/.test(value) || Number(value) < min) throw new CliError(`${flag} should be a whole number of at least ${min}, got "${value}"`);
+  return Number(value);
+}
+
+function nonNegative(value: string, flag: string): number {
+  const n = Number(value);
+  if (!(n >= 0) || !Number.isFinite(n)) throw new CliError(`${flag} should be a number of seconds, got "${value}"`);
   return n;
 }
 
@@ -144,6 +166,59 @@ async function run(argv: string[]): Promise<number> {
       out(message);
       return EXIT.ok;
     }
+    case 'plan': {
+      const { values, positionals: args } = parseArgs({ args: rest, allowPositionals: true, strict: true, options: {
+        devices: { type: 'string' }, redundant: { type: 'string' }, output: { type: 'string', short: 'o' }, force: { type: 'boolean' },
+      } });
+      const [file] = positionals(args, ['FILE'], 'plan');
+      const devices = wholeNumber(values.devices, '--devices', 1);
+      const redundant = values.redundant === undefined ? 0 : wholeNumber(values.redundant, '--redundant', 0);
+      if (values.output) prepareFile(values.output, Boolean(values.force));
+      const { plan, modelClass } = planFromRecording(readRecording(file!), devices, redundant);
+      out(planText(plan));
+      if (values.output) {
+        writeFileAtomic(values.output, planJson(plan, { class: modelClass, pid: plan.pid }));
+        out(`saved ${values.output}`);
+      }
+      return EXIT.ok;
+    }
+    case 'history': {
+      const [sub, ...more] = rest;
+      const { values, positionals: args } = parseArgs({ args: more, allowPositionals: true, strict: true, options: {
+        db: { type: 'string' }, json: { type: 'boolean' }, output: { type: 'string', short: 'o' }, force: { type: 'boolean' }, from: { type: 'string' }, to: { type: 'string' },
+      } });
+      const file = databaseFile(values.db);
+      const sessionId = (v: string | undefined) => {
+        if (v === undefined || !/^\d+$/.test(v)) throw new CliError(`history ${sub} needs a session id (see \`moe-devtools history list\`)`);
+        return Number(v);
+      };
+      switch (sub) {
+        case 'list':
+          positionals(args, [], 'history list');
+          out(historyList(file, Boolean(values.json)));
+          return EXIT.ok;
+        case 'export': {
+          const [id] = positionals(args, ['ID'], 'history export');
+          if (!values.output) throw new CliError('history export needs -o FILE (where to save the .moerec)');
+          const from = values.from === undefined ? undefined : nonNegative(values.from, '--from');
+          const to = values.to === undefined ? undefined : nonNegative(values.to, '--to');
+          out(historyExport(file, sessionId(id), values.output, Boolean(values.force), from, to));
+          return EXIT.ok;
+        }
+        case 'import': {
+          const [recording] = positionals(args, ['FILE'], 'history import');
+          out(historyImport(file, recording!));
+          return EXIT.ok;
+        }
+        case 'delete': {
+          const [id] = positionals(args, ['ID'], 'history delete');
+          out(historyDelete(file, sessionId(id)));
+          return EXIT.ok;
+        }
+        default:
+          throw new CliError(`history needs one of list, export, import, delete${sub ? ` (not "${sub}")` : ''}`);
+      }
+    }
     case 'relay': {
       const { values, positionals: args } = parseArgs({ args: rest, allowPositionals: true, strict: true, options: {
         port: { type: 'string' }, 'token-file': { type: 'string' }, node: { type: 'string' }, job: { type: 'string' },
@@ -179,7 +254,7 @@ async function run(argv: string[]): Promise<number> {
       return EXIT.ok;
     }
     default:
-      throw new CliError(`unknown command "${command}" (commands: list, record, report, export, relay, flow; see moe-devtools --help)`);
+      throw new CliError(`unknown command "${command}" (commands: list, record, report, export, plan, history, relay, flow; see moe-devtools --help)`);
   }
 }
 

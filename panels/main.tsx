@@ -8,6 +8,7 @@ import { Store, type AnalyzerPort, type UserSettings } from './store';
 import { App } from './views/App';
 import 'uplot/dist/uPlot.min.css';
 import './panel.css';
+import './long-run.css';
 
 // Follow DevTools' theme, now and when the user switches it (Settings > Preferences > Theme).
 const applyTheme = (name: string | undefined) => {
@@ -43,6 +44,9 @@ function makeAnalyzer(): AnalyzerPort {
       analyze: (pid, settings) => remote.analyze(pid, settings),
       clear: (pid) => remote.clear(pid),
       forget: (pid) => remote.forget(pid),
+      // the Compare view and the placement plan (panels/engine/long-run.ts)
+      compare: (a, b, settings) => remote.compare!(a, b, settings),
+      plan: (pid, range, devices, redundant, layers, settings) => remote.plan!(pid, range, devices, redundant, layers, settings),
     };
   } catch {
     document.documentElement.dataset.analyzer = 'main-thread';

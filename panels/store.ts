@@ -8,18 +8,19 @@
  * Worker of panels/worker.ts behind comlink; the store only forwards messages
  * to it and keeps the latest result. DOM-free, so unit tests drive it directly.
  */
-import type { ErrorCode, ExplainRequest, ExplanationMessage, HostMessage, JobUpdate, PanelRequest, ProcessInfo } from '../src/protocol/panel';
+import type { ErrorCode, ExplainRequest, ExplanationMessage, HistorySession, HostMessage, JobUpdate, PanelRequest, ProcessInfo } from '../src/protocol/panel';
 import type { FrameworkInfo, ModelInfo } from '../src/protocol/probe';
 import { unknownLayer } from '../src/analysis/layers';
-import type { Analysis, AnalysisSettings, TokenRow, WindowMode } from './engine/analyzer';
+import type { Analysis, AnalysisSettings, Analyzer, TokenRow, WindowMode } from './engine/analyzer';
 import type { ViewRequests } from './engine/view-data';
 import { parseRecording, RecordingError, serializeRecording, withPid } from './engine/recording';
+import { LongRun } from './long-run';
 import { addExpertParams, addExplanation, complete, expertParamsAsMessages, explanationKey, type ExpertParamsResult, type RequestStatus } from './engine/requests';
 import type { JobRanks } from './engine/ranks';
 
 export type ConnectionState = 'connecting' | 'connected' | 'disconnected';
 
-export type ViewId = 'overview' | 'load' | 'heatmap' | 'flow' | 'activity' | 'layers' | 'tokens' | 'timeline' | 'coactivation' | 'profiler' | 'training' | 'experts' | 'ranks';
+export type ViewId = 'overview' | 'load' | 'heatmap' | 'flow' | 'activity' | 'layers' | 'tokens' | 'timeline' | 'coactivation' | 'profiler' | 'training' | 'experts' | 'compare' | 'anomalies' | 'ranks';
 
 export const VIEWS: Array<{ id: ViewId; label: string }> = [
   { id: 'overview', label: 'Overview' },
@@ -34,6 +35,8 @@ export const VIEWS: Array<{ id: ViewId; label: string }> = [
   { id: 'profiler', label: 'Profiler' },
   { id: 'training', label: 'Training' },
   { id: 'experts', label: 'Experts' },
+  { id: 'compare', label: 'Compare' },
+  { id: 'anomalies', label: 'Anomalies' },
   /** Distributed jobs only. */
   { id: 'ranks', label: 'Ranks' },
 ];
@@ -65,6 +68,8 @@ export interface JobState {
   attachedMessage?: HostMessage;
   /** For an opened recording: its file name and the pid it was recorded from. */
   replay?: { file: string; pid: number };
+  /** For a session opened from the history: which, over what range (probe clock), from how many snapshots. */
+  session?: { info: HistorySession; from?: number; to?: number; available?: number };
   /** Explanations of routing decisions the probe answered (or the recording holds), newest last. */
   explanations?: ExplanationMessage[];
   /** The experts' weight analysis, as far as it has arrived. */
@@ -139,6 +144,8 @@ export type Send = (request: PanelRequest) => void;
 export interface AnalyzerPort {
   ingest(message: HostMessage): unknown;
   ingestMany(messages: HostMessage[]): unknown;
+  compare?: Analyzer['compare'];
+  plan?: Analyzer['plan'];
   analyze(pid: number, settings: Partial<AnalysisSettings>): Promise<Analysis | null> | Analysis | null;
   clear(pid: number): unknown;
   forget(pid: number): unknown;
@@ -157,6 +164,8 @@ export class Store {
   private dirty = new Set<number>();
   private busy = false;
   private persist: (s: UserSettings) => void = () => {};
+  /** The history database's sessions and every job's anomalies (panels/long-run.ts). */
+  readonly longRun: LongRun;
   private nextRequestId = 1;
 
   constructor(settings: Partial<UserSettings> = {}) {
@@ -178,6 +187,18 @@ export class Store {
       relays: [],
       viewRequests: {},
     };
+    this.longRun = new LongRun({
+      send: (r) => this.send(r),
+      changed: () => this.set({}),
+      openSession: (info, messages, range) => this.openMessages(`history session ${info.id}`, info.pid, messages, { session: { info, ...range } }),
+      offer: (name, text, messages) => this.set({ saved: { name, text, messages } }),
+      notice: (message, hint) => this.notice({ code: 'history_unavailable', message, hint }),
+    });
+  }
+
+  /** The analyzer (for views that ask it for more than the periodic analysis). */
+  get analysisPort(): AnalyzerPort | null {
+    return this.analyzer;
   }
 
   connect(send: Send) {
@@ -229,6 +250,8 @@ export class Store {
     const analyses = new Map(this.state.analyses);
     analyses.delete(pid);
     void this.analyzer?.forget(pid);
+    this.longRun.forget(pid);
+    this.longRun.showHistory = false; // show the job being attached
     this.set({ jobs, analyses, selectedPid: pid, notices: this.state.notices.filter((n) => n.pid !== pid) });
     this.send({ type: 'attach', pid });
   }
@@ -248,6 +271,7 @@ export class Store {
 
   selectJob(pid: number) {
     this.dirty.add(pid);
+    this.longRun.showHistory = false;
     this.set({ selectedPid: pid, token: null });
   }
 
@@ -364,8 +388,21 @@ export class Store {
       this.notice({ code: 'bad_recording', message: `${file}: ${message}`, hint: 'Recordings are the .moerec files saved by the Record button.' });
       return false;
     }
+    return (await this.openMessages(file, recording.header.pid, recording.messages)) !== null;
+  }
+
+  /**
+   * Show recorded messages (a recording's, or a stored session's) as a job of its own with a
+   * negative id. A stored session opened from part way through has no zero baseline: its first
+   * snapshot is the baseline then, so "since attach" means since the range began.
+   */
+  async openMessages(file: string, recordedPid: number, recorded: HostMessage[], extra: Partial<JobState> = {}): Promise<number | null> {
     const id = -this.nextReplayId++;
-    const messages = withPid(recording.messages, id);
+    const messages = withPid(recorded, id);
+    if (!messages.some((m) => m.type === 'update')) {
+      this.notice({ code: 'bad_recording', message: `${file}: holds no routing counts in that range.` });
+      return null;
+    }
     const attached = messages.find((m) => m.type === 'attached');
     const latest = new Map<number, JobUpdate>();
     let updates = 0;
@@ -389,16 +426,25 @@ export class Store {
       if (m.type === 'expert-params') expertParams = addExpertParams(expertParams, m);
       if (m.type === 'ranks') ranks = { key: m.key, label: m.label, worldSize: m.worldSize, ranks: m.ranks };
     }
-    await this.analyzer?.ingestMany(messages);
+    const session = extra.session;
+    const firstUpdate = messages.findIndex((m) => m.type === 'update');
+    if (session?.from !== undefined && session.info.firstTs !== null && session.from > session.info.firstTs) {
+      await this.analyzer?.ingestMany(messages.slice(0, firstUpdate + 1));
+      await this.analyzer?.clear(id); // the range's first snapshot is its baseline
+      await this.analyzer?.ingestMany(messages.slice(firstUpdate + 1));
+    } else {
+      await this.analyzer?.ingestMany(messages);
+    }
+    this.longRun.adopt(id, messages);
     const jobs = new Map(this.state.jobs);
     const framework = attached && attached.type === 'attached'
       ? { framework: attached.framework, frameworkVersion: attached.frameworkVersion, frameworks: attached.frameworks }
       : {};
-    jobs.set(id, { pid: id, status: 'recording', models, latest, updates, replay: { file, pid: recording.header.pid }, method: 'recording', explanations, expertParams, ...framework, ...(ranks ? { ranks } : {}) });
+    jobs.set(id, { pid: id, status: 'recording', models, latest, updates, replay: { file, pid: recordedPid }, method: 'recording', explanations, expertParams, ...framework, ...(ranks ? { ranks } : {}), ...extra });
     this.dirty.add(id);
     this.set({ jobs, selectedPid: id, token: null });
     await this.tick();
-    return true;
+    return id;
   }
 
   closeJob(pid: number) {
@@ -407,6 +453,7 @@ export class Store {
     const analyses = new Map(this.state.analyses);
     analyses.delete(pid);
     void this.analyzer?.forget(pid);
+    this.longRun.forget(pid);
     this.set({ jobs, analyses, selectedPid: this.state.selectedPid === pid ? null : this.state.selectedPid });
   }
 
@@ -460,6 +507,7 @@ export class Store {
         if (rec.messages.length >= MAX_RECORDED_MESSAGES) this.stopRecording();
       }
     }
+    if (this.longRun.receive(message)) return;
     switch (message.type) {
       case 'hello':
         this.set({ connection: 'connected' });

@@ -30,6 +30,9 @@ export const BENCHMARKS = [
   { id: 'panel', title: 'Panel frame time', script: 'scripts/bench_panel.mjs' },
   { id: 'ranks', title: 'Distributed job (ranks)', script: 'scripts/bench_ranks.mjs' },
   { id: 'explain', title: 'Explanations and expert weights', script: 'scripts/bench_explain.py' },
+  { id: 'history', title: 'History database: relay with writing on vs off, size per hour', script: 'scripts/bench_history.mjs' },
+  { id: 'placement', title: 'Expert placement: ours vs EPLB greedy', script: 'scripts/bench_placement.mjs' },
+  { id: 'anomaly', title: 'Anomaly detection on healthy runs', script: 'scripts/bench_anomaly.mjs' },
 ];
 
 const OUT_DIR = path.join(ROOT, 'bench-results');

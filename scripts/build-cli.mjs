@@ -28,12 +28,22 @@ export async function buildCli() {
     write: false,
   });
   fs.mkdirSync(path.dirname(CLI_BUNDLE), { recursive: true });
+  copySqliteWasm(path.dirname(CLI_BUNDLE)); // before the bundle that loads it is in place
   for (const file of [...result.outputFiles, { path: INPUTS, contents: Buffer.from(JSON.stringify(Object.keys(result.metafile.inputs))) }]) {
     const tmp = `${file.path}.${process.pid}.tmp`;
     fs.writeFileSync(tmp, file.contents);
     fs.renameSync(tmp, file.path);
   }
   return CLI_BUNDLE;
+}
+
+/** node-sqlite3-wasm reads SQLite's WebAssembly from the folder of the script that bundles it (the history database). */
+export function copySqliteWasm(dir) {
+  const wasm = path.join(root, 'node_modules/node-sqlite3-wasm/dist/node-sqlite3-wasm.wasm');
+  const dest = path.join(dir, 'node-sqlite3-wasm.wasm');
+  const tmp = `${dest}.${process.pid}.tmp`;
+  fs.copyFileSync(wasm, tmp);
+  fs.renameSync(tmp, dest);
 }
 
 /** True when the bundle exists and none of the files it was built from is newer. */

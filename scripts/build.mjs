@@ -4,7 +4,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as zlib from 'node:zlib';
 import { fileURLToPath } from 'node:url';
-import { buildCli } from './build-cli.mjs';
+import { buildCli, copySqliteWasm } from './build-cli.mjs';
 import { writeHostLauncher } from './host-launcher.mjs';
 import { projectPython } from './python-env.mjs';
 import { execFileSync } from 'node:child_process';
@@ -39,13 +39,17 @@ await esbuild.build({
 
 await esbuild.build({
   ...common,
-  entryPoints: ['native-host/src/main.ts'],
-  outfile: path.join(host, 'host.cjs'),
+  // the host, and the history database's thread (history-service.ts starts it from beside host.cjs)
+  entryPoints: { host: 'native-host/src/main.ts', 'history-worker': 'native-host/src/history-worker.ts' },
+  outdir: host,
+  outExtension: { '.js': '.cjs' },
   platform: 'node',
   format: 'cjs',
   target: 'node20',
   absWorkingDir: root,
 });
+// SQLite's WebAssembly, which node-sqlite3-wasm loads from beside the bundle that requires it
+copySqliteWasm(host);
 
 writeHostLauncher(host);
 fs.copyFileSync(path.join(root, 'manifest.json'), path.join(ext, 'manifest.json'));

@@ -11,6 +11,9 @@ import { HEALTH_COLUMNS, countsToNumbers, float32s, float64s, int32s, layerOffse
 import { AttachError, HINTS } from './attach-errors';
 import { localJobKey } from './dist-discovery';
 import { DEFAULT_HISTORY_BYTES, History } from './history';
+import { HistoryRequests, type HistoryOff } from './history-requests';
+import type { HistoryService } from './history-service';
+import { JobObserver } from './job-observer';
 import { attachMethods, type InjectMethod, injectProbe, preflight, waitForProbe } from './inject';
 import { probeSocketPath, socketDir } from './paths';
 import { ProbeClient } from './probe-client';
@@ -36,6 +39,11 @@ export interface HostOptions {
    * and token records dropped (and counted) rather than queued without bound.
    */
   congested?: () => boolean;
+  /** The persistent history (a database thread); absent: no history, and historyOff says why. */
+  history?: HistoryService;
+  historyOff?: HistoryOff;
+  /** Run the online change detection on every attached job (default true). */
+  detectAnomalies?: boolean;
   /**
    * Show the ranks of a distributed job as one job (rank-groups.ts; default true). A relay and
    * the command line's record, which stream each process on its own, turn it off.
@@ -54,6 +62,8 @@ interface Job {
   detaching: boolean;
   /** Reached over TCP: its pid is on another machine, so no local process checks. */
   remote: boolean;
+  /** Writes the job to the history database and watches it for anomalies. */
+  observer: JobObserver;
   /** The distributed job it is a rank of (a RankGroups handle), when shown as one. */
   group?: number;
 }
@@ -66,6 +76,7 @@ export class Host {
   private stats: NodeJS.Timeout;
   private readonly dir: string;
   readonly history: History;
+  private readonly historyRequests: HistoryRequests;
   droppedToPanel = 0;
   private nextHandle = HANDLE_BASE;
   private readonly groups: RankGroups;
@@ -77,6 +88,7 @@ export class Host {
   ) {
     this.dir = opts.socketDir ?? socketDir();
     this.history = new History(opts.historyBytes ?? DEFAULT_HISTORY_BYTES);
+    this.historyRequests = new HistoryRequests(opts.history, opts.historyOff ?? { path: '', reason: 'History is off for this host.' }, send, MESSAGE_BUDGET);
     this.groups = new RankGroups(send, () => this.nextHandle++, (handle, via) => void (via ? this.relays.detach(handle) : this.detach(handle)));
     this.relays = new RelayLinks(send, this.groups, () => this.nextHandle++);
     this.timer = setInterval(() => this.flushUpdates(), 1000 / (opts.updateHz ?? 30));
@@ -94,6 +106,7 @@ export class Host {
     this.send({
       type: 'host-stats', rssBytes: process.memoryUsage.rss(), historyBytes: this.history.used,
       historyCapBytes: this.history.capBytes, historyEvicted: this.history.evicted, droppedToPanel: this.droppedToPanel,
+      ...(this.opts.history?.enabled ? { database: this.opts.history.stats } : {}),
     });
   }
 
@@ -126,6 +139,11 @@ export class Host {
         for (const entry of found) for (const part of splitTokenUpdate(tokenUpdate(request.pid, entry.frame), MESSAGE_BUDGET)) this.send(part);
         return;
       }
+      case 'sessions':
+      case 'session-open':
+      case 'session-delete':
+      case 'session-import':
+        return this.historyRequests.handle(request);
       case 'explain':
       case 'expert-params': {
         // Answered by the probe on a thread of its own; the answer comes back as a frame.
@@ -147,6 +165,9 @@ export class Host {
         return;
       }
       case 'configure':
+        if (request.dbMaxMB !== undefined || request.dbMaxDays !== undefined) {
+          this.opts.history?.setRetention(request.dbMaxMB !== undefined ? request.dbMaxMB * 1024 * 1024 : undefined, request.dbMaxDays);
+        }
         if (request.historyMB !== undefined) this.history.setCap(request.historyMB * 1024 * 1024);
         if (request.updateHz !== undefined) {
           clearInterval(this.timer);
@@ -250,12 +271,19 @@ export class Host {
   }
 
   private adopt(pid: number, client: ProbeClient, hello: ProbeHello, method: AttachMethod, started: number, attempts?: AttachAttempt[]) {
-    const job: Job = { pid, client, method, models: hello.models, pending: new Map(), coalesced: 0, detaching: false, remote: method === 'tcp' };
+    const ms = Math.round(performance.now() - started);
+    const common = { python: hello.python, framework: hello.framework, frameworkVersion: hello.framework_version, argv: hello.argv };
+    const attached: Extract<HostMessage, { type: 'attached' }> = {
+      type: 'attached', pid, method, ms, ...common, ...(hello.frameworks ? { frameworks: hello.frameworks } : {}),
+      models: hello.models, warnings: hello.warnings ?? [], ...(attempts ? { attempts } : {}),
+    };
+    // Each process is its own history session and is watched for anomalies on its own (a rank of a
+    // distributed job too: its session holds that rank's routing).
+    const observer = new JobObserver(pid, hello.models, this.send, this.opts.history, attached, this.opts.detectAnomalies ?? true);
+    const job: Job = { pid, client, method, models: hello.models, pending: new Map(), coalesced: 0, detaching: false, remote: method === 'tcp', observer };
     this.jobs.set(pid, job);
     client.onFrame((frame) => this.onFrame(job, frame));
     client.on('close', (err) => void this.onClose(job, err));
-    const ms = Math.round(performance.now() - started);
-    const common = { python: hello.python, framework: hello.framework, frameworkVersion: hello.framework_version, argv: hello.argv };
     // One rank of a distributed job: it joins its job (rank-groups.ts), which the panel sees as one.
     let rank: Extract<HostMessage, { type: 'attached' }>['rank'];
     let excluded: string | undefined;
@@ -272,10 +300,7 @@ export class Host {
       }
       rank = { group: job.group ?? -1, job: key, label, rank: hello.dist.rank, worldSize: hello.dist.world_size, node };
     }
-    this.send({
-      type: 'attached', pid, method, ms, ...common, ...(hello.frameworks ? { frameworks: hello.frameworks } : {}),
-      models: hello.models, warnings: hello.warnings ?? [], ...(attempts ? { attempts } : {}), ...(rank ? { rank } : {}),
-    });
+    this.send({ ...attached, ...(rank ? { rank } : {}) });
     if (excluded) void this.detach(pid);
   }
 
@@ -314,10 +339,12 @@ export class Host {
   private onFrame(job: Job, frame: ProbeFrame) {
     if (frame.t === 'counts') {
       this.history.addCounts(job.pid, frame);
+      job.observer.counts(frame);
       if (job.pending.has(frame.model)) job.coalesced += 1;
       job.pending.set(frame.model, frame);
     } else if (frame.t === 'tokens') {
       this.history.addTokens(job.pid, Date.now() / 1000, frame);
+      job.observer.tokens(frame);
       if (this.congested()) {
         this.droppedToPanel += 1;
         return;
@@ -328,6 +355,7 @@ export class Host {
       }
     } else if (frame.t === 'layers') {
       job.models = job.models.map((m) => (m.id === frame.model ? { ...m, layers: frame.layers } : m));
+      job.observer.layers(frame.model, frame.layers);
       if (job.group !== undefined) this.groups.layers(job.pid, frame.model, frame.layers);
       else this.send({ type: 'layers', pid: job.pid, model: frame.model, layers: frame.layers });
     } else if (frame.t === 'losses') {
@@ -349,6 +377,7 @@ export class Host {
     if (this.jobs.get(job.pid) !== job) return;
     this.flushJob(job); // the final counts sent before goodbye
     this.jobs.delete(job.pid);
+    job.observer.end();
     // A dying job closes its sockets a moment before it is gone from the process table.
     if (!job.detaching && !job.remote) await waitForExit(job.pid, 300);
     let detached: Extract<HostMessage, { type: 'detached' }>;

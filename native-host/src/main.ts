@@ -6,7 +6,8 @@
 import * as path from 'node:path';
 import { parsePanelRequest, type HostMessage } from '../../src/protocol/panel';
 import { Host } from './host';
-import { hostSettingsFromEnv } from './env-settings';
+import { historySettingsFromEnv, hostSettingsFromEnv } from './env-settings';
+import { HistoryService } from './history-service';
 import { NativeMessageReader, encodeNativeMessage } from './native-messaging';
 
 const log = (line: string) => process.stderr.write(`[moe-devtools-host] ${line}\n`);
@@ -25,10 +26,17 @@ function send(message: HostMessage) {
 const probeRoot = process.env.MOE_DEVTOOLS_PROBE_ROOT ?? path.dirname(process.argv[1] ?? __filename);
 // More than this much unread by the browser means it is behind: coalesce and drop instead of queueing.
 const CONGESTED_BYTES = 8 * 1024 * 1024;
+// The persistent history, on its own thread (history-worker.cjs beside this file).
+const historySettings = historySettingsFromEnv(process.env, log);
+const history = historySettings.file
+  ? new HistoryService({ file: historySettings.file, maxBytes: historySettings.maxBytes, maxDays: historySettings.maxDays, tokenPassesPerS: historySettings.tokenPassesPerS, snapshotsPerS: historySettings.snapshotsPerS, log })
+  : undefined;
 const host = new Host(send, {
   probeRoot,
   congested: () => process.stdout.writableLength > CONGESTED_BYTES,
   ...hostSettingsFromEnv(process.env, log),
+  history,
+  historyOff: { path: historySettings.wouldBe, reason: 'History is off (MOE_DEVTOOLS_DB=off).' },
 });
 const reader = new NativeMessageReader();
 
@@ -61,11 +69,14 @@ async function shutdown(code: number) {
   stopping = true;
   // The browser closed the port: take every probe's hooks out, then leave. The jobs carry on.
   await Promise.race([host.detachAll(), new Promise((r) => setTimeout(r, 3000))]);
+  await history?.close(); // commits the last snapshots
   host.stop();
   process.exit(code);
 }
 
 process.stdin.on('end', () => void shutdown(0));
+// The browser is gone (EPIPE on our output): leave the same orderly way, so the history is committed.
+process.stdout.on('error', () => void shutdown(0));
 process.stdin.on('error', () => void shutdown(0));
 process.on('SIGTERM', () => void shutdown(0));
 process.on('SIGINT', () => void shutdown(0));

@@ -13,6 +13,7 @@ import {
 import { BucketHistory } from './buckets';
 import { LongHistory } from './long-history';
 import { Ring } from './ring';
+import { compareRanges, planRange, resolveRange, type ComparisonResult, type JobSnapshots, type PlanResult, type RangeSpec } from './long-run';
 import { analyzeRanks, type JobRanks, type RanksAnalysis } from './ranks';
 import { thinIndices } from './thin';
 import { packTokenRows } from './transfer';
@@ -228,6 +229,11 @@ export interface Analysis {
 
 /** Snapshot memory budget per job (bytes of counts); bounds the ring's capacity. */
 const SNAPSHOT_BUDGET = 64 * 1024 * 1024;
+
+/** Snapshots kept per job for a model with `totalExperts` (the sum of its layers' widths). */
+export function snapshotCapacity(totalExperts: number): number {
+  return Math.max(32, Math.min(3000, Math.floor(SNAPSHOT_BUDGET / Math.max(1, totalExperts * 8))));
+}
 /** Snapshots closer together than this are thinned (the newest is always kept). */
 const MIN_SPACING_S = 0.2;
 const TIMELINE_POINTS = 3600;
@@ -344,7 +350,7 @@ export class Analyzer {
       const infos = layerInfos(info?.layers ?? [], widths);
       const offsets = layerOffsets(widths);
       const total = widths.reduce((x, y) => x + y, 0);
-      const capacity = Math.max(32, Math.min(3000, Math.floor(SNAPSHOT_BUDGET / Math.max(1, total * 8))));
+      const capacity = snapshotCapacity(total);
       job = {
         pid, model, layers: widths.length, widths: widths.slice(), offsets, total, infos, topK: infos.map((l) => l.top_k),
         history: new Ring(capacity), latest: null, zero: null, t0: NaN,
@@ -486,6 +492,35 @@ export class Analyzer {
       }
     }
     return oldest;
+  }
+
+  /** What the long-run views read of a job (panels/engine/long-run.ts); null before its first snapshot. */
+  private snapshotsOf(pid: number, settings: Partial<AnalysisSettings>): JobSnapshots | null {
+    const job = this.shown(pid, settings.model);
+    if (!job || !job.latest) return null;
+    const snapshots = job.history.toArray();
+    if (snapshots[snapshots.length - 1] !== job.latest) snapshots.push(job.latest);
+    return {
+      pid, widths: job.widths, offsets: job.offsets, infos: job.infos, topK: job.topK, snapshots,
+      zero: job.history.evicted === 0 ? job.zero : null, t0: job.t0, tokens: job.tokens.toArray(),
+      windowBase: this.baseline(job, { ...DEFAULT_SETTINGS, ...settings }) ?? job.latest,
+    };
+  }
+
+  /** Two jobs' routing (or two ranges of one) side by side; null while either has no snapshot. */
+  compare(a: { pid: number; range: RangeSpec }, b: { pid: number; range: RangeSpec }, settings: Partial<AnalysisSettings> = {}): ComparisonResult | null {
+    const ja = this.snapshotsOf(a.pid, settings);
+    const jb = this.snapshotsOf(b.pid, settings);
+    const ra = ja && resolveRange(ja, a.range);
+    const rb = jb && resolveRange(jb, b.range);
+    return ra && rb ? compareRanges(ra, rb) : null;
+  }
+
+  /** Expert placement plans from a job's loads over a range (all layers, or the given ones). */
+  plan(pid: number, range: RangeSpec, devices: number, redundant: number, layers?: number[], settings: Partial<AnalysisSettings> = {}): PlanResult | null {
+    const job = this.snapshotsOf(pid, settings);
+    const r = job && resolveRange(job, range);
+    return job && r ? planRange(job, r, devices, redundant, layers) : null;
   }
 
   analyze(pid: number, settings: Partial<AnalysisSettings> = {}): Analysis | null {

@@ -72,6 +72,11 @@ function invalidMessage(v: unknown): string | null {
       if (m.texts !== null && m.texts !== undefined && !(Array.isArray(m.texts) && m.texts.every((t) => typeof t === 'string'))) return '"texts" should be strings';
       return null;
     }
+    case 'anomaly': {
+      const a = m.anomaly as Record<string, unknown> | undefined;
+      return isNum(m.pid) && isNum(m.model) && a && typeof a === 'object' && typeof a.metric === 'string' && isNum(a.layer) && isNum(a.ts) && typeof a.message === 'string'
+        ? null : 'an "anomaly" needs pid, model and an anomaly with metric, layer, ts and message';
+    }
     case 'explanation': {
       if (!isNum(m.pid) || !isNum(m.pass) || !isNum(m.index) || !isNum(m.layer) || !isNum(m.expert) || !isNumArray(m.tokenIds)) {
         return 'an "explanation" needs pid, pass, index, layer, expert and tokenIds';

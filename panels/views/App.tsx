@@ -20,6 +20,10 @@ import { Ranks } from './Ranks';
 import { Timeline } from './Timeline';
 import { Tokens } from './Tokens';
 import { Training } from './Training';
+import { Anomalies } from './Anomalies';
+import { Compare } from './Compare';
+import { History } from './History';
+import { Placement } from './Placement';
 
 function useStore(store: Store) {
   const [, setTick] = useState(0);
@@ -80,6 +84,9 @@ export function App({ store }: { store: Store }) {
         <button class="tool text" data-testid="export-csv" disabled={!analysis} title="Export the current metrics as CSV" onClick={() => analysis && download(`moe-${analysis.pid}-metrics.csv`, metricsCsv(analysis), 'text/csv')}>CSV</button>
         <button class="tool text" data-testid="export-json" disabled={!analysis} title="Export the current metrics as JSON" onClick={() => analysis && download(`moe-${analysis.pid}-metrics.json`, metricsJson(analysis, { explanations: job?.explanations, expertParams: job?.expertParams && [...job.expertParams.layers.values()] }), 'application/json')}>JSON</button>
         <span class="divider" />
+        <button class={`tool text ${store.longRun.showHistory ? 'on' : ''}`} data-testid="history-toggle" title="Sessions kept in the history database"
+          onClick={() => store.longRun.toggleHistory()}>History</button>
+        <span class="divider" />
         <button class={`tool ${settingsOpen ? 'on' : ''}`} data-testid="settings-toggle" title="Window and thresholds" onClick={() => setSettingsOpen(!settingsOpen)}>⚙</button>
         <span class="spacer" />
         {recording && <span class="rec-label" data-testid="recording-status">● REC {recording.messages.length}</span>}
@@ -94,7 +101,7 @@ export function App({ store }: { store: Store }) {
           <ProcessList store={store} />
           <Recordings store={store} />
         </div>
-        <main class="content">{job ? <JobView store={store} job={job} analysis={analysis} /> : <Welcome />}</main>
+        <main class="content">{store.longRun.showHistory ? <History store={store} /> : job ? <JobView store={store} job={job} analysis={analysis} /> : <Welcome />}</main>
       </div>
       <StatusBar store={store} job={job} analysis={analysis} />
     </div>
@@ -197,6 +204,7 @@ function JobView({ store, job, analysis: a }: { store: Store; job: JobState; ana
   const info = model?.layers[layer];
   const view = store.state.view === 'ranks' && !job.ranks ? 'overview' : store.state.view;
   const token = store.state.token;
+  const anomalies = store.longRun.anomaliesOf(job.pid);
   // The views change only with the analysis (at most 5 Hz), the layer or the selected token,
   // not with each update message (30 Hz) that re-renders the status bar: the same element
   // lets Preact skip the view's subtree (strict-equality bailout).
@@ -204,6 +212,7 @@ function JobView({ store, job, analysis: a }: { store: Store; job: JobState; ana
     <div class="view" data-testid={`view-${view}`}>
       {view === 'overview' && <Overview store={store} a={a} />}
       {view === 'load' && <Load store={store} a={a} layer={layer} />}
+      {view === 'load' && <Placement store={store} pid={job.pid} layer={layer} modelClass={model?.class ?? ''} />}
       {view === 'heatmap' && <Heatmap store={store} a={a} layer={layer} />}
       {view === 'flow' && <Flow store={store} a={a} layer={layer} />}
       {view === 'activity' && <Activity3D store={store} a={a} layer={layer} />}
@@ -215,11 +224,13 @@ function JobView({ store, job, analysis: a }: { store: Store; job: JobState; ana
       {view === 'training' && <Training a={a} />}
       {view === 'ranks' && <Ranks a={a} />}
       {view === 'experts' && <Experts store={store} a={a} layer={layer} />}
+      {view === 'compare' && <Compare store={store} job={job} />}
+      {view === 'anomalies' && <Anomalies store={store} anomalies={anomalies} />}
     </div>
-  ) : null), [store, a, view, layer, token]);
+  ) : null), [store, a, view, layer, token, anomalies, job.pid]);
 
   if (job.status === 'attaching') return <div class="welcome">Attaching to process {job.pid}{job.method ? ` via ${job.method}` : ''}…</div>;
-  const title = job.replay ? `Recording of pid ${job.replay.pid}` : job.ranks ? `${job.ranks.worldSize} ranks` : `pid ${job.pid}`;
+  const title = job.session ? `History session ${job.session.info.id} of pid ${job.session.info.pid}` : job.replay ? `Recording of pid ${job.replay.pid}` : job.ranks ? `${job.ranks.worldSize} ranks` : `pid ${job.pid}`;
   const status = job.replay ? job.replay.file : job.status === 'detached' ? `Detached: ${job.detachReason ?? ''}`
     : job.ranks ? `${job.ranks.ranks.filter((r) => r.status === 'attached').length} of ${job.ranks.worldSize} ranks streaming · ${job.ranks.label}`
       : `attached via ${job.method} in ${job.attachMs} ms`;
@@ -248,6 +259,7 @@ function JobView({ store, job, analysis: a }: { store: Store; job: JobState; ana
           <button key={v.id} role="tab" aria-selected={view === v.id} class={`tab ${view === v.id ? 'selected' : ''}`} data-testid={`tab-${v.id}`} onClick={() => store.selectView(v.id)}>
             {v.label}
             {v.id === 'overview' && a && a.findings.length > 0 && <span class="badge" data-testid="findings-count">{a.findings.length}</span>}
+            {v.id === 'anomalies' && anomalies.length > 0 && <span class="badge" data-testid="anomalies-count">{anomalies.length}</span>}
           </button>
         ))}
       </nav>

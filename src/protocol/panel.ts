@@ -126,6 +126,7 @@ export type ErrorCode =
   | 'unsupported_platform'
   | 'host_unavailable'
   | 'partial_visibility'
+  | 'history_unavailable'
   | 'rank_conflict'
   | 'rank_lost'
   | 'relay_failed'
@@ -142,12 +143,23 @@ export type PanelRequest =
   | { type: 'token-pass'; pid: number; pass: number }
   /** Attach to a probe listening on TCP (moe_probe.attach(model, tcp_port=...)), e.g. through an SSH tunnel. */
   | { type: 'connect'; address: string; token: string }
-  /** Host settings: history memory cap (MiB) and panel update rate (Hz). */
-  | { type: 'configure'; historyMB?: number; updateHz?: number }
+  /** Host settings: history memory cap (MiB), panel update rate (Hz), and the history database's retention (MiB, days). */
+  | { type: 'configure'; historyMB?: number; updateHz?: number; dbMaxMB?: number; dbMaxDays?: number }
   /** Connect to a relay (`moe-devtools relay` on another node), through an SSH tunnel to its loopback port. */
   | { type: 'connect-relay'; address: string; token: string }
   /** The layer whose per-rank, per-expert counts a distributed job's updates carry (RankSample.counts). */
   | { type: 'rank-layer'; pid: number; layer: number }
+  /** The sessions in the history database (answered with 'sessions'). */
+  | { type: 'sessions' }
+  /**
+   * A stored session's messages over [from, to] (probe clock, s since the epoch; default all), with
+   * at most `points` counts snapshots per model spread evenly over the range (default all). Answered
+   * with 'session-data' parts; `purpose` is echoed so the panel knows whether to show or save them.
+   */
+  | { type: 'session-open'; session: number; from?: number; to?: number; points?: number; purpose?: 'view' | 'export' }
+  | { type: 'session-delete'; session: number }
+  /** A .moerec file's text into the history, in parts (each under 32 MiB) joined in order; answered with 'session-imported'. */
+  | { type: 'session-import'; name: string; part: number; done: boolean; text: string }
   /**
    * Explain why sampled token `index` of pass `pass` went to `expert` in `layer` (see ProbeExplanation).
    * `id` is the panel's own, echoed in the answer. Steps default to 32, the baseline to 'zero'.
@@ -321,6 +333,72 @@ export interface TokenUpdate {
   layers: Array<{ layer: number; n: number; k: number; ids: number[]; weights: number[] | null }>;
 }
 
+/** One session of the history database, as the History view lists it. */
+export interface HistorySession {
+  id: number;
+  /** The job's pid (on the machine it ran on). */
+  pid: number;
+  /** 'attach': recorded while attached; 'import': from a .moerec file. */
+  source: 'attach' | 'import';
+  /** The job's command line, or the imported file's name. */
+  name: string;
+  modelClass: string;
+  modelType: string;
+  layers: number;
+  /** Experts of all layers together (the sum of the widths). */
+  experts: number;
+  /** ms since the epoch. */
+  started: number;
+  /** ms since the epoch; null while a host is still recording it. */
+  ended: number | null;
+  /** Probe clock of the first and last snapshot, s since the epoch (null when none). */
+  firstTs: number | null;
+  lastTs: number | null;
+  passes: number;
+  snapshots: number;
+  tokenPasses: number;
+  anomalies: number;
+  /** Bytes of stored payload. */
+  bytes: number;
+}
+
+/** The history database: where it is, how big, its retention, and why it is off when it is. */
+export interface HistoryDatabaseStatus {
+  path: string;
+  enabled: boolean;
+  fileBytes: number;
+  maxBytes: number;
+  maxDays: number;
+  /** Counts snapshots not written because the database was behind (the relay never waits for it). */
+  droppedWrites: number;
+  error?: { code: string; message: string; hint: string };
+}
+
+export const ANOMALY_METRICS = ['routing', 'router_entropy', 'z_loss', 'nan_inf', 'time'] as const;
+export type AnomalyMetric = (typeof ANOMALY_METRICS)[number];
+
+/** A change found by the online change detection (src/analysis/anomaly.ts). */
+export interface AnomalyFinding {
+  metric: AnomalyMetric;
+  /** The probe's layer index. */
+  layer: number;
+  label: string;
+  /** When the change began, probe clock, s since the epoch. */
+  ts: number;
+  /** When it was detected (end of the block that crossed the threshold). */
+  detectedTs: number;
+  /** After the change: JS divergence (bits) for routing, non-finite logits seen for nan_inf, else the new level. */
+  value: number;
+  /** Before the change: 0 for routing and nan_inf, else the reference median. */
+  reference: number;
+  /** The reference's time span, probe clock. */
+  referenceFrom: number;
+  referenceTo: number;
+  /** Routing: the experts whose share changed most (shares of the layer's assignments before and after). */
+  experts?: Array<{ expert: number; shareA: number; shareB: number; change: number }>;
+  message: string;
+}
+
 export type HostMessage =
   /** `node`: a relay's name for its machine (relays only). */
   | { type: 'hello'; version: number; host: string; platform: string; node?: string }
@@ -363,7 +441,19 @@ export type HostMessage =
       historyEvicted: number;
       /** Updates and token records not sent because the browser was reading too slowly. */
       droppedToPanel: number;
+      /** The history database's size and what it could not keep up with, when it is on. */
+      database?: { fileBytes: number; droppedWrites: number };
     }
+  /** An anomaly found in an attached job's routing (also stored with its session). */
+  | { type: 'anomaly'; pid: number; model: number; anomaly: AnomalyFinding }
+  | { type: 'sessions'; sessions: HistorySession[]; database: HistoryDatabaseStatus }
+  /**
+   * Part of a stored session's messages ('attached', 'layers', 'update', 'tokens', 'anomaly', with the
+   * job's pid); the first part carries `info` and `available` (counts snapshots in the range before
+   * down-sampling), the last has done.
+   */
+  | { type: 'session-data'; session: number; purpose: 'view' | 'export'; part: number; done: boolean; info?: HistorySession; available?: number; messages: HostMessage[] }
+  | { type: 'session-imported'; session: number; name: string }
   | ExplanationMessage
   | ExpertParamsMessage
   /** The probe could not answer an explain or expert-params request (see ProbeRefused for the codes). */
@@ -422,6 +512,32 @@ export function parsePanelRequest(value: unknown): PanelRequest | { error: strin
       return typeof msg.pass === 'number' && Number.isInteger(msg.pass) && msg.pass > 0
         ? { type: 'token-pass', pid: msg.pid, pass: msg.pass }
         : { error: 'token-pass needs a positive integer pass' };
+    case 'sessions':
+      return { type: 'sessions' };
+    case 'session-open':
+    case 'session-delete': {
+      if (typeof msg.session !== 'number' || !Number.isInteger(msg.session) || msg.session < 1) return { error: `${msg.type} needs a session id` };
+      if (msg.type === 'session-delete') return { type: 'session-delete', session: msg.session };
+      const req: Extract<PanelRequest, { type: 'session-open' }> = { type: 'session-open', session: msg.session };
+      for (const key of ['from', 'to'] as const) {
+        if (msg[key] === undefined) continue;
+        if (typeof msg[key] !== 'number' || !Number.isFinite(msg[key])) return { error: `session-open: ${key} should be a number (seconds since the epoch)` };
+        req[key] = msg[key] as number;
+      }
+      if (msg.points !== undefined) {
+        if (typeof msg.points !== 'number' || !Number.isInteger(msg.points) || msg.points < 2) return { error: 'session-open: points should be a whole number of at least 2' };
+        req.points = msg.points;
+      }
+      if (msg.purpose !== undefined) {
+        if (msg.purpose !== 'view' && msg.purpose !== 'export') return { error: 'session-open: purpose should be "view" or "export"' };
+        req.purpose = msg.purpose;
+      }
+      return req;
+    }
+    case 'session-import':
+      if (typeof msg.name !== 'string' || typeof msg.text !== 'string') return { error: 'session-import needs a name and the text of a .moerec file' };
+      if (typeof msg.part !== 'number' || !Number.isInteger(msg.part) || msg.part < 0 || typeof msg.done !== 'boolean') return { error: 'session-import needs a part number and done' };
+      return { type: 'session-import', name: msg.name, part: msg.part, done: msg.done, text: msg.text };
     case 'explain':
       return parseExplainRequest(msg, pidOk);
     case 'expert-params': {
@@ -440,6 +556,11 @@ export function parsePanelRequest(value: unknown): PanelRequest | { error: strin
     }
     case 'configure': {
       const req: Extract<PanelRequest, { type: 'configure' }> = { type: 'configure' };
+      for (const [key, lo, hi] of [['dbMaxMB', 1, 1 << 24], ['dbMaxDays', 0.001, 36500]] as const) {
+        if (msg[key] === undefined) continue;
+        if (typeof msg[key] !== 'number' || !(msg[key] >= lo && msg[key] <= hi)) return { error: `configure: ${key} should be between ${lo} and ${hi}` };
+        req[key] = msg[key] as number;
+      }
       if (msg.historyMB !== undefined) {
         if (typeof msg.historyMB !== 'number' || !(msg.historyMB >= 1 && msg.historyMB <= 65536)) return { error: 'configure: historyMB should be between 1 and 65536' };
         req.historyMB = msg.historyMB;

@@ -102,7 +102,7 @@ export async function startFrameworkJob(script: string, args: string[] = [], min
 }
 
 /** Spawn a job that appends one JSON line per pass to `log`, and wait (90 s unless told) until it has logged `minPasses`. */
-async function startLoggingJob(python: string, argv: string[], log: string, minPasses: number, env: NodeJS.ProcessEnv = {},
+export async function startLoggingJob(python: string, argv: string[], log: string, minPasses: number, env: NodeJS.ProcessEnv = {},
   timeoutMs = 90_000): Promise<Job> {
   const child = spawn(python, argv, { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, ...env } });
   let stderr = '';

@@ -64,3 +64,31 @@ describe('parsePanelRequest', () => {
     expect('error' in huge && huge.error.length).toBeLessThan(200);
   });
 });
+
+describe('history requests', () => {
+  it.each([
+    [{ type: 'sessions' }, { type: 'sessions' }],
+    [{ type: 'session-open', session: 3 }, { type: 'session-open', session: 3 }],
+    [{ type: 'session-open', session: 3, from: 1.5, to: 9, points: 500, purpose: 'export', x: 1 }, { type: 'session-open', session: 3, from: 1.5, to: 9, points: 500, purpose: 'export' }],
+    [{ type: 'session-delete', session: 2 }, { type: 'session-delete', session: 2 }],
+    [{ type: 'session-import', name: 'a.moerec', part: 0, done: true, text: '{}' }, { type: 'session-import', name: 'a.moerec', part: 0, done: true, text: '{}' }],
+    [{ type: 'configure', dbMaxMB: 512, dbMaxDays: 7 }, { type: 'configure', dbMaxMB: 512, dbMaxDays: 7 }],
+  ])('accepts %j', (message, request) => {
+    expect(parsePanelRequest(message)).toEqual(request);
+  });
+
+  it.each([
+    [{ type: 'session-open' }, 'session-open needs a session id'],
+    [{ type: 'session-open', session: 0 }, 'session-open needs a session id'],
+    [{ type: 'session-delete', session: 1.5 }, 'session-delete needs a session id'],
+    [{ type: 'session-open', session: 1, from: 'now' }, 'session-open: from should be a number (seconds since the epoch)'],
+    [{ type: 'session-open', session: 1, points: 1 }, 'session-open: points should be a whole number of at least 2'],
+    [{ type: 'session-open', session: 1, purpose: 'print' }, 'session-open: purpose should be "view" or "export"'],
+    [{ type: 'session-import', name: 'a', part: 0, done: true }, 'session-import needs a name and the text of a .moerec file'],
+    [{ type: 'session-import', name: 'a', part: -1, done: true, text: '' }, 'session-import needs a part number and done'],
+    [{ type: 'configure', dbMaxMB: 0 }, 'configure: dbMaxMB should be between 1 and 16777216'],
+    [{ type: 'configure', dbMaxDays: -1 }, 'configure: dbMaxDays should be between 0.001 and 36500'],
+  ])('rejects %j', (message, error) => {
+    expect(parsePanelRequest(message)).toEqual({ error });
+  });
+});
