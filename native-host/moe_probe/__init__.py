@@ -63,10 +63,10 @@ def attach(
 
     Returns:
         The path of the probe's Unix socket. Calling attach again returns the
-        running probe's path.
+        running probe's path. In a process that has loaded no framework (yet), the
+        probe still listens; a host that connects is told there is no model to watch.
 
     Raises:
-        ImportError: torch is not installed in this environment.
         TypeError: an unknown setting was given.
         ValueError: the expert map cannot be right (empty, negative or repeated ids).
     """

@@ -45,9 +45,20 @@ describe('pip install ./native-host', () => {
     expect(spawnSync(path.join(venv, 'bin/moe-probe'), ['--version'], { encoding: 'utf8', env }).stdout).toBe(`moe_probe ${packageJson.version}\n`);
     const show = runPython(['-m', 'pip', 'show', 'moe-probe']);
     expect(show.stdout).toMatch(/^Requires: *$/m); // the job's own torch is never replaced
-    // Without torch, attaching says so instead of failing somewhere deep.
-    const noTorch = runPython(['-c', 'import moe_probe\ntry:\n    moe_probe.attach()\nexcept ImportError as e:\n    print("ImportError", e)']);
-    expect(noTorch.stdout).toMatch(/^ImportError No module named 'torch'/);
+    // Without any framework, attaching listens, and a host that connects is told why there is no
+    // model to watch (its hello carries the no_moe error), with no framework loaded by the probe.
+    const noFramework = runPython(['-c', [
+      'import moe_probe, socket, sys',
+      'from moe_probe.framing import FrameReader',
+      's = socket.socket(socket.AF_UNIX)',
+      's.connect(moe_probe.attach())',
+      'reader, frames = FrameReader(), []',
+      'while not frames:',
+      '    frames += reader.feed(s.recv(65536))',
+      'print(frames[0]["t"], frames[0]["error"]["code"], frames[0]["error"]["message"])',
+      'print("torch loaded:", "torch" in sys.modules)',
+    ].join('\n')]);
+    expect(noFramework.stdout, noFramework.stderr).toMatch(/^hello no_moe This Python process has not imported torch, JAX, Keras \(TensorFlow\) or ONNX Runtime, so there is no model to watch\.\ntorch loaded: False\n$/);
   });
 
   it('runs a job under python -m moe_probe run, and the command line records it over the socket', async () => {
