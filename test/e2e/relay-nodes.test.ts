@@ -102,7 +102,7 @@ describe('a job on two nodes, through a relay on each', () => {
     await setPanelSettings(panel, { windowMode: 'all' });
     await connectRelay(panel, tunnelA, 'f'.repeat(32));
     const refused = await panel.waitForFunction(() => document.querySelector('[data-testid="notice"][data-code="relay_failed"]')?.textContent, { polling: 100, timeout: 30000 })
-      .catch(async (err) => {
+      .catch(async (err: Error) => {
         // say what the panel showed instead (other notices, the relay's row), not only that it timed out
         const shown = await panel.$$eval('[data-testid="notice"], [data-testid="relay"]', (els: Element[]) => els.map((el) => `${el.getAttribute('data-code') ?? el.getAttribute('data-status')}: ${el.textContent}`));
         throw new Error(`${err.message}; the panel showed: ${JSON.stringify(shown)}`);
