@@ -20,6 +20,7 @@ import torch
 
 from .attribution import BASELINES, DEFAULT_STEPS, MAX_STEPS, Limits, Refusal, attribute
 from .expert_weights import DEFAULT_CHUNK_BYTES, analyze_layer
+from .refusal import refusal
 
 QUEUED_MAX = 4
 PUT_TIMEOUT_S = 1.0
@@ -239,11 +240,3 @@ def expert_params_frame(request_id, model_id, layer, part, parts, r):
         "weight_cosine": _matrix(r["weight_cosine"]),
         "seconds": r["seconds"], "peak_bytes": r["peak_bytes"], "notes": r["notes"],
     }
-
-
-def refusal(message, code, text):
-    request_id = message.get("id") if isinstance(message, dict) else None
-    request = message.get("t") if isinstance(message, dict) else None
-    return {"t": "refused", "id": request_id if isinstance(request_id, int) and request_id >= 0 else 0,
-            "request": request if request in ("explain", "expert-params") else "unknown",
-            "code": code, "message": text}

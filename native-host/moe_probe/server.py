@@ -23,6 +23,7 @@ import traceback
 
 from . import frameworks, paths
 from .framing import FrameError, FrameReader, encode_frame
+from .refusal import refusal
 from .distributed import dist_info
 from .settings import Settings
 
@@ -461,9 +462,12 @@ class Session:
             if isinstance(message, dict) and message.get("t") == "detach":
                 self._send_final()
                 return False
-            if isinstance(message, dict) and message.get("t") in ("explain", "expert-params") \
-                    and self.requests is not None:
-                self.requests.submit(message)
+            if isinstance(message, dict) and message.get("t") in ("explain", "expert-params"):
+                if self.requests is not None:
+                    self.requests.submit(message)
+                else:  # no torch in this job: nothing can answer, so say so rather than leave the panel waiting
+                    self.send(refusal(message, "bad_request", "explanations and expert weights are read from PyTorch "
+                                                              "models only, and this job has no PyTorch model"))
         return True
 
     def _texts(self, ids):

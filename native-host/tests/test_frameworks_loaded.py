@@ -64,3 +64,23 @@ def test_a_process_with_no_framework_is_told_so():
     assert result["models"] == [] and result["loaded"] == []
     assert result["error"] == {"code": "no_moe", "message": "This Python process has not imported torch, JAX, Keras "
                                "(TensorFlow) or ONNX Runtime, so there is no model to watch."}
+
+
+def test_a_job_without_torch_refuses_explanations_in_words():
+    # Explanations and expert weights are read from torch models only: a job without torch must
+    # answer such a request with a refusal (the panel would otherwise wait), and load no torch.
+    pytest.importorskip("onnxruntime")
+    ask = """
+import msgpack, struct
+for request in ({"t": "explain", "id": 7, "model": 0, "pass": 1, "position": 0, "layer": 0},
+                {"t": "expert-params", "id": 8, "model": 0}):
+    body = msgpack.packb(request)
+    client.sock.sendall(struct.pack("<I", len(body)) + body)
+    refused = client.wait(lambda f: f["t"] == "refused" and f["id"] == request["id"], timeout=30)
+    assert refused["request"] == request["t"] and refused["code"] == "bad_request", refused
+    assert "PyTorch models only" in refused["message"], refused
+"""
+    result = run("import numpy as np, onnxruntime as ort, onnx_moe_job\n"
+                 "session = ort.InferenceSession(onnx_moe_job.build_model(2, 8, 2, 16, 64, 0), providers=['CPUExecutionProvider'])\n"
+                 "import sys\nfor m in ('onnx', 'onnx.helper', 'onnx.numpy_helper'): sys.modules.pop(m, None)", ask)
+    assert result["framework"] == "onnxruntime" and "torch" not in result["loaded"]
