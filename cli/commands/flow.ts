@@ -26,11 +26,17 @@ export interface RecordingFlow {
   options: FlowCommandOptions;
 }
 
-/** The sampled passes of the recording's model, parts of one pass (split by layers) merged. */
+/**
+ * The sampled passes of the recording's model, parts of one pass (split by layers) merged. As in
+ * the panel's replay, token records that come before the model's first counts update are left out
+ * (a recording started mid-stream may begin with one; the panel has no job to put it in yet).
+ */
 export function tokenRecords(messages: readonly HostMessage[], model: number): FlowRecord[] {
   const byPass = new Map<number, FlowRecord & { layers: FlowRecord['layers'][number][] }>();
+  let counted = false;
   for (const m of messages) {
-    if (m.type !== 'tokens' || m.model !== model) continue;
+    if (m.type === 'update' && m.model === model) counted = true;
+    if (m.type !== 'tokens' || m.model !== model || !counted) continue;
     const t = m as TokenUpdate;
     let rec = byPass.get(t.pass);
     if (!rec) byPass.set(t.pass, (rec = { pass: t.pass, tokenIds: t.tokenIds, texts: t.texts, layers: [] }));

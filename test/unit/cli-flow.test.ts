@@ -53,6 +53,22 @@ describe('moe-devtools flow', () => {
     expect(ranged.passes).toEqual([100, 105, 110, 115, 120, 125, 130, 135, 140, 145, 150]);
   });
 
+  it('leaves out token records that come before the first counts update, as the panel replay does', () => {
+    // A recording started mid-stream can begin with a pass's token record ahead of the next update.
+    const messages = withTokens();
+    const first = messages.findIndex((m) => m.type === 'update');
+    const early = { ...(messages[first + 1] as Extract<HostMessage, { type: 'tokens' }>), pass: 1 };
+    messages.splice(first, 0, early);
+    const early2 = parseRecording(serializeRecording(PID, T0 * 1000, messages));
+    const cli = recordingFlow(early2, { from: 0, to: 1, weighting: 'top1', filter: '' }).flow;
+    const a = new Analyzer();
+    a.ingestMany(withPid(early2.messages, -1));
+    const panel = a.analyze(-1, { windowMode: 'all', views: { flow: { from: 0, to: 1, weighting: 'top1', filter: '', through: null } } })!.views!.flow!.flow;
+    expect(cli.passes).not.toContain(1);
+    expect(cli.passes).toEqual(panel.passes);
+    expect(Array.from(cli.pairs[0]!.weight)).toEqual(Array.from(panel.pairs[0]!.weight));
+  });
+
   it('prints a table or JSON, and says clearly what is wrong with its arguments', async () => {
     const r = recordingFlow(recording, { from: 0, to: 1, weighting: 'top1', filter: '' });
     const text = flowText(r);
