@@ -35,11 +35,13 @@ export function DistributedJobs({ store }: { store: Store }) {
   const shown = new Map<string, JobState>();
   for (const j of jobs.values()) if (j.ranks && !j.replay) shown.set(j.ranks.key, j);
   const elsewhere = [...shown.values()].filter((j) => !local.some((l) => l.key === j.ranks!.key));
-  if (!local.length && !elsewhere.length && !store.state.relays.length) return <Relays store={store} />;
+  const any = local.length > 0 || elsewhere.length > 0 || store.state.relays.length > 0;
+  // One tree whether or not a job is listed, so the relay form below keeps what the user typed
+  // when a distributed job appears or goes (a different parent would remount it, empty).
   return (
-    <div class="distributed" aria-label="Distributed jobs">
-      <div class="sidebar-head"><span>Distributed jobs</span></div>
-      <ul class="process-list">
+    <div class={any ? 'distributed' : undefined} aria-label={any ? 'Distributed jobs' : undefined}>
+      {any && <div class="sidebar-head"><span>Distributed jobs</span></div>}
+      {any && <ul class="process-list">
         {local.map((l, i) => {
           const job = shown.get(l.key);
           const live = job?.status === 'attached';
@@ -78,7 +80,7 @@ export function DistributedJobs({ store }: { store: Store }) {
             <RankLines ranks={j.ranks!.ranks.map((r) => ({ rank: r.rank, pid: r.pid, node: r.node, status: STATUS[r.status] }))} />
           </li>
         ))}
-      </ul>
+      </ul>}
       <Relays store={store} />
     </div>
   );
