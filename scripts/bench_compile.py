@@ -143,7 +143,7 @@ def main():
 
     def detach(passes):
         session = moe_probe.current_server().session
-        watch = session.compile_watch
+        watch = session.pass_watch.compile_watch  # torch jobs: pass_visibility.PassWatch
         watch.poll()
         reported = {"tap_compiles": watch.tap_compiles, "tap_compile_s": watch.tap_compile_s,
                     "graph_breaks": watch.graph_breaks, "compiled_passes": session.recorders[0].compiled_passes}
