@@ -66,7 +66,7 @@ export function Activity3D({ store, a, layer }: { store: Store; a: Analysis; lay
   const data = a.views?.buckets;
   const labels = a.rows.map((r) => r.label).join('\n');
   // Two lists (a vnode renders in one place only), made once per model so that Preact skips them at each analysis.
-  const [fromOptions, toOptions] = useMemo(() => [0, 1].map(() => a.rows.map((r) => <option key={r.layer} value={r.layer}>{r.label}</option>)), [labels]);
+  const [fromOptions, toOptions] = useMemo(() => [0, 1].map(() => a.rows.map((r) => <option key={r.layer} value={String(r.layer)}>{r.label}</option>)), [labels]);
   const slots = data?.capacity ?? 0;
   const W = a.maxWidth;
 
@@ -229,11 +229,11 @@ export function Activity3D({ store, a, layer }: { store: Store; a: Analysis; lay
     <div class="activity" data-testid="activity-view" data-buckets={count}>
       <div class="controls">
         <label>Layers{' '}
-          <select data-testid="activity-from" value={range.from} onChange={(e) => { const from = Number((e.target as HTMLSelectElement).value); setRange((r) => ({ from, to: Math.max(from, r.to) })); }}>
+          <select data-testid="activity-from" value={String(range.from)} onChange={(e) => { const from = Number((e.target as HTMLSelectElement).value); setRange((r) => ({ from, to: Math.max(from, r.to) })); }}>
             {fromOptions}
           </select>
           {' to '}
-          <select data-testid="activity-to" value={range.to} onChange={(e) => { const to = Number((e.target as HTMLSelectElement).value); setRange((r) => ({ from: Math.min(r.from, to), to })); }}>
+          <select data-testid="activity-to" value={String(range.to)} onChange={(e) => { const to = Number((e.target as HTMLSelectElement).value); setRange((r) => ({ from: Math.min(r.from, to), to })); }}>
             {toOptions}
           </select>
         </label>

@@ -246,9 +246,9 @@ function JobView({ store, job, analysis: a }: { store: Store; job: JobState; ana
         <div class="controls">
           <label>
             Model{' '}
-            <select data-testid="model-select" value={model?.id} onChange={(e) => store.selectModel(Number((e.target as HTMLSelectElement).value))}>
+            <select data-testid="model-select" value={model ? String(model.id) : undefined} onChange={(e) => store.selectModel(Number((e.target as HTMLSelectElement).value))}>
               {job.models.map((m) => (
-                <option value={m.id} key={m.id}>{m.class} ({frameworkName(m.framework ?? job.framework ?? '')}, {m.layers.length} MoE layers)</option>
+                <option value={String(m.id)} key={m.id}>{m.class} ({frameworkName(m.framework ?? job.framework ?? '')}, {m.layers.length} MoE layers)</option>
               ))}
             </select>
           </label>
@@ -267,9 +267,9 @@ function JobView({ store, job, analysis: a }: { store: Store; job: JobState; ana
         <div class="controls">
           <label>
             Layer{' '}
-            <select data-testid="layer-select" value={layer} onChange={(e) => store.selectLayer(Number((e.target as HTMLSelectElement).value))}>
+            <select data-testid="layer-select" value={String(layer)} onChange={(e) => store.selectLayer(Number((e.target as HTMLSelectElement).value))}>
               {model.layers.map((l) => (
-                <option value={l.index} key={l.index}>{layerLabel(l)}</option>
+                <option value={String(l.index)} key={l.index}>{layerLabel(l)}</option>
               ))}
             </select>
           </label>

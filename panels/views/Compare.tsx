@@ -98,8 +98,8 @@ export function Compare({ store, job }: { store: Store; job: JobState }) {
         <span><b>A</b> this job ({jobName(job)}) <RangePicker value={rangeA} onChange={setRangeA} testid="range-a" /></span>
         <span>
           <b>B</b>{' '}
-          <select aria-label="Job to compare with" data-testid="compare-with" value={other.pid} onChange={(e) => setOther(Number((e.target as HTMLSelectElement).value))}>
-            {others.map((j) => <option key={j.pid} value={j.pid}>{j.pid === job.pid ? `this job (${jobName(j)})` : jobName(j)}</option>)}
+          <select aria-label="Job to compare with" data-testid="compare-with" value={String(other.pid)} onChange={(e) => setOther(Number((e.target as HTMLSelectElement).value))}>
+            {others.map((j) => <option key={j.pid} value={String(j.pid)}>{j.pid === job.pid ? `this job (${jobName(j)})` : jobName(j)}</option>)}
           </select>{' '}
           <RangePicker value={rangeB} onChange={setRangeB} testid="range-b" />
         </span>

@@ -15,12 +15,23 @@ import { useStoreSlice } from './useStoreSlice';
 
 type Kind = 'weights' | 'router';
 
-/** Rows of the norms table shown at first: a 512-expert table re-laid out 5 times a second costs a frame. */
+/**
+ * Rows of the norms table shown at first: its load column changes with every analysis (5 a
+ * second), and a table of hundreds of rows re-laid out that often costs more than a frame.
+ */
 const TABLE_ROWS = 64;
 
-/** The experts the table lists: all, or the first TABLE_ROWS and every expert a finding names. */
-function shownExperts(experts: number, all: boolean, dead: ReadonlySet<number>, duplicate: ReadonlySet<number>): number[] {
-  return Array.from({ length: experts }, (_, e) => e).filter((e) => all || e < TABLE_ROWS || dead.has(e) || duplicate.has(e));
+/**
+ * The experts the table lists, in id order: all, or at most TABLE_ROWS of them: those a finding
+ * names first (the findings list names every one of them anyway), then the lowest ids.
+ */
+export function shownExperts(experts: number, all: boolean, dead: ReadonlySet<number>, duplicate: ReadonlySet<number>): number[] {
+  const ids = Array.from({ length: experts }, (_, e) => e);
+  if (all || experts <= TABLE_ROWS) return ids;
+  const named = ids.filter((e) => dead.has(e) || duplicate.has(e)).slice(0, TABLE_ROWS);
+  const chosen = new Set(named);
+  for (let e = 0; e < experts && chosen.size < TABLE_ROWS; e++) chosen.add(e);
+  return ids.filter((e) => chosen.has(e));
 }
 
 const KIND_LABEL: Record<Kind, string> = { weights: 'cosine of the experts’ weights', router: 'cosine of their router rows' };
@@ -129,7 +140,7 @@ export function Experts({ store, a, layer }: { store: Store; a: Analysis; layer:
             </>
           ) : <p class="muted">Neither the router rows nor the experts’ weights of this layer could be read.</p>}
           <div class="table-scroll">
-            <table class="grid" data-testid="expert-params-table">
+            <table class="grid fixed-cols" data-testid="expert-params-table">
               <thead>
                 <tr><th>Expert</th><th>Router row norm</th>{p.routerBias && <th>{p.routerBiasName}</th>}<th>Weights norm</th>{p.groups.map((g) => <th key={g}>{g}</th>)}<th>Assignments in window</th></tr>
               </thead>
@@ -149,7 +160,7 @@ export function Experts({ store, a, layer }: { store: Store; a: Analysis; layer:
           </div>
           {p.experts > TABLE_ROWS && (
             <button class="link" data-testid="experts-all-rows" onClick={() => setAllRows(!allRows)}>
-              {allRows ? `Show the first ${TABLE_ROWS} experts (and any named in a finding)` : `Show all ${p.experts} experts`}
+              {allRows ? `Show ${TABLE_ROWS} experts (those named in a finding first)` : `Show all ${p.experts} experts`}
             </button>
           )}
         </>

@@ -52,8 +52,8 @@ export function ExplainToken({ store, a, row, index }: { store: Store; a: Analys
       <div class="controls">
         <label>
           Layer{' '}
-          <select data-testid="explain-layer" value={current.layer} onChange={(e) => { setLayer(Number((e.target as HTMLSelectElement).value)); setExpert(null); }}>
-            {layers.map((l) => <option key={l.layer} value={l.layer}>{label(l.layer)}</option>)}
+          <select data-testid="explain-layer" value={String(current.layer)} onChange={(e) => { setLayer(Number((e.target as HTMLSelectElement).value)); setExpert(null); }}>
+            {layers.map((l) => <option key={l.layer} value={String(l.layer)}>{label(l.layer)}</option>)}
           </select>
         </label>
         <span role="radiogroup" aria-label="Expert">

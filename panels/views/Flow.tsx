@@ -49,19 +49,19 @@ export function Flow({ store, a, layer }: { store: Store; a: Analysis; layer: nu
   const label = (l: number) => a.rows[l]?.label ?? `layer ${l}`;
   // The layer lists change only with the model: the same elements let Preact skip them at each analysis.
   const labels = a.rows.map((r) => r.label).join('\n');
-  const options = useMemo(() => a.rows.map((r) => <option key={r.layer} value={r.layer}>{r.label}</option>), [labels]);
+  const options = useMemo(() => a.rows.map((r) => <option key={r.layer} value={String(r.layer)}>{r.label}</option>), [labels]);
   const hidden = a.rows.filter((r) => r.layer >= Math.min(req.from, req.to) && r.layer <= Math.max(req.from, req.to) && r.info.token_source === 'none');
 
   return (
     <div class="flow" data-testid="flow-view">
       <div class="controls">
         <label>From{' '}
-          <select data-testid="flow-from" value={req.from} onChange={(e) => set({ from: Number((e.target as HTMLSelectElement).value), through: null })}>
+          <select data-testid="flow-from" value={String(req.from)} onChange={(e) => set({ from: Number((e.target as HTMLSelectElement).value), through: null })}>
             {options}
           </select>
         </label>
         <label>to{' '}
-          <select data-testid="flow-to" value={req.to} onChange={(e) => set({ to: Number((e.target as HTMLSelectElement).value), through: null })}>
+          <select data-testid="flow-to" value={String(req.to)} onChange={(e) => set({ to: Number((e.target as HTMLSelectElement).value), through: null })}>
             {options}
           </select>
         </label>
@@ -126,8 +126,8 @@ function FlowBody({ a, data, order, label, onFollow }: {
       {flow.pairs.length > 0 && pair && fromMass && toMass && (
         <section>
           <h3>Transitions{' '}
-            <select data-testid="flow-pair" value={p} onChange={(e) => setPairIndex(Number((e.target as HTMLSelectElement).value))}>
-              {flow.pairs.map((x, i) => <option key={i} value={i}>{label(x.from)} → {label(x.to)}</option>)}
+            <select data-testid="flow-pair" value={String(p)} onChange={(e) => setPairIndex(Number((e.target as HTMLSelectElement).value))}>
+              {flow.pairs.map((x, i) => <option key={i} value={String(i)}>{label(x.from)} → {label(x.to)}</option>)}
             </select>
             {' '}<span class="muted">{int(pair.src.length + (omitted?.transitions ?? 0))} distinct, {fmt(pair.total, pair.total % 1 ? 2 : 0)} tokens in both layers</span>
           </h3>
@@ -139,7 +139,7 @@ function FlowBody({ a, data, order, label, onFollow }: {
                 {(showAll ? rows : rows.slice(0, TABLE_ROWS)).map((i) => {
                   const w = pair.weight[i]!;
                   return (
-                    <tr key={i} data-src={pair.src[i]} data-dst={pair.dst[i]} data-weight={w}>
+                    <tr key={`${pair.src[i]}>${pair.dst[i]}`} data-src={pair.src[i]} data-dst={pair.dst[i]} data-weight={w}>
                       <td class="num">{pair.src[i]}</td><td class="num">{pair.dst[i]}</td>
                       <td class="num" data-testid="flow-count">{fmt(w, w % 1 ? 3 : 0)}</td>
                       <td class="num">{pct(w / fromMass[pair.src[i]!]!)}</td><td class="num">{pct(w / toMass[pair.dst[i]!]!)}</td>
@@ -239,8 +239,11 @@ function Sankey({ a, flow, highlight, order, label, onFollow, through }: {
     const ctx = c?.getContext('2d');
     if (!c || !ctx) return;
     const dpr = devicePixelRatio || 1;
-    c.width = Math.round(width * dpr);
-    c.height = Math.round(height * dpr);
+    // Resizing a canvas reallocates its backing store: only when the size really changed.
+    const w = Math.round(width * dpr);
+    const h = Math.round(height * dpr);
+    if (c.width !== w) c.width = w;
+    if (c.height !== h) c.height = h;
     ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
     ctx.clearRect(0, 0, width, height);
     drawSankey(ctx, layout, plan.drawn, highlight, through, focused);

@@ -39,7 +39,7 @@ export function Heatmap({ store, a, layer }: { store: Store; a: Analysis; layer:
   const L = a.layers;
   const lay = Math.min(o.layer, L - 1);
   const labels = a.rows.map((r) => r.label).join('\n');
-  const layerOptions = useMemo(() => a.rows.map((r) => <option key={r.layer} value={r.layer}>{r.label}</option>), [labels]);
+  const layerOptions = useMemo(() => a.rows.map((r) => <option key={r.layer} value={String(r.layer)}>{r.label}</option>), [labels]);
   const hd = a.views?.heatmap;
   const fresh = hd && hd.request.mode === o.mode && hd.request.layer === o.layer && hd.request.pass === o.pass ? hd : null;
   const order = fresh && fresh.request.sort === o.sort && o.sort !== 'index' ? fresh.order : null;
@@ -55,16 +55,16 @@ export function Heatmap({ store, a, layer }: { store: Store; a: Analysis; layer:
       </label>
       {o.mode !== 'layers' && (
         <label>Layer{' '}
-          <select data-testid="heatmap-layer" value={lay} onChange={(e) => set({ layer: Number((e.target as HTMLSelectElement).value) })}>
+          <select data-testid="heatmap-layer" value={String(lay)} onChange={(e) => set({ layer: Number((e.target as HTMLSelectElement).value) })}>
             {layerOptions}
           </select>
         </label>
       )}
       {o.mode === 'tokens' && (
         <label>Sequence{' '}
-          <select data-testid="heatmap-pass" value={o.pass ?? ''} onChange={(e) => { const v = (e.target as HTMLSelectElement).value; set({ pass: v === '' ? null : Number(v) }); }}>
+          <select data-testid="heatmap-pass" value={o.pass === null || o.pass === undefined ? '' : String(o.pass)} onChange={(e) => { const v = (e.target as HTMLSelectElement).value; set({ pass: v === '' ? null : Number(v) }); }}>
             <option value="">latest, most tokens</option>
-            {a.tokens.map((r) => <option key={r.pass} value={r.pass}>pass {r.pass} ({r.phase}, {r.n} tokens)</option>)}
+            {a.tokens.map((r) => <option key={r.pass} value={String(r.pass)}>pass {r.pass} ({r.phase}, {r.n} tokens)</option>)}
           </select>
         </label>
       )}
