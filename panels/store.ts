@@ -13,6 +13,9 @@ import type { FrameworkInfo, ModelInfo } from '../src/protocol/probe';
 import { unknownLayer } from '../src/analysis/layers';
 import type { Analysis, AnalysisSettings, Analyzer, TokenRow, WindowMode } from './engine/analyzer';
 import type { ViewRequests } from './engine/view-data';
+
+/** Least job time between two updates handed to the analysis (see queueUpdate): 20 a second at most. */
+const UPDATE_SPACING_S = 0.05;
 import { parseRecording, RecordingError, serializeRecording, withPid } from './engine/recording';
 import { LongRun } from './long-run';
 import { addExpertParams, addExplanation, complete, expertParamsAsMessages, explanationKey, type ExpertParamsResult, type RequestStatus } from './engine/requests';
@@ -40,6 +43,14 @@ export const VIEWS: Array<{ id: ViewId; label: string }> = [
   /** Distributed jobs only. */
   { id: 'ranks', label: 'Ranks' },
 ];
+
+/**
+ * The parts of an analysis only some views read (AnalysisSettings.include): the token records for
+ * the Tokens view and the Heatmap's per-token map, the co-activation matrix for its view.
+ */
+export function analysisParts(view: ViewId): { tokens: boolean; coactivation: boolean } {
+  return { tokens: view === 'tokens' || view === 'heatmap', coactivation: view === 'coactivation' };
+}
 
 export interface JobState {
   /** The process id; for an opened recording, a negative id of its own. */
@@ -163,6 +174,13 @@ export class Store {
   private analyzer: AnalyzerPort | null = null;
   private dirty = new Set<number>();
   private busy = false;
+  /** The newest update of each (pid, model) not yet handed to the analysis (queueUpdate). */
+  private pendingUpdates = new Map<string, JobUpdate>();
+  private forwardTimer: ReturnType<typeof setTimeout> | null = null;
+  /** The probe time (JobUpdate.ts) of the last update handed to the analysis, per (pid, model). */
+  private forwardedAt = new Map<string, number>();
+  /** Paused, and the analysis the views are to hold is still to be taken (togglePause). */
+  private pauseAnalysisPending = false;
   private persist: (s: UserSettings) => void = () => {};
   /** The history database's sessions and every job's anomalies (panels/long-run.ts). */
   readonly longRun: LongRun;
@@ -249,6 +267,7 @@ export class Store {
     jobs.set(pid, { pid, status: 'attaching', models: [], latest: new Map(), updates: 0 });
     const analyses = new Map(this.state.analyses);
     analyses.delete(pid);
+    this.dropUpdates(pid);
     void this.analyzer?.forget(pid);
     this.longRun.forget(pid);
     this.longRun.showHistory = false; // show the job being attached
@@ -284,7 +303,8 @@ export class Store {
   }
 
   selectView(view: ViewId) {
-    if (this.state.selectedPid !== null && this.state.viewRequests[view]) this.dirty.add(this.state.selectedPid);
+    // The next analysis answers the view's request and carries the parts it reads (analysisParts).
+    if (this.state.selectedPid !== null) this.dirty.add(this.state.selectedPid);
     this.set({ view });
   }
 
@@ -343,6 +363,9 @@ export class Store {
 
   togglePause() {
     if (this.state.selectedPid !== null) this.dirty.add(this.state.selectedPid);
+    // The analysis the views hold while paused is one more, taken at the pause with every part
+    // (analysisParts), so that any view shown during the pause has what it reads.
+    this.pauseAnalysisPending = !this.state.paused;
     this.set({ paused: !this.state.paused });
   }
 
@@ -350,6 +373,7 @@ export class Store {
   clear() {
     const pid = this.state.selectedPid;
     if (pid === null) return;
+    this.forwardUpdates();
     void this.analyzer?.clear(pid);
     const analyses = new Map(this.state.analyses);
     analyses.delete(pid);
@@ -452,6 +476,7 @@ export class Store {
     jobs.delete(pid);
     const analyses = new Map(this.state.analyses);
     analyses.delete(pid);
+    this.dropUpdates(pid);
     void this.analyzer?.forget(pid);
     this.longRun.forget(pid);
     this.set({ jobs, analyses, selectedPid: this.state.selectedPid === pid ? null : this.state.selectedPid });
@@ -465,12 +490,60 @@ export class Store {
     this.set({ notices: [...this.state.notices.slice(-4), { ...n, id: this.nextNoticeId++ }] });
   }
 
+  // -- updates to the analysis --
+  //
+  // Updates carry cumulative counts, so the newest of several says all they say together. The
+  // panel counts and shows every update, and hands the analysis (a worker) at most one per
+  // UPDATE_SPACING_S of the job's own clock for each model: posting 32,768 counts to the worker
+  // 30 times a second cost the main thread more than the analysis gains (it keeps snapshots
+  // 0.2 s apart). An update that comes sooner waits (replaced by any newer one) and goes after
+  // UPDATE_SPACING_S of wall time, or before any other message of the job, so the analysis sees
+  // the messages in the order they came; an analysis starts with the newest update in.
+
+  private queueUpdate(message: JobUpdate) {
+    const key = `${message.pid}:${message.model}`;
+    const last = this.forwardedAt.get(key);
+    if (last === undefined || !(message.ts - last < UPDATE_SPACING_S)) {
+      this.pendingUpdates.delete(key); // older than this one, and said by it
+      this.forward(key, message);
+      return;
+    }
+    this.pendingUpdates.set(key, message);
+    if (this.forwardTimer === null) this.forwardTimer = setTimeout(() => this.forwardUpdates(), 1000 * UPDATE_SPACING_S);
+  }
+
+  private forward(key: string, message: JobUpdate) {
+    this.forwardedAt.set(key, message.ts);
+    void this.analyzer?.ingest(message);
+  }
+
+  private forwardUpdates() {
+    if (this.forwardTimer !== null) clearTimeout(this.forwardTimer);
+    this.forwardTimer = null;
+    const pending = [...this.pendingUpdates];
+    this.pendingUpdates.clear();
+    for (const [key, m] of pending) this.forward(key, m);
+  }
+
+  private dropUpdates(pid: number) {
+    for (const [key, m] of this.pendingUpdates) if (m.pid === pid) this.pendingUpdates.delete(key);
+    for (const key of this.forwardedAt.keys()) if (key.startsWith(`${pid}:`)) this.forwardedAt.delete(key);
+  }
+
+  private toAnalyzer(message: HostMessage) {
+    if (this.pendingUpdates.size) this.forwardUpdates();
+    void this.analyzer?.ingest(message);
+  }
+
   /** Analyse the selected job if anything changed; the panel calls this on a timer. */
   async tick(): Promise<void> {
     const pid = this.state.selectedPid;
-    if (pid === null || !this.analyzer || this.busy || this.state.paused || !this.dirty.has(pid)) return;
+    const paused = this.state.paused;
+    if (pid === null || !this.analyzer || this.busy || (paused && !this.pauseAnalysisPending) || !this.dirty.has(pid)) return;
+    if (this.pendingUpdates.size) this.forwardUpdates();
     this.busy = true;
     this.dirty.delete(pid);
+    if (paused) this.pauseAnalysisPending = false;
     try {
       const s = this.state.settings;
       const result = await this.analyzer.analyze(pid, {
@@ -482,6 +555,7 @@ export class Store {
         tokenBudget: 400,
         model: this.state.jobs.get(pid)?.model,
         views: this.state.viewRequests[this.state.view],
+        include: paused ? {} : analysisParts(this.state.view),
       });
       if (result && this.state.jobs.has(pid)) {
         const analyses = new Map(this.state.analyses);
@@ -518,7 +592,7 @@ export class Store {
       case 'attaching':
         return this.patchJob(message.pid, { status: 'attaching', method: message.method });
       case 'attached':
-        void this.analyzer?.ingest(message);
+        this.toAnalyzer(message);
         this.patchJob(message.pid, {
           status: 'attached', method: message.method, attachMs: message.ms, python: message.python,
           framework: message.framework, frameworkVersion: message.frameworkVersion, frameworks: message.frameworks,
@@ -535,7 +609,7 @@ export class Store {
       case 'update': {
         const job = this.state.jobs.get(message.pid);
         if (!job) return;
-        void this.analyzer?.ingest(message);
+        this.queueUpdate(message);
         this.dirty.add(message.pid);
         const latest = new Map(job.latest);
         latest.set(message.model, message);
@@ -545,13 +619,13 @@ export class Store {
         // what the probe learned from the first calls: how each layer's routing is read
         const job = this.state.jobs.get(message.pid);
         if (!job) return;
-        void this.analyzer?.ingest(message);
+        this.toAnalyzer(message);
         this.dirty.add(message.pid);
         return this.patchJob(message.pid, { models: job.models.map((m) => (m.id === message.model ? { ...m, layers: message.layers } : m)) });
       }
       case 'ranks': {
         if (!this.state.jobs.has(message.pid)) return;
-        void this.analyzer?.ingest(message);
+        this.toAnalyzer(message);
         this.dirty.add(message.pid);
         return this.patchJob(message.pid, { ranks: { key: message.key, label: message.label, worldSize: message.worldSize, ranks: message.ranks } });
       }
@@ -562,7 +636,7 @@ export class Store {
       case 'losses':
       case 'tokens': {
         if (!this.state.jobs.has(message.pid)) return;
-        void this.analyzer?.ingest(message);
+        this.toAnalyzer(message);
         this.dirty.add(message.pid);
         return;
       }

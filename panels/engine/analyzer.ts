@@ -73,6 +73,14 @@ export interface AnalysisSettings {
   model?: number;
   /** What the shown view needs beyond the window (panels/engine/view-data.ts). */
   views?: ViewRequests;
+  /**
+   * Parts of the analysis only some views read (all by default): the recent token records
+   * (Tokens, Heatmap) and the co-activation matrix with vocabulary specialization (Co-activation).
+   * The panel leaves out what the shown view does not read: at 512 experts the matrix alone is
+   * 1 MiB and its computation the worker's largest cost, the records half a MiB, all posted 5
+   * times a second to a main thread that would not look at them.
+   */
+  include?: { tokens?: boolean; coactivation?: boolean };
 }
 
 /** Token ids seen fewer times than this in the window are left out of vocabulary specialization. */
@@ -586,7 +594,8 @@ export class Analyzer {
     const layer = Math.min(Math.max(0, s.layer), L - 1);
     const E = widths[layer] ?? 0;
     let co: Analysis['coactivation'] = null;
-    {
+    const withCoactivation = s.include?.coactivation !== false;
+    if (withCoactivation) {
       const ids: number[] = [];
       let n = 0;
       let k = 0;
@@ -600,7 +609,7 @@ export class Analyzer {
       if (n > 0 && k > 0 && E > 0) co = { layer, experts: E, tokens: n, matrix: Float32Array.from(coactivation(ids, n, k, E)) };
     }
     let vocabulary: Analysis['vocabulary'] = null;
-    {
+    if (withCoactivation) {
       const tokenIds: number[] = [];
       const top1: number[] = [];
       for (const r of inWindow) {
@@ -653,7 +662,7 @@ export class Analyzer {
       },
       dropped: latest.dropped,
       droppedTokenRecords: latest.droppedTokens,
-      tokens: packTokenRows(recentTokens),
+      tokens: s.include?.tokens === false ? [] : packTokenRows(recentTokens),
       coactivation: co,
       vocabulary,
       tokenPassesKept: job.tokens.size,

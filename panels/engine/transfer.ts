@@ -9,13 +9,14 @@
  * typed arrays (768 passes x layers for 64 layers), each its own ArrayBuffer to deserialize on the
  * main thread. Packed as views of one buffer they cost a quarter of that.
  */
-import type { HostMessage } from '../../src/protocol/panel';
+import type { HostMessage, TokenUpdate } from '../../src/protocol/panel';
 import type { TokenRow } from './analyzer';
 
 const NUMERIC = ['counts', 'tokens', 'health', 'maxLogit', 'timeS'] as const;
 
-/** The message with its long numeric arrays as Float64Arrays, and the buffers to transfer. */
+/** The message with its long numeric arrays as typed arrays, and the buffers to transfer. */
 export function forWorker(message: HostMessage): { message: HostMessage; transfer: ArrayBuffer[] } {
+  if (message.type === 'tokens') return tokensForWorker(message);
   if (message.type !== 'update') return { message, transfer: [] };
   const copy: Record<string, unknown> = { ...message };
   const transfer: ArrayBuffer[] = [];
@@ -27,6 +28,32 @@ export function forWorker(message: HostMessage): { message: HostMessage; transfe
     transfer.push(typed.buffer);
   }
   return { message: copy as unknown as HostMessage, transfer };
+}
+
+/**
+ * A pass's token records (per layer n x k expert ids and weights: 16,384 of each for 32 tokens,
+ * 64 layers and top-8) as views of one transferred buffer: ids as Int32Array, weights as
+ * Float32Array, the types the analyzer keeps them in. As JavaScript arrays the structured clone
+ * cost the main thread about as much as an update's counts.
+ */
+function tokensForWorker(message: TokenUpdate): { message: HostMessage; transfer: ArrayBuffer[] } {
+  let values = 0;
+  for (const l of message.layers) values += l.ids.length + (l.weights?.length ?? 0);
+  const buffer = new ArrayBuffer(4 * values);
+  let offset = 0;
+  const layers = message.layers.map((l) => {
+    const ids = new Int32Array(buffer, offset, l.ids.length);
+    ids.set(l.ids);
+    offset += 4 * l.ids.length;
+    let weights: Float32Array | null = null;
+    if (l.weights) {
+      weights = new Float32Array(buffer, offset, l.weights.length);
+      weights.set(l.weights);
+      offset += 4 * l.weights.length;
+    }
+    return { ...l, ids, weights };
+  });
+  return { message: { ...message, layers } as unknown as HostMessage, transfer: [buffer] };
 }
 
 /** The same rows with every layer's ids and weights as views of one shared buffer (copies; the worker's rows are left as they are). */

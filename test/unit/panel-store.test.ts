@@ -48,11 +48,22 @@ describe('panel store', () => {
     const rec = parseRecording(saved.text);
     expect(rec.header.pid).toBe(5);
 
+    // Paused: one analysis with every part (whatever view is shown later), then the views hold still.
+    store.selectView('load');
+    await store.tick();
+    const live = store.state.analyses.get(5)!;
+    expect(live.coactivation).toBeNull();
     store.togglePause();
+    await store.tick();
+    const held = store.state.analyses.get(5)!;
+    expect(held).not.toBe(live);
+    expect(held.window.toPass).toBe(3);
     store.receive(update(5, 4));
     await store.tick();
-    expect(store.state.analyses.get(5)).toBeUndefined();
+    expect(store.state.analyses.get(5)).toBe(held);
     store.togglePause();
+    await store.tick();
+    expect(store.state.analyses.get(5)!.window.toPass).toBe(4);
 
     expect(await store.openRecording('a.moerec', saved.text)).toBe(true);
     const pid = store.state.selectedPid!;
@@ -61,6 +72,40 @@ describe('panel store', () => {
     store.setSettings({ windowMode: 'all' });
     await store.tick();
     expect(Array.from(store.state.analyses.get(pid)!.window.counts)).toEqual([9, 3]);
+  });
+
+  it('counts every update and hands the analysis the newest, at most one per 50 ms of the job', async () => {
+    const store = new Store();
+    store.connect(() => undefined);
+    const analyzer = new Analyzer();
+    const handed: number[] = [];
+    store.useAnalyzer({
+      ...analyzer,
+      ingest: (m: HostMessage) => {
+        if (m.type === 'update') handed.push(m.passes);
+        analyzer.ingest(m);
+      },
+      ingestMany: (ms: HostMessage[]) => analyzer.ingestMany(ms),
+      analyze: (pid: number, s: object) => analyzer.analyze(pid, s),
+      clear: (pid: number) => analyzer.clear(pid),
+      forget: (pid: number) => analyzer.forget(pid),
+    });
+    store.attach(5);
+    store.receive(attached(5));
+    // 30 updates 1/64 s apart on the job's clock, all in one task (a busy main thread)
+    const at = (p: number): JobUpdate => ({ ...update(5, p), ts: 100 + p / 64 });
+    for (let p = 1; p <= 30; p++) store.receive(at(p));
+    expect(store.state.jobs.get(5)!.updates).toBe(30);
+    expect(handed).toEqual([1, 5, 9, 13, 17, 21, 25, 29]);
+    // a token record of pass 31 comes after update 30: the pending update goes first
+    store.receive(at(31));
+    store.receive({ type: 'tokens', pid: 5, model: 0, pass: 31, phase: 'prefill', tokenIds: null, texts: null, layers: [{ layer: 0, n: 1, k: 1, ids: [1], weights: null }] });
+    expect(handed.at(-1)).toBe(31);
+    store.receive(at(32));
+    store.setSettings({ windowMode: 'all' });
+    await store.tick(); // an analysis starts with the newest update in
+    expect(handed.at(-1)).toBe(32);
+    expect(Array.from(store.state.analyses.get(5)!.window.counts)).toEqual([96, 32]);
   });
 
   it('rejects a corrupt or foreign file with a notice and loses nothing', async () => {

@@ -5,7 +5,7 @@
  * Analyzer with host messages, as the panel drives it.
  */
 import { describe, expect, it } from 'vitest';
-import type { HostMessage, JobUpdate } from '../../src/protocol/panel';
+import type { HostMessage, JobUpdate, TokenUpdate } from '../../src/protocol/panel';
 import { routingFlow, totalVariation, type FlowRecord } from '../../src/analysis';
 import { Analyzer } from '../../panels/engine/analyzer';
 import { LongHistory } from '../../panels/engine/long-history';
@@ -159,6 +159,43 @@ describe('handing messages across the worker boundary', () => {
     expect(Array.from(rb.window.counts)).toEqual(Array.from(ra.window.counts));
     expect(rb.rows.map((r) => r.routerEntropy)).toEqual(ra.rows.map((r) => r.routerEntropy));
     expect(forWorker(attached).transfer).toEqual([]);
+  });
+
+  it('sends token records as typed views of one buffer, and the Analyzer keeps the same rows', () => {
+    const a = new Analyzer();
+    const b = new Analyzer();
+    run(a, 3, () => [1, 1, 1, 1, 1, 1, 1, 1]);
+    run(b, 3, () => [1, 1, 1, 1, 1, 1, 1, 1]);
+    const t: TokenUpdate = {
+      type: 'tokens', pid: 3, model: 0, pass: 4, phase: 'prefill', tokenIds: [7, 8], texts: null,
+      layers: [{ layer: 0, n: 2, k: 2, ids: [1, 3, -1, 2], weights: [0.625, 0.375, 0, 1] }, { layer: 1, n: 2, k: 2, ids: [0, 1, 2, 3], weights: null }],
+    };
+    a.ingest(t);
+    const { message, transfer } = forWorker(t);
+    expect(transfer).toHaveLength(1);
+    const layers = (message as TokenUpdate).layers as unknown as Array<{ ids: Int32Array; weights: Float32Array | null }>;
+    expect(layers[0]!.ids).toBeInstanceOf(Int32Array);
+    expect(layers[0]!.weights).toBeInstanceOf(Float32Array);
+    expect(layers.every((l) => l.ids.buffer === transfer[0])).toBe(true);
+    expect(t.layers[0]!.ids).toEqual([1, 3, -1, 2]); // the store's own copy is left as it came
+    b.ingest(message);
+    const u: JobUpdate = { type: 'update', pid: 3, model: 0, passes: 4, layers: 2, widths: [E, E], counts: [4, 4, 4, 4, 4, 4, 4, 4], ts: 100.4, dropped: 0 };
+    a.ingest(u);
+    b.ingest(u);
+    const rows = (x: Analyzer) => x.analyze(3, { windowMode: 'all' })!.tokens.map((r) => r.layers.map((l) => [l.layer, Array.from(l.ids), l.weights && Array.from(l.weights)]));
+    expect(rows(b)).toEqual(rows(a));
+    expect(rows(b)[0]![0]).toEqual([0, [1, 3, -1, 2], [0.625, 0.375, 0, 1]]);
+
+    // What a view does not read is left out when asked, and only then.
+    const full = b.analyze(3, { windowMode: 'all' })!;
+    expect(full.coactivation!.tokens).toBe(2);
+    expect(full.tokens).toHaveLength(1);
+    const lean = b.analyze(3, { windowMode: 'all', include: { tokens: false, coactivation: false } })!;
+    expect(lean.coactivation).toBeNull();
+    expect(lean.vocabulary).toBeNull();
+    expect(lean.tokens).toEqual([]);
+    expect(Array.from(lean.window.counts)).toEqual(Array.from(full.window.counts));
+    expect(b.analyze(3, { windowMode: 'all', include: { tokens: false } })!.coactivation!.matrix).toEqual(full.coactivation!.matrix);
   });
 
   it('packs token records into one buffer with the same values', () => {
