@@ -25,7 +25,7 @@ const TABLE_ROWS = 64;
  * The experts the table lists, in id order: all, or at most TABLE_ROWS of them: those a finding
  * names first (the findings list names every one of them anyway), then the lowest ids.
  */
-export function shownExperts(experts: number, all: boolean, dead: ReadonlySet<number>, duplicate: ReadonlySet<number>): number[] {
+function shownExperts(experts: number, all: boolean, dead: ReadonlySet<number>, duplicate: ReadonlySet<number>): number[] {
   const ids = Array.from({ length: experts }, (_, e) => e);
   if (all || experts <= TABLE_ROWS) return ids;
   const named = ids.filter((e) => dead.has(e) || duplicate.has(e)).slice(0, TABLE_ROWS);

@@ -16,6 +16,7 @@ import type { Store } from '../store';
 import { currentTheme, makeScale } from './colour-scale';
 import { fmt, int, pct } from './format';
 import { HeatGrid } from './HeatGrid';
+import { useSettled } from './useSettled';
 
 interface LayersOptions {
   metric: LayerMetricId;
@@ -23,7 +24,13 @@ interface LayersOptions {
 }
 const DEFAULTS: LayersOptions = { metric: 'maxVio', diff: { windowS: 30, agoS: 600 } };
 
-export function Layers({ store, a }: { store: Store; a: Analysis }) {
+export function Layers({ store, a: latest }: { store: Store; a: Analysis }) {
+  const a = useSettled(store, latest);
+  // the same element while the shown analysis is held: Preact skips the whole view
+  return useMemo(() => <LayersBody store={store} a={a} />, [store, a]);
+}
+
+function LayersBody({ store, a }: { store: Store; a: Analysis }) {
   const saved = store.state.viewRequests.layers as { series?: { metric: LayerMetricId }; diff?: DiffRequest } | undefined;
   const [o, setO] = useState<LayersOptions>(() => ({ metric: saved?.series?.metric ?? DEFAULTS.metric, diff: saved?.diff ?? DEFAULTS.diff }));
   useEffect(() => store.setViewRequest('layers', { series: { metric: o.metric }, diff: o.diff }), [o]);

@@ -4,6 +4,8 @@ import type { LayerInfo } from '../../src/protocol/probe';
 import type { Analysis } from '../engine/analyzer';
 import type { Store, ViewId } from '../store';
 import { fmt, int, pct } from './format';
+import { useSettled } from './useSettled';
+import { useMemo } from 'preact/hooks';
 
 const FINDING_VIEW: Record<FindingKind, { view: ViewId; label: string }> = {
   dead_expert: { view: 'heatmap', label: 'Show in Heatmap' },
@@ -76,7 +78,13 @@ function RoutingNotes({ a }: { a: Analysis }) {
   );
 }
 
-export function Overview({ store, a }: { store: Store; a: Analysis }) {
+export function Overview({ store, a: latest }: { store: Store; a: Analysis }) {
+  const a = useSettled(store, latest);
+  // the same element while the shown analysis is held: Preact skips the whole view
+  return useMemo(() => <OverviewBody store={store} a={a} />, [store, a]);
+}
+
+function OverviewBody({ store, a }: { store: Store; a: Analysis }) {
   const byLayer = new Map<number, Finding[]>();
   for (const f of a.findings) byLayer.set(f.layer, [...(byLayer.get(f.layer) ?? []), f]);
   const go = (f: Finding) => {
@@ -112,7 +120,7 @@ export function Overview({ store, a }: { store: Store; a: Analysis }) {
       <section>
         <h3>Layers</h3>
         <div class="table-scroll">
-          <table class="grid health" data-testid="layer-health">
+          <table class="grid health fixed-cols" data-testid="layer-health">
             <thead>
               <tr><th>Layer</th><th title="How the counts were read: from what the block handed its experts, the rows each expert received, the router's output, or recomputed from the router's logits">Read</th><th>Experts</th><th>Tokens</th><th title="(max - mean) / mean">MaxVio</th><th title="H / ln E of the loads">Load entropy</th><th>Effective experts</th><th>Zero experts</th><th title="Mean normalized per-token router entropy">Router entropy</th><th>NaN/Inf</th><th>Dropped</th><th>Findings</th></tr>
             </thead>
