@@ -6,7 +6,6 @@ import { Analyzer } from './engine/analyzer';
 import { forWorker } from './engine/transfer';
 import { Store, type AnalyzerPort, type UserSettings } from './store';
 import { App } from './views/App';
-import { renderOncePerFrame } from './frame-batch';
 import 'uplot/dist/uPlot.min.css';
 import './panel.css';
 import './long-run.css';
@@ -55,7 +54,6 @@ function makeAnalyzer(): AnalyzerPort {
   }
 }
 
-renderOncePerFrame();
 const store = new Store(loadSettings());
 store.useAnalyzer(makeAnalyzer());
 store.onSettings((s) => {

@@ -13,6 +13,7 @@ import type { FrameworkInfo, ModelInfo } from '../src/protocol/probe';
 import { unknownLayer } from '../src/analysis/layers';
 import type { Analysis, AnalysisSettings, Analyzer, TokenRow, WindowMode } from './engine/analyzer';
 import type { ViewRequests } from './engine/view-data';
+import { atNextFrame } from './frame-batch';
 
 /** Least job time between two updates handed to the analysis (see queueUpdate): 20 a second at most. */
 const UPDATE_SPACING_S = 0.05;
@@ -174,6 +175,8 @@ export class Store {
   private analyzer: AnalyzerPort | null = null;
   private dirty = new Set<number>();
   private busy = false;
+  /** The state changed and the views are still to hear of it (setBeforeNextFrame). */
+  private notifyPending = false;
   /** The newest update of each (pid, model) not yet handed to the analysis (queueUpdate). */
   private pendingUpdates = new Map<string, JobUpdate>();
   private forwardTimer: ReturnType<typeof setTimeout> | null = null;
@@ -238,7 +241,25 @@ export class Store {
 
   private set(patch: Partial<StoreState>) {
     this.state = { ...this.state, ...patch };
+    this.notifyPending = false;
     for (const listener of this.listeners) listener();
+  }
+
+  /**
+   * The state changes now; the views hear of it before the next frame (atNextFrame). For what
+   * updates change (30 a second: the latest counts, the update counter), so that a frame renders
+   * once however many updates came since the last one. Anything else (user actions, analyses)
+   * goes through set() and renders at once, with whatever updates are pending.
+   */
+  private setBeforeNextFrame(patch: Partial<StoreState>) {
+    this.state = { ...this.state, ...patch };
+    if (this.notifyPending) return;
+    this.notifyPending = true;
+    atNextFrame(() => {
+      if (!this.notifyPending) return; // a set() since has told them
+      this.notifyPending = false;
+      for (const listener of this.listeners) listener();
+    });
   }
 
   // -- actions from views --
@@ -613,7 +634,7 @@ export class Store {
         this.dirty.add(message.pid);
         const latest = new Map(job.latest);
         latest.set(message.model, message);
-        return this.patchJob(message.pid, { latest, updates: job.updates + 1 });
+        return this.patchJob(message.pid, { latest, updates: job.updates + 1 }, 'before next frame');
       }
       case 'layers': {
         // what the probe learned from the first calls: how each layer's routing is read
@@ -678,10 +699,11 @@ export class Store {
     }
   }
 
-  private patchJob(pid: number, patch: Partial<JobState>) {
+  private patchJob(pid: number, patch: Partial<JobState>, when: 'now' | 'before next frame' = 'now') {
     const jobs = new Map(this.state.jobs);
     const job = jobs.get(pid) ?? { pid, status: 'attaching' as const, models: [], latest: new Map(), updates: 0 };
     jobs.set(pid, { ...job, ...patch });
-    this.set({ jobs });
+    if (when === 'now') this.set({ jobs });
+    else this.setBeforeNextFrame({ jobs });
   }
 }

@@ -94,9 +94,16 @@ describe('panel store', () => {
     store.receive(attached(5));
     // 30 updates 1/64 s apart on the job's clock, all in one task (a busy main thread)
     const at = (p: number): JobUpdate => ({ ...update(5, p), ts: 100 + p / 64 });
+    let told = 0;
+    store.subscribe(() => told++);
     for (let p = 1; p <= 30; p++) store.receive(at(p));
     expect(store.state.jobs.get(5)!.updates).toBe(30);
+    // the views hear of the 30 updates once, before the next frame (here, no frames: the 100 ms fallback)
+    expect(told).toBe(0);
     expect(handed).toEqual([1, 5, 9, 13, 17, 21, 25, 29]);
+    await new Promise((r) => setTimeout(r, 150));
+    expect(told).toBe(1);
+    expect(handed.at(-1)).toBe(30); // the held one goes 50 ms later
     // a token record of pass 31 comes after update 30: the pending update goes first
     store.receive(at(31));
     store.receive({ type: 'tokens', pid: 5, model: 0, pass: 31, phase: 'prefill', tokenIds: null, texts: null, layers: [{ layer: 0, n: 1, k: 1, ids: [1], weights: null }] });
