@@ -524,7 +524,8 @@ export class Store {
   private queueUpdate(message: JobUpdate) {
     const key = `${message.pid}:${message.model}`;
     const last = this.forwardedAt.get(key);
-    if (last === undefined || !(message.ts - last < UPDATE_SPACING_S)) {
+    // A distributed job's update carries per-rank samples the analysis reads update by update: all go.
+    if (message.ranks || last === undefined || !(message.ts - last < UPDATE_SPACING_S)) {
       this.pendingUpdates.delete(key); // older than this one, and said by it
       this.forward(key, message);
       return;
