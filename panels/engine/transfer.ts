@@ -37,43 +37,43 @@ export function forWorker(message: HostMessage): { message: HostMessage; transfe
  * cost the main thread about as much as an update's counts.
  */
 function tokensForWorker(message: TokenUpdate): { message: HostMessage; transfer: ArrayBuffer[] } {
-  let values = 0;
-  for (const l of message.layers) values += l.ids.length + (l.weights?.length ?? 0);
-  const buffer = new ArrayBuffer(4 * values);
-  let offset = 0;
-  const layers = message.layers.map((l) => {
-    const ids = new Int32Array(buffer, offset, l.ids.length);
-    ids.set(l.ids);
-    offset += 4 * l.ids.length;
-    let weights: Float32Array | null = null;
-    if (l.weights) {
-      weights = new Float32Array(buffer, offset, l.weights.length);
-      weights.set(l.weights);
-      offset += 4 * l.weights.length;
-    }
-    return { ...l, ids, weights };
-  });
-  return { message: { ...message, layers } as unknown as HostMessage, transfer: [buffer] };
+  const packer = new LayerPacker(message.layers);
+  const layers = message.layers.map((l) => packer.pack(l));
+  return { message: { ...message, layers } as unknown as HostMessage, transfer: [packer.buffer] };
 }
 
 /** The same rows with every layer's ids and weights as views of one shared buffer (copies; the worker's rows are left as they are). */
 export function packTokenRows(rows: readonly TokenRow[]): TokenRow[] {
-  let bytes = 0;
-  for (const r of rows) for (const l of r.layers) bytes += 4 * (l.ids.length + (l.weights?.length ?? 0));
-  const buffer = new ArrayBuffer(bytes);
-  let offset = 0;
-  const view = <T extends Int32Array | Float32Array>(src: T, make: (b: ArrayBuffer, o: number, n: number) => T): T => {
-    const out = make(buffer, offset, src.length);
-    out.set(src);
-    offset += 4 * src.length;
-    return out;
-  };
-  return rows.map((r) => ({
-    ...r,
-    layers: r.layers.map((l) => ({
-      ...l,
-      ids: view(l.ids, (b, o, n) => new Int32Array(b, o, n)),
-      weights: l.weights ? view(l.weights, (b, o, n) => new Float32Array(b, o, n)) : null,
-    })),
-  }));
+  const packer = new LayerPacker(rows.flatMap((r) => r.layers));
+  return rows.map((r) => ({ ...r, layers: r.layers.map((l) => packer.pack(l)) }));
+}
+
+interface IdsAndWeights {
+  ids: ArrayLike<number>;
+  weights: ArrayLike<number> | null;
+}
+
+/** Copies layers' ids (as Int32) and weights (as Float32) into views of one buffer sized for all of them. */
+class LayerPacker {
+  readonly buffer: ArrayBuffer;
+  private offset = 0;
+
+  constructor(layers: readonly IdsAndWeights[]) {
+    let values = 0;
+    for (const l of layers) values += l.ids.length + (l.weights?.length ?? 0);
+    this.buffer = new ArrayBuffer(4 * values);
+  }
+
+  pack<T extends IdsAndWeights>(l: T): Omit<T, 'ids' | 'weights'> & { ids: Int32Array; weights: Float32Array | null } {
+    const ids = new Int32Array(this.buffer, this.offset, l.ids.length);
+    ids.set(l.ids);
+    this.offset += 4 * l.ids.length;
+    let weights: Float32Array | null = null;
+    if (l.weights) {
+      weights = new Float32Array(this.buffer, this.offset, l.weights.length);
+      weights.set(l.weights);
+      this.offset += 4 * l.weights.length;
+    }
+    return { ...l, ids, weights };
+  }
 }

@@ -2,13 +2,14 @@
  * Tables of every layer (Overview, Layers) show the newest analysis at most once a second. An
  * analysis comes up to 5 times a second and changes nearly every number of a 64-row table: at
  * that rate the numbers cannot be read, and re-laying out the table took more than a frame on a
- * busy machine. Charts keep the full rate. Paused, a new job, model or window setting: at once.
+ * busy machine. Charts keep the full rate. Paused, or another job or model: at once (a changed
+ * window setting shows with the next refresh, within the second).
  */
 import { useEffect, useRef, useState } from 'preact/hooks';
 import type { Analysis } from '../engine/analyzer';
 import type { Store } from '../store';
 
-export const SETTLE_MS = 1000;
+const SETTLE_MS = 1000;
 
 export function useSettled(store: Store, a: Analysis): Analysis {
   const shown = useRef<{ a: Analysis; at: number } | null>(null);
