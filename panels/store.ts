@@ -182,8 +182,6 @@ export class Store {
   private forwardTimer: ReturnType<typeof setTimeout> | null = null;
   /** The probe time (JobUpdate.ts) of the last update handed to the analysis, per (pid, model). */
   private forwardedAt = new Map<string, number>();
-  /** Paused, and the analysis the views are to hold is still to be taken (togglePause). */
-  private pauseAnalysisPending = false;
   private persist: (s: UserSettings) => void = () => {};
   /** The history database's sessions and every job's anomalies (panels/long-run.ts). */
   readonly longRun: LongRun;
@@ -384,9 +382,6 @@ export class Store {
 
   togglePause() {
     if (this.state.selectedPid !== null) this.dirty.add(this.state.selectedPid);
-    // The analysis the views hold while paused is one more, taken at the pause with every part
-    // (analysisParts), so that any view shown during the pause has what it reads.
-    this.pauseAnalysisPending = !this.state.paused;
     this.set({ paused: !this.state.paused });
   }
 
@@ -560,12 +555,17 @@ export class Store {
   /** Analyse the selected job if anything changed; the panel calls this on a timer. */
   async tick(): Promise<void> {
     const pid = this.state.selectedPid;
+    if (pid === null || !this.analyzer || this.busy) return;
+    // Paused, the views hold their analysis, unless the view now shown reads a part it was taken
+    // without (analysisParts): then one more, with every part, is taken and held.
     const paused = this.state.paused;
-    if (pid === null || !this.analyzer || this.busy || (paused && !this.pauseAnalysisPending) || !this.dirty.has(pid)) return;
+    const need = analysisParts(this.state.view);
+    const have = this.state.analyses.get(pid)?.parts;
+    const missing = have !== undefined && ((need.tokens && !have.tokens) || (need.coactivation && !have.coactivation));
+    if (paused ? !missing : !this.dirty.has(pid)) return;
     if (this.pendingUpdates.size) this.forwardUpdates();
     this.busy = true;
     this.dirty.delete(pid);
-    if (paused) this.pauseAnalysisPending = false;
     try {
       const s = this.state.settings;
       const result = await this.analyzer.analyze(pid, {
@@ -577,7 +577,7 @@ export class Store {
         tokenBudget: 400,
         model: this.state.jobs.get(pid)?.model,
         views: this.state.viewRequests[this.state.view],
-        include: paused ? {} : analysisParts(this.state.view),
+        include: paused ? {} : need,
       });
       if (result && this.state.jobs.has(pid)) {
         const analyses = new Map(this.state.analyses);

@@ -233,6 +233,8 @@ export interface Analysis {
   ranks?: RanksAnalysis;
   /** What settings.views asked for. */
   views?: ViewData;
+  /** Which of the parts some views read this analysis carries (AnalysisSettings.include). */
+  parts: { tokens: boolean; coactivation: boolean };
 }
 
 /** Snapshot memory budget per job (bytes of counts); bounds the ring's capacity. */
@@ -595,6 +597,7 @@ export class Analyzer {
     const E = widths[layer] ?? 0;
     let co: Analysis['coactivation'] = null;
     const withCoactivation = s.include?.coactivation !== false;
+    const withTokens = s.include?.tokens !== false;
     if (withCoactivation) {
       const ids: number[] = [];
       let n = 0;
@@ -662,7 +665,7 @@ export class Analyzer {
       },
       dropped: latest.dropped,
       droppedTokenRecords: latest.droppedTokens,
-      tokens: s.include?.tokens === false ? [] : packTokenRows(recentTokens),
+      tokens: withTokens ? packTokenRows(recentTokens) : [],
       coactivation: co,
       vocabulary,
       tokenPassesKept: job.tokens.size,
@@ -671,6 +674,7 @@ export class Analyzer {
         : null,
       ...(latest.ranks ? { ranks: this.ranksOf(job, latest, base) } : {}),
       views,
+      parts: { tokens: withTokens, coactivation: withCoactivation },
     };
   }
 

@@ -48,22 +48,29 @@ describe('panel store', () => {
     const rec = parseRecording(saved.text);
     expect(rec.header.pid).toBe(5);
 
-    // Paused: one analysis with every part (whatever view is shown later), then the views hold still.
+    // Paused, the views hold still; a view that reads a part the held analysis lacks gets one
+    // more analysis, with every part, which is then held.
     store.selectView('load');
     await store.tick();
     const live = store.state.analyses.get(5)!;
-    expect(live.coactivation).toBeNull();
+    expect(live.parts).toEqual({ tokens: false, coactivation: false });
     store.togglePause();
+    store.receive(update(5, 4));
+    await store.tick();
+    expect(store.state.analyses.get(5)).toBe(live);
+    store.selectView('tokens');
     await store.tick();
     const held = store.state.analyses.get(5)!;
     expect(held).not.toBe(live);
-    expect(held.window.toPass).toBe(3);
-    store.receive(update(5, 4));
+    expect(held.parts).toEqual({ tokens: true, coactivation: true });
+    expect(held.window.toPass).toBe(4);
+    store.receive(update(5, 5));
+    store.selectView('coactivation');
     await store.tick();
     expect(store.state.analyses.get(5)).toBe(held);
     store.togglePause();
     await store.tick();
-    expect(store.state.analyses.get(5)!.window.toPass).toBe(4);
+    expect(store.state.analyses.get(5)!.window.toPass).toBe(5);
 
     expect(await store.openRecording('a.moerec', saved.text)).toBe(true);
     const pid = store.state.selectedPid!;

@@ -191,6 +191,8 @@ describe('handing messages across the worker boundary', () => {
     expect(full.coactivation!.tokens).toBe(2);
     expect(full.tokens).toHaveLength(1);
     const lean = b.analyze(3, { windowMode: 'all', include: { tokens: false, coactivation: false } })!;
+    expect(lean.parts).toEqual({ tokens: false, coactivation: false });
+    expect(full.parts).toEqual({ tokens: true, coactivation: true });
     expect(lean.coactivation).toBeNull();
     expect(lean.vocabulary).toBeNull();
     expect(lean.tokens).toEqual([]);
