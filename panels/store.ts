@@ -519,8 +519,7 @@ export class Store {
   private queueUpdate(message: JobUpdate) {
     const key = `${message.pid}:${message.model}`;
     const last = this.forwardedAt.get(key);
-    // A distributed job's update carries per-rank samples the analysis reads update by update: all go.
-    if (message.ranks || last === undefined || !(message.ts - last < UPDATE_SPACING_S)) {
+    if (last === undefined || !(message.ts - last < UPDATE_SPACING_S)) {
       this.pendingUpdates.delete(key); // older than this one, and said by it
       this.forward(key, message);
       return;
