@@ -15,6 +15,7 @@ import type { Store } from '../store';
 import { currentTheme } from './colour-scale';
 import { bandY, hitFlow, layoutFlow, type FlowBands, type FlowLayout, type FlowNode, type NodeOrder } from './flow-layout';
 import { fmt, int, pct } from './format';
+import { analysisSource, useSettled } from './useSettled';
 
 const WEIGHTING_LABEL: Record<FlowWeighting, string> = {
   top1: 'top-1 choice (whole tokens)',
@@ -92,28 +93,31 @@ export function Flow({ store, a, layer }: { store: Store; a: Analysis; layer: nu
         <p class="empty" data-testid="flow-empty">
           {data.sampledPasses === 0 ? 'No sampled tokens in this window yet: the probe samples a few passes per second.' : `No sampled token in this window matches “${data.request.filter}”.`}
         </p>
-      ) : <FlowBody a={a} data={data} order={order} label={label} onFollow={(through) => set({ through })} />}
+      ) : <FlowBody store={store} a={a} data={data} order={order} label={label} onFollow={(through) => set({ through })} />}
     </div>
   );
 }
 
-function FlowBody({ a, data, order, label, onFollow }: {
-  a: Analysis; data: FlowData; order: NodeOrder; label: (l: number) => string; onFollow: (t: FlowRequest['through']) => void;
+function FlowBody({ store, a, data, order, label, onFollow }: {
+  store: Store; a: Analysis; data: FlowData; order: NodeOrder; label: (l: number) => string; onFollow: (t: FlowRequest['through']) => void;
 }) {
   const { flow, highlight } = data;
   const passes = flow.passes;
+  // The diagram follows every analysis; the transitions table the newest at most once a second.
+  const listed = useSettled(store, data, `${analysisSource(a)}/${JSON.stringify(data.request)}`);
   const [pairIndex, setPairIndex] = useState(0);
   const [showAll, setShowAll] = useState(false);
-  const pair = flow.pairs[Math.min(pairIndex, flow.pairs.length - 1)];
+  const pairs = listed.flow.pairs;
+  const p = Math.min(pairIndex, pairs.length - 1);
+  const pair = pairs[p];
   const rows = useMemo(() => {
     if (!pair) return [];
     const idx = Array.from(pair.weight.keys()).sort((x, y) => pair.weight[y]! - pair.weight[x]! || pair.src[x]! - pair.src[y]! || pair.dst[x]! - pair.dst[y]!);
     return idx;
   }, [pair]);
-  const p = Math.min(pairIndex, flow.pairs.length - 1);
-  const fromMass = flow.nodes[p];
-  const toMass = flow.nodes[p + 1];
-  const omitted = data.omitted[p];
+  const fromMass = listed.flow.nodes[p];
+  const toMass = listed.flow.nodes[p + 1];
+  const omitted = listed.omitted[p];
   return (
     <>
       <p class="muted" data-testid="flow-summary" data-tokens={flow.tokens} data-passes={passes.join(',')} data-weighting={flow.weighting}
@@ -123,17 +127,17 @@ function FlowBody({ a, data, order, label, onFollow }: {
         {highlight ? ` Highlighted: the ${int(highlight.tokens)} tokens through ${label(data.request.through!.layer)} expert ${data.request.through!.expert}.` : ' Click a node to follow its tokens.'}
       </p>
       <Sankey a={a} flow={flow} highlight={highlight} order={order} label={label} onFollow={onFollow} through={data.request.through} />
-      {flow.pairs.length > 0 && pair && fromMass && toMass && (
+      {pairs.length > 0 && pair && fromMass && toMass && (
         <section>
           <h3>Transitions{' '}
             <select data-testid="flow-pair" value={String(p)} onChange={(e) => setPairIndex(Number((e.target as HTMLSelectElement).value))}>
-              {flow.pairs.map((x, i) => <option key={i} value={String(i)}>{label(x.from)} → {label(x.to)}</option>)}
+              {pairs.map((x, i) => <option key={i} value={String(i)}>{label(x.from)} → {label(x.to)}</option>)}
             </select>
             {' '}<span class="muted">{int(pair.src.length + (omitted?.transitions ?? 0))} distinct, {fmt(pair.total, pair.total % 1 ? 2 : 0)} tokens in both layers</span>
           </h3>
           {omitted && omitted.transitions > 0 && <p class="muted">The {int(omitted.transitions)} smallest transitions ({fmt(omitted.weight, 1)} tokens) are not listed or drawn.</p>}
           <div class="table-scroll flow-table-box">
-            <table class="grid" data-testid="flow-table" data-from={pair.from} data-to={pair.to} data-total={pair.total} data-rows={rows.length}>
+            <table class="grid fixed-cols" data-testid="flow-table" data-from={pair.from} data-to={pair.to} data-total={pair.total} data-rows={rows.length}>
               <thead><tr><th>From expert</th><th>To expert</th><th>Tokens</th><th title="of the tokens leaving the From expert">% of from</th><th title="of the tokens reaching the To expert">% of to</th></tr></thead>
               <tbody>
                 {(showAll ? rows : rows.slice(0, TABLE_ROWS)).map((i) => {
@@ -306,8 +310,15 @@ function drawSankey(ctx: CanvasRenderingContext2D, layout: FlowLayout, drawn: In
   const dark = currentTheme() === 'dark';
   const { bands } = layout;
   const grey = dark ? 'rgba(154,160,166,0.18)' : 'rgba(95,99,104,0.15)';
+  // One colour string per source expert, set only when it changes: parsing a colour at each of
+  // hundreds of bands was a measurable part of a redraw.
+  const bandStyle = new Map<number, string>();
+  let style = '';
   for (const b of drawn) {
-    ctx.fillStyle = highlight ? grey : `hsla(${hue(bands.from[b]!)}, 65%, ${dark ? 60 : 50}%, 0.35)`;
+    const from = bands.from[b]!;
+    let next = highlight ? grey : bandStyle.get(from);
+    if (next === undefined) bandStyle.set(from, (next = `hsla(${hue(from)}, 65%, ${dark ? 60 : 50}%, 0.35)`));
+    if (next !== style) ctx.fillStyle = style = next;
     fillBand(ctx, bands, b, bands.w[b]!);
   }
   if (highlight) {
@@ -317,28 +328,42 @@ function drawSankey(ctx: CanvasRenderingContext2D, layout: FlowLayout, drawn: In
       if (w > 0) fillBand(ctx, bands, b, Math.max(0.5, w));
     }
   }
-  ctx.font = '10px system-ui, sans-serif';
-  ctx.textBaseline = 'middle';
-  for (const n of layout.nodes) {
-    ctx.fillStyle = `hsl(${hue(n.expert)}, 60%, ${dark ? 62 : 45}%)`;
-    ctx.fillRect(n.x, n.y, layout.nodeWidth, Math.max(1, n.h));
-    if (highlight) {
+  // Nodes expert by expert, each colour set once for every column (nodes never overlap).
+  const experts = Math.max(0, ...layout.byExpert.map((column) => column.length));
+  for (let e = 0; e < experts; e++) {
+    let styled = false;
+    for (const column of layout.byExpert) {
+      const n = column[e];
+      if (!n) continue;
+      if (!styled) ctx.fillStyle = `hsl(${hue(e)}, 60%, ${dark ? 62 : 45}%)`;
+      styled = true;
+      ctx.fillRect(n.x, n.y, layout.nodeWidth, Math.max(1, n.h));
+    }
+  }
+  if (highlight) {
+    ctx.fillStyle = dark ? '#8ab4f8' : '#1a73e8';
+    for (const n of layout.nodes) {
       const h = (highlight.nodes[n.column]![n.expert] ?? 0) * layout.scale;
-      ctx.fillStyle = dark ? '#8ab4f8' : '#1a73e8';
       if (h > 0) ctx.fillRect(n.x - 3, n.y, 3, Math.max(1, h));
     }
-    if (through && n.layer === through.layer && n.expert === through.expert) {
-      ctx.strokeStyle = dark ? '#e8eaed' : '#202124';
-      ctx.lineWidth = 1.5;
-      ctx.strokeRect(n.x - 1, n.y - 1, layout.nodeWidth + 2, Math.max(1, n.h) + 2);
-    }
-    // Experts large enough to label.
-    if (n.h >= 11) {
-      ctx.fillStyle = dark ? '#e8eaed' : '#202124';
-      const right = n.column < layout.byExpert.length - 1;
-      ctx.textAlign = right ? 'left' : 'right';
-      ctx.fillText(String(n.expert), right ? n.x + layout.nodeWidth + 3 : n.x - 3, n.y + n.h / 2);
-    }
+  }
+  const ink = dark ? '#e8eaed' : '#202124';
+  const marked = through && layout.nodes.find((n) => n.layer === through.layer && n.expert === through.expert);
+  if (marked) {
+    ctx.strokeStyle = ink;
+    ctx.lineWidth = 1.5;
+    ctx.strokeRect(marked.x - 1, marked.y - 1, layout.nodeWidth + 2, Math.max(1, marked.h) + 2);
+  }
+  // Experts large enough to label.
+  ctx.font = '10px system-ui, sans-serif';
+  ctx.textBaseline = 'middle';
+  ctx.fillStyle = ink;
+  const last = layout.byExpert.length - 1;
+  for (const n of layout.nodes) {
+    if (n.h < 11) continue;
+    const right = n.column < last;
+    ctx.textAlign = right ? 'left' : 'right';
+    ctx.fillText(String(n.expert), right ? n.x + layout.nodeWidth + 3 : n.x - 3, n.y + n.h / 2);
   }
   if (focused) {
     ctx.strokeStyle = dark ? '#fdd663' : '#b06000';

@@ -16,7 +16,7 @@ import type { Store } from '../store';
 import { currentTheme, makeScale } from './colour-scale';
 import { fmt, int, pct } from './format';
 import { HeatGrid } from './HeatGrid';
-import { useSettled } from './useSettled';
+import { analysisSource, useSettled } from './useSettled';
 
 interface LayersOptions {
   metric: LayerMetricId;
@@ -25,7 +25,7 @@ interface LayersOptions {
 const DEFAULTS: LayersOptions = { metric: 'maxVio', diff: { windowS: 30, agoS: 600 } };
 
 export function Layers({ store, a: latest }: { store: Store; a: Analysis }) {
-  const a = useSettled(store, latest);
+  const a = useSettled(store, latest, analysisSource(latest));
   // the same element while the shown analysis is held: Preact skips the whole view
   return useMemo(() => <LayersBody store={store} a={a} />, [store, a]);
 }

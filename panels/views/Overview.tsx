@@ -4,7 +4,7 @@ import type { LayerInfo } from '../../src/protocol/probe';
 import type { Analysis } from '../engine/analyzer';
 import type { Store, ViewId } from '../store';
 import { fmt, int, pct } from './format';
-import { useSettled } from './useSettled';
+import { analysisSource, useSettled } from './useSettled';
 import { useMemo } from 'preact/hooks';
 
 const FINDING_VIEW: Record<FindingKind, { view: ViewId; label: string }> = {
@@ -79,7 +79,7 @@ function RoutingNotes({ a }: { a: Analysis }) {
 }
 
 export function Overview({ store, a: latest }: { store: Store; a: Analysis }) {
-  const a = useSettled(store, latest);
+  const a = useSettled(store, latest, analysisSource(latest));
   // the same element while the shown analysis is held: Preact skips the whole view
   return useMemo(() => <OverviewBody store={store} a={a} />, [store, a]);
 }
