@@ -20,6 +20,7 @@ import { ProbeClient } from './probe-client';
 import { expertParamsFrame, expertParamsMessages, explainFrame, explanationMessage, refusedMessage } from './requests';
 import { listTorchProcesses, processExists } from './processes';
 import { RankGroups } from './rank-groups';
+import { UpdatePacer } from './update-pacer';
 import { RelayLinks } from './relay-client';
 
 export interface HostOptions {
@@ -71,7 +72,7 @@ interface Job {
 export class Host {
   private jobs = new Map<number, Job>();
   private attaching = new Set<number>();
-  private timer: NodeJS.Timeout;
+  private readonly pacer: UpdatePacer;
   private watchdog: NodeJS.Timeout;
   private stats: NodeJS.Timeout;
   private readonly dir: string;
@@ -89,9 +90,9 @@ export class Host {
     this.dir = opts.socketDir ?? socketDir();
     this.history = new History(opts.historyBytes ?? DEFAULT_HISTORY_BYTES);
     this.historyRequests = new HistoryRequests(opts.history, opts.historyOff ?? { path: '', reason: 'History is off for this host.' }, send, MESSAGE_BUDGET);
-    this.groups = new RankGroups(send, () => this.nextHandle++, (handle, via) => void (via ? this.relays.detach(handle) : this.detach(handle)));
+    this.pacer = new UpdatePacer(() => this.flushUpdates(), opts.updateHz ?? 30);
+    this.groups = new RankGroups(send, () => this.nextHandle++, (handle, via) => void (via ? this.relays.detach(handle) : this.detach(handle)), () => this.pacer.request());
     this.relays = new RelayLinks(send, this.groups, () => this.nextHandle++);
-    this.timer = setInterval(() => this.flushUpdates(), 1000 / (opts.updateHz ?? 30));
     // A job killed hard may leave its socket open for a moment; poll so the panel hears within a second.
     this.watchdog = setInterval(() => this.checkJobsAlive(), 250);
     this.stats = setInterval(() => this.sendStats(), 1000);
@@ -169,10 +170,7 @@ export class Host {
           this.opts.history?.setRetention(request.dbMaxMB !== undefined ? request.dbMaxMB * 1024 * 1024 : undefined, request.dbMaxDays);
         }
         if (request.historyMB !== undefined) this.history.setCap(request.historyMB * 1024 * 1024);
-        if (request.updateHz !== undefined) {
-          clearInterval(this.timer);
-          this.timer = setInterval(() => this.flushUpdates(), 1000 / request.updateHz);
-        }
+        if (request.updateHz !== undefined) this.pacer.setRate(request.updateHz);
         return;
     }
   }
@@ -329,7 +327,7 @@ export class Host {
   }
 
   stop(): void {
-    clearInterval(this.timer);
+    this.pacer.stop();
     clearInterval(this.watchdog);
     clearInterval(this.stats);
     this.relays.closeAll();
@@ -342,6 +340,7 @@ export class Host {
       job.observer.counts(frame);
       if (job.pending.has(frame.model)) job.coalesced += 1;
       job.pending.set(frame.model, frame);
+      this.pacer.request();
     } else if (frame.t === 'tokens') {
       this.history.addTokens(job.pid, Date.now() / 1000, frame);
       job.observer.tokens(frame);
@@ -403,13 +402,15 @@ export class Host {
     }
   }
 
-  private flushUpdates() {
+  /** Sends every job's newest counts; false when the browser is behind (they wait, coalesced, and are tried again). */
+  private flushUpdates(): boolean {
     if (this.congested()) {
-      this.droppedToPanel += 1; // this tick's updates wait, coalesced, for the browser to catch up
-      return;
+      this.droppedToPanel += 1;
+      return false;
     }
     for (const job of this.jobs.values()) this.flushJob(job);
     this.groups.flush(); // each distributed job: the sum over its ranks, and each rank's figures
+    return true;
   }
 
   private flushJob(job: Job) {

@@ -92,6 +92,8 @@ export class RankGroups {
     private readonly newHandle: () => number,
     /** Take the probe out of a rank left out of its job (here, or through its relay). */
     private readonly detachRank: (handle: number, via: string) => void = () => {},
+    /** A rank sent new counts: the host's next flush has something to send. */
+    private readonly onCounts: () => void = () => {},
   ) {}
 
   /** The group a rank belongs to, if any. */
@@ -216,6 +218,7 @@ export class RankGroups {
     if (update.layers !== g.model.layers.length || update.widths.some((w, l) => w !== g.model.layers[l]!.experts)) return;
     m.latest = update;
     g.dirty = true;
+    this.onCounts();
   }
 
   /** What a rank's probe learned about its layers; the job's model follows its first rank. */
