@@ -3,53 +3,63 @@ import { useEffect, useMemo, useRef, useState } from 'preact/hooks';
 import { shortLayerLabel } from '../../src/analysis';
 import type { Analysis } from '../engine/analyzer';
 import type { Store } from '../store';
+import { currentTheme } from './colour-scale';
 import { fmt } from './format';
+import { sparkBars } from './spark-bars';
 import { LinePlot } from './LinePlot';
 import { LoadChart } from './LoadChart';
+
+const SPARK_W = 120;
+const SPARK_H = 32;
+
+/** The accent colour as [r, g, b], read once per theme (it is the same for every sparkline). */
+const accentByTheme = new Map<string, number[]>();
+function accentRgb(canvas: HTMLCanvasElement, ctx: CanvasRenderingContext2D): number[] {
+  const theme = currentTheme();
+  let rgb = accentByTheme.get(theme);
+  if (!rgb) {
+    // The accent colour as the canvas normalizes it ('#rrggbb').
+    ctx.fillStyle = getComputedStyle(canvas).getPropertyValue('--accent').trim() || '#1a73e8';
+    const hex = /^#([0-9a-f]{6})$/i.exec(String(ctx.fillStyle))?.[1] ?? '1a73e8';
+    accentByTheme.set(theme, (rgb = [0, 2, 4].map((i) => parseInt(hex.slice(i, i + 2), 16))));
+  }
+  return rgb;
+}
 
 /**
  * One layer's loads as bars on a small canvas, drawn as pixels: each pixel column shows the
  * busiest expert among those it covers (512 experts share 120 columns). As SVG this was one
  * <rect> per expert, 32k elements for 64 x 512, diffed on every render; as a canvas path of
- * rectangles it was 32k rectangles rasterized on the main thread at every analysis.
+ * rectangles it was 32k rectangles rasterized on the main thread at every analysis. A canvas
+ * whose columns did not change is not redrawn (nor repainted); its pixels are reused.
  */
 function Spark({ counts }: { counts: Float64Array }) {
   const ref = useRef<HTMLCanvasElement>(null);
-  const w = 120;
-  const h = 32;
+  const drawn = useRef<{ bars: Int8Array; theme: string; img: ImageData } | null>(null);
   useEffect(() => {
     const canvas = ref.current;
     const ctx = canvas?.getContext('2d');
     if (!canvas || !ctx) return;
-    const img = ctx.createImageData(w, h);
-    const E = counts.length;
-    let max = 0;
-    for (const c of counts) if (c > max) max = c;
-    if (max > 0) {
-      // The accent colour as the canvas normalizes it ('#rrggbb').
-      ctx.fillStyle = getComputedStyle(canvas).getPropertyValue('--accent').trim() || '#1a73e8';
-      const hex = /^#([0-9a-f]{6})$/i.exec(String(ctx.fillStyle))?.[1] ?? '1a73e8';
-      const rgb = [0, 2, 4].map((i) => parseInt(hex.slice(i, i + 2), 16));
-      const gaps = E * 3 <= w; // few experts: a blank column between bars
-      for (let x = 0; x < w; x++) {
-        const lo = Math.floor((x * E) / w);
-        const hi = Math.max(lo + 1, Math.floor(((x + 1) * E) / w));
-        if (gaps && Math.floor(((x + 1) * E) / w) > lo && x > 0) continue;
-        let v = 0;
-        for (let e = lo; e < hi && e < E; e++) if (counts[e]! > v) v = counts[e]!;
-        const bar = v > 0 ? Math.max(1, Math.round((h * v) / max)) : 0;
-        for (let y = h - bar; y < h; y++) {
-          const p = (y * w + x) * 4;
-          img.data[p] = rgb[0]!;
-          img.data[p + 1] = rgb[1]!;
-          img.data[p + 2] = rgb[2]!;
-          img.data[p + 3] = 255;
-        }
+    const bars = sparkBars(counts, SPARK_W, SPARK_H);
+    const theme = currentTheme();
+    const last = drawn.current;
+    if (last && last.theme === theme && last.bars.every((b, x) => b === bars[x])) return;
+    const img = last?.img ?? ctx.createImageData(SPARK_W, SPARK_H);
+    img.data.fill(0);
+    const rgb = accentRgb(canvas, ctx);
+    for (let x = 0; x < SPARK_W; x++) {
+      for (let y = SPARK_H - Math.max(0, bars[x]!); y < SPARK_H; y++) {
+        const p = (y * SPARK_W + x) * 4;
+        img.data[p] = rgb[0]!;
+        img.data[p + 1] = rgb[1]!;
+        img.data[p + 2] = rgb[2]!;
+        img.data[p + 3] = 255;
       }
     }
     ctx.putImageData(img, 0, 0);
+    drawn.current = { bars, theme, img };
   }, [counts]);
-  return <canvas ref={ref} width={w} height={h} class="spark" aria-hidden="true" />;
+  return <canvas ref={ref} width={SPARK_W} height={SPARK_H} class="spark" aria-hidden="true" />;
 }
 
 /** Rows drawn past the visible ones, above and below. */
