@@ -140,7 +140,7 @@ export function Experts({ store, a, layer }: { store: Store; a: Analysis; layer:
             </>
           ) : <p class="muted">Neither the router rows nor the experts’ weights of this layer could be read.</p>}
           <div class="table-scroll">
-            <table class="grid fixed-cols" data-testid="expert-params-table">
+            <table class="grid fixed-grid" data-testid="expert-params-table">
               <thead>
                 <tr><th>Expert</th><th>Router row norm</th>{p.routerBias && <th>{p.routerBiasName}</th>}<th>Weights norm</th>{p.groups.map((g) => <th key={g}>{g}</th>)}<th>Assignments in window</th></tr>
               </thead>

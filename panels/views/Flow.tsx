@@ -137,7 +137,7 @@ function FlowBody({ store, a, data, order, label, onFollow }: {
           </h3>
           {omitted && omitted.transitions > 0 && <p class="muted">The {int(omitted.transitions)} smallest transitions ({fmt(omitted.weight, 1)} tokens) are not listed or drawn.</p>}
           <div class="table-scroll flow-table-box">
-            <table class="grid fixed-cols" data-testid="flow-table" data-from={pair.from} data-to={pair.to} data-total={pair.total} data-rows={rows.length}>
+            <table class="grid fixed-grid" data-testid="flow-table" data-from={pair.from} data-to={pair.to} data-total={pair.total} data-rows={rows.length}>
               <thead><tr><th>From expert</th><th>To expert</th><th>Tokens</th><th title="of the tokens leaving the From expert">% of from</th><th title="of the tokens reaching the To expert">% of to</th></tr></thead>
               <tbody>
                 {(showAll ? rows : rows.slice(0, TABLE_ROWS)).map((i) => {

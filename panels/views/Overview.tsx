@@ -1,11 +1,11 @@
 /** Overview: every layer's health at a glance, and the findings in plain words. */
+import { useMemo } from 'preact/hooks';
 import { routingDescription, type Finding, type FindingKind } from '../../src/analysis';
 import type { LayerInfo } from '../../src/protocol/probe';
 import type { Analysis } from '../engine/analyzer';
 import type { Store, ViewId } from '../store';
 import { fmt, int, pct } from './format';
 import { analysisSource, useSettled } from './useSettled';
-import { useMemo } from 'preact/hooks';
 
 const FINDING_VIEW: Record<FindingKind, { view: ViewId; label: string }> = {
   dead_expert: { view: 'heatmap', label: 'Show in Heatmap' },
@@ -120,7 +120,7 @@ function OverviewBody({ store, a }: { store: Store; a: Analysis }) {
       <section>
         <h3>Layers</h3>
         <div class="table-scroll">
-          <table class="grid health fixed-cols" data-testid="layer-health">
+          <table class="grid health fixed-grid" data-testid="layer-health">
             <thead>
               <tr><th>Layer</th><th title="How the counts were read: from what the block handed its experts, the rows each expert received, the router's output, or recomputed from the router's logits">Read</th><th>Experts</th><th>Tokens</th><th title="(max - mean) / mean">MaxVio</th><th title="H / ln E of the loads">Load entropy</th><th>Effective experts</th><th>Zero experts</th><th title="Mean normalized per-token router entropy">Router entropy</th><th>NaN/Inf</th><th>Dropped</th><th>Findings</th></tr>
             </thead>
