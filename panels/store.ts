@@ -14,13 +14,13 @@ import { unknownLayer } from '../src/analysis/layers';
 import type { Analysis, AnalysisSettings, Analyzer, TokenRow, WindowMode } from './engine/analyzer';
 import type { ViewRequests } from './engine/view-data';
 import { atNextFrame } from './frame-batch';
-
-/** Least job time between two updates handed to the analysis (see queueUpdate): 20 a second at most. */
-const UPDATE_SPACING_S = 0.05;
 import { parseRecording, RecordingError, serializeRecording, withPid } from './engine/recording';
 import { LongRun } from './long-run';
 import { addExpertParams, addExplanation, complete, expertParamsAsMessages, explanationKey, type ExpertParamsResult, type RequestStatus } from './engine/requests';
 import type { JobRanks } from './engine/ranks';
+
+/** Least job time between two updates handed to the analysis (see queueUpdate): 20 a second at most. */
+const UPDATE_SPACING_S = 0.05;
 
 export type ConnectionState = 'connecting' | 'connected' | 'disconnected';
 
