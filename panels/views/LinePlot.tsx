@@ -1,6 +1,7 @@
 /** Lines over time with uPlot: drag to zoom, double-click to reset, the arrow buttons pan. */
 import { useEffect, useRef } from 'preact/hooks';
 import uPlot from 'uplot';
+import { chartRedraws } from './redraw-queue';
 
 export interface Line {
   label: string;
@@ -73,6 +74,7 @@ export function LinePlot({ title, lines, data, height = 180, bands, testid, pan,
     resize.observe(el);
     return () => {
       resize.disconnect();
+      if (plot.current) chartRedraws.cancel(plot.current);
       plot.current?.destroy();
       plot.current = null;
     };
@@ -81,8 +83,11 @@ export function LinePlot({ title, lines, data, height = 180, bands, testid, pan,
   useEffect(() => {
     const u = plot.current;
     if (!u) return;
-    const zoomed = u.scales.x.min !== undefined && (u.select.width > 0 || (u as unknown as { _zoomed?: boolean })._zoomed);
-    u.setData(data, !zoomed);
+    // in a coming frame, one chart per frame (see redraw-queue.ts); zoom state is read then
+    chartRedraws.request(u, () => {
+      const zoomed = u.scales.x.min !== undefined && (u.select.width > 0 || (u as unknown as { _zoomed?: boolean })._zoomed);
+      u.setData(data, !zoomed);
+    });
   }, [data]);
 
   const shift = (dir: number) => {
