@@ -2,6 +2,7 @@
  * Tokens: the sampled token stream as text, each token's top-k experts per layer.
  * Token strings are data, never markup: they only ever become text nodes (JSX children).
  */
+import { Component } from 'preact';
 import type { Analysis, TokenRow } from '../engine/analyzer';
 import type { Store } from '../store';
 import { ExplainToken, ExplanationList } from './ExplainToken';
@@ -40,6 +41,68 @@ function streamLines(rows: TokenRow[]): StreamLine[] {
   return lines;
 }
 
+/**
+ * What a line shows, as one string: the passes and tokens it holds (a decode line grows), whether
+ * their texts have come, the layer that colours it, the selected token in it, the model. The
+ * stream has ~400 tokens in a dozen lines and every analysis (5 a second) brings it anew from
+ * the worker; a line whose signature did not change is not rendered again (diffing its spans,
+ * their titles and styles, was most of this view's frame work).
+ */
+function lineSignature(line: StreamLine, colourLayer: number, sel: { pass: number; index: number } | null, model: number): string {
+  let passes = '';
+  let lastRow: TokenRow | null = null;
+  for (const item of line.items) {
+    if ('gap' in item) passes += `g${item.gap},`;
+    else if (item.row !== lastRow) {
+      lastRow = item.row;
+      passes += `${item.row.pass}:${item.row.n}${item.row.texts ? 't' : ''},`;
+    }
+  }
+  const selected = sel && line.items.some((item) => !('gap' in item) && item.row.pass === sel.pass) ? `${sel.pass}:${sel.index}` : '';
+  return `${model}|${colourLayer}|${selected}|${passes}`;
+}
+
+interface TokenLineProps {
+  line: StreamLine;
+  store: Store;
+  colourLayer: number;
+  labelOf: (layer: number) => string;
+  /** lineSignature(): the line is rendered again only when it changes. */
+  signature: string;
+}
+
+class TokenLine extends Component<TokenLineProps> {
+  shouldComponentUpdate(next: TokenLineProps) {
+    return next.signature !== this.props.signature;
+  }
+
+  render({ line, store, colourLayer, labelOf }: TokenLineProps) {
+    const sel = store.state.token;
+    return (
+      <div class="token-pass" data-testid="token-pass" data-pass={line.key}>
+        <div class="token-stream">
+          {line.items.map((item, n) => {
+            if ('gap' in item) return <span key={`g${n}`} class="tok-gap" title={`${item.gap} passes not sampled`}>…</span>;
+            const { row: r, i } = item;
+            const layer = r.layers.find((l) => l.layer === colourLayer) ?? r.layers[0];
+            const first = layer ? layer.ids[i * layer.k] : undefined;
+            const top = first !== undefined && first >= 0 ? first : undefined;
+            return (
+              <span key={`${r.pass}:${i}`} class={`tok ${sel && sel.pass === r.pass && sel.index === i ? 'selected' : ''}`} data-testid="token"
+                data-pass={r.pass} data-index={i}
+                title={`pass ${r.pass} (${r.phase}), token ${i}${r.tokenIds ? ` (id ${r.tokenIds[i]})` : ''}; ${layer ? labelOf(layer.layer) : '?'}: top expert ${top ?? 'none'}`}
+                style={top !== undefined ? { borderBottomColor: `hsl(${(top * 47) % 360} 70% 50%)` } : undefined}
+                onClick={() => store.selectToken({ pass: r.pass, index: i, row: r })}>
+                {tokenText(r, i)}
+              </span>
+            );
+          })}
+        </div>
+      </div>
+    );
+  }
+}
+
 export function Tokens({ store, a }: { store: Store; a: Analysis }) {
   const rows = a.tokens;
   const sel = store.state.token;
@@ -65,26 +128,8 @@ export function Tokens({ store, a }: { store: Store; a: Analysis }) {
       {hidden.length > 0 && <p class="muted" data-testid="tokens-hidden">Per-token choices are not visible for {hidden.map((r) => r.label).join(', ')} (counts only).</p>}
       {recomputed.length > 0 && <p class="muted" data-testid="tokens-recomputed">Per-token choices recomputed from the router’s logits (top-k) for {recomputed.map((r) => r.label).join(', ')}.</p>}
       {streamLines(rows).map((line) => (
-        <div class="token-pass" key={line.key} data-testid="token-pass" data-pass={line.key}>
-          <div class="token-stream">
-            {line.items.map((item, n) => {
-              if ('gap' in item) return <span key={`g${n}`} class="tok-gap" title={`${item.gap} passes not sampled`}>…</span>;
-              const { row: r, i } = item;
-              const layer = r.layers.find((l) => l.layer === colourLayer) ?? r.layers[0];
-              const first = layer ? layer.ids[i * layer.k] : undefined;
-              const top = first !== undefined && first >= 0 ? first : undefined;
-              return (
-                <span key={`${r.pass}:${i}`} class={`tok ${sel && sel.pass === r.pass && sel.index === i ? 'selected' : ''}`} data-testid="token"
-                  data-pass={r.pass} data-index={i}
-                  title={`pass ${r.pass} (${r.phase}), token ${i}${r.tokenIds ? ` (id ${r.tokenIds[i]})` : ''}; ${layer ? labelOf(layer.layer) : '?'}: top expert ${top ?? 'none'}`}
-                  style={top !== undefined ? { borderBottomColor: `hsl(${(top * 47) % 360} 70% 50%)` } : undefined}
-                  onClick={() => store.selectToken({ pass: r.pass, index: i, row: r })}>
-                  {tokenText(r, i)}
-                </span>
-              );
-            })}
-          </div>
-        </div>
+        <TokenLine key={line.key} line={line} store={store} colourLayer={colourLayer} labelOf={labelOf}
+          signature={lineSignature(line, colourLayer, sel, a.model)} />
       ))}
       {row && sel && (
         <div class="token-path" data-testid="token-path">
