@@ -12,6 +12,7 @@ import { MatrixCanvas } from './MatrixCanvas';
 import { SimilarityGraph } from './SimilarityGraph';
 import { complete } from '../engine/requests';
 import { useStoreSlice } from './useStoreSlice';
+import { analysisSource, useSettled } from './useSettled';
 
 type Kind = 'weights' | 'router';
 
@@ -60,8 +61,6 @@ export function Experts({ store, a, layer }: { store: Store; a: Analysis; layer:
   const threshold = thresholdText.trim() !== '' && Number.isFinite(Number(thresholdText)) ? Number(thresholdText) : auto;
   const dead = new Set(findings.filter((f) => f.kind === 'dead_by_weights' && f.layer === layer).flatMap((f) => f.experts));
   const duplicate = new Set(findings.filter((f) => f.kind === 'near_duplicate' && f.layer === layer).flatMap((f) => f.experts));
-  const row = a.rows[layer];
-  const load = (e: number) => (row ? a.window.counts[row.offset + e] ?? NaN : NaN);
   const deadKey = [...dead].join(',');
   const duplicateKey = [...duplicate].join(',');
   // The graph and the matrix depend on the weights alone: the same elements across the analysis'
@@ -78,6 +77,37 @@ export function Experts({ store, a, layer }: { store: Store; a: Analysis; layer:
       </div>
     </div>
   ) : null), [p, matrix, threshold, shownKind, deadKey, duplicateKey]);
+
+  // The table's load column follows the window at most once a second (useSettled), and the table
+  // is the same element in between, so that Preact skips its rows (64 to all of them) at every
+  // analysis; the norms beside the load change only with a new answer.
+  const settled = useSettled(store, a, analysisSource(a));
+  const settledRow = settled.rows[layer];
+  const table = useMemo(() => {
+    if (!p) return null;
+    const load = (e: number) => (settledRow ? settled.window.counts[settledRow.offset + e] ?? NaN : NaN);
+    return (
+    <div class="table-scroll">
+      <table class="grid fixed-grid" data-testid="expert-params-table">
+        <thead>
+          <tr><th>Expert</th><th>Router row norm</th>{p.routerBias && <th>{p.routerBiasName}</th>}<th>Weights norm</th>{p.groups.map((g) => <th key={g}>{g}</th>)}<th>Assignments in window</th></tr>
+        </thead>
+        <tbody>
+          {shownExperts(p.experts, allRows, dead, duplicate).map((e) => (
+            <tr key={e} class={dead.has(e) ? 'zero' : ''} data-expert={e}>
+              <td class="num">{e}{duplicate.has(e) ? ' ≈' : ''}</td>
+              <td class="num" data-testid="router-norm">{fmt(p.routerNorms?.[e] ?? NaN, 4)}</td>
+              {p.routerBias && <td class="num">{fmt(p.routerBias[e]!, 4)}</td>}
+              <td class="num">{fmt(p.expertNorms?.[e] ?? NaN, 3)}</td>
+              {p.groups.map((g, gi) => <td class="num" key={g}>{fmt(p.groupNorms?.[gi * p.experts + e] ?? NaN, 3)}</td>)}
+              <td class="num">{int(load(e))}</td>
+            </tr>
+          ))}
+        </tbody>
+      </table>
+    </div>
+    );
+  }, [p, settled, settledRow, allRows, deadKey, duplicateKey]);
 
   return (
     <div class="experts-view" data-testid="experts-view" data-layer={layer}>
@@ -139,25 +169,7 @@ export function Experts({ store, a, layer }: { store: Store; a: Analysis; layer:
               {pictures}
             </>
           ) : <p class="muted">Neither the router rows nor the experts’ weights of this layer could be read.</p>}
-          <div class="table-scroll">
-            <table class="grid fixed-grid" data-testid="expert-params-table">
-              <thead>
-                <tr><th>Expert</th><th>Router row norm</th>{p.routerBias && <th>{p.routerBiasName}</th>}<th>Weights norm</th>{p.groups.map((g) => <th key={g}>{g}</th>)}<th>Assignments in window</th></tr>
-              </thead>
-              <tbody>
-                {shownExperts(p.experts, allRows, dead, duplicate).map((e) => (
-                  <tr key={e} class={dead.has(e) ? 'zero' : ''} data-expert={e}>
-                    <td class="num">{e}{duplicate.has(e) ? ' ≈' : ''}</td>
-                    <td class="num" data-testid="router-norm">{fmt(p.routerNorms?.[e] ?? NaN, 4)}</td>
-                    {p.routerBias && <td class="num">{fmt(p.routerBias[e]!, 4)}</td>}
-                    <td class="num">{fmt(p.expertNorms?.[e] ?? NaN, 3)}</td>
-                    {p.groups.map((g, gi) => <td class="num" key={g}>{fmt(p.groupNorms?.[gi * p.experts + e] ?? NaN, 3)}</td>)}
-                    <td class="num">{int(load(e))}</td>
-                  </tr>
-                ))}
-              </tbody>
-            </table>
-          </div>
+          {table}
           {p.experts > TABLE_ROWS && (
             <button class="link" data-testid="experts-all-rows" onClick={() => setAllRows(!allRows)}>
               {allRows ? `Show ${TABLE_ROWS} experts (those named in a finding first)` : `Show all ${p.experts} experts`}
