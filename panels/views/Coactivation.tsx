@@ -30,7 +30,7 @@ export function Coactivation({ a, layer }: { a: Analysis; layer: number }) {
           ({a.vocabulary.tokens} tokens). Routing that ignored the token would give about {fmt(100 / E, 1)}%.
         </p>
       )}
-      <MatrixCanvas rows={E} cols={E} height={Math.min(520, Math.max(160, E * 12))} intensity={(i, j) => (i === j ? 0 : m[i * E + j]!)}
+      <MatrixCanvas rows={E} cols={E} data={m} height={Math.min(520, Math.max(160, E * 12))} intensity={(i, j) => (i === j ? 0 : m[i * E + j]!)}
         describe={(i, j) => `P(expert ${j} | expert ${i}) = ${fmt(m[i * E + j]!, 3)}`} rowLabel="expert i" colLabel="expert j" testid="coactivation" />
     </div>
   );

@@ -70,7 +70,7 @@ export function Experts({ store, a, layer }: { store: Store; a: Analysis; layer:
       <SimilarityGraph matrix={matrix} n={p.experts} threshold={threshold} dead={dead} what={KIND_LABEL[shownKind]}
         describe={(e) => `router row norm ${fmt(p.routerNorms?.[e] ?? NaN, 4)}, weights norm ${fmt(p.expertNorms?.[e] ?? NaN, 3)}${dead.has(e) ? ', router row collapsed' : ''}${duplicate.has(e) ? ', near-duplicate' : ''}`} />
       <div class="experts-matrix">
-        <MatrixCanvas rows={p.experts} cols={p.experts} height={Math.min(420, Math.max(140, p.experts * 12))}
+        <MatrixCanvas rows={p.experts} cols={p.experts} data={matrix} height={Math.min(420, Math.max(140, p.experts * 12))}
           intensity={(i, j) => (i === j ? NaN : Math.max(0, matrix[i * p.experts + j]!))}
           describe={(i, j) => `experts ${i} and ${j}: ${KIND_LABEL[shownKind]} ${fmt(matrix[i * p.experts + j]!, 4)}`}
           rowLabel="expert" colLabel="expert" testid="similarity-matrix" />

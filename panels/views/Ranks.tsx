@@ -93,7 +93,7 @@ export function Ranks({ a }: { a: Analysis }) {
             </span>
           </div>
           <MatrixCanvas
-            rows={rows.length} cols={experts} testid="rank-heatmap" rowLabel="rank" colLabel="expert" height={Math.max(60, rows.length * 18)}
+            rows={rows.length} cols={experts} data={rows} testid="rank-heatmap" rowLabel="rank" colLabel="expert" height={Math.max(60, rows.length * 18)}
             intensity={(row, e) => (rows[row]!.counts?.[e] ?? 0) / max}
             describe={(row, e) => {
               const x = rows[row]!;
