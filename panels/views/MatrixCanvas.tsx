@@ -25,6 +25,29 @@ interface Props {
   height?: number;
 }
 
+/** Index of the blank colour (a cell that does not exist) in a palette; 0-255 are the levels. */
+const BLANK = 256;
+const palettes = new Map<string, Uint32Array>();
+
+/** The theme's 256 levels from background to accent, and blank, as RGBA pixels in this machine's byte order. */
+function paletteOf(theme: string): Uint32Array {
+  let palette = palettes.get(theme);
+  if (palette) return palette;
+  const dark = theme === 'dark';
+  const lo = dark ? [32, 33, 36] : [255, 255, 255];
+  const hi = dark ? [138, 180, 248] : [26, 115, 232];
+  const blank = dark ? [60, 64, 67] : [218, 220, 224];
+  palette = new Uint32Array(BLANK + 1);
+  const bytes = new Uint8ClampedArray(palette.buffer);
+  for (let level = 0; level <= BLANK; level++) {
+    const v = level / 255;
+    for (let c = 0; c < 3; c++) bytes[level * 4 + c] = level === BLANK ? blank[c]! : lo[c]! + (hi[c]! - lo[c]!) * v;
+    bytes[level * 4 + 3] = 255;
+  }
+  palettes.set(theme, palette);
+  return palette;
+}
+
 export function MatrixCanvas({ rows, cols, intensity, data, order, describe, rowLabel, colLabel, testid, height }: Props) {
   const canvas = useRef<HTMLCanvasElement>(null);
   const image = useRef<ImageData | null>(null);
@@ -41,26 +64,18 @@ export function MatrixCanvas({ rows, cols, intensity, data, order, describe, row
     if (!ctx) return;
     const last = image.current;
     const img = last && last.width === cols && last.height === rows ? last : (image.current = ctx.createImageData(cols, rows));
-    const dark = theme === 'dark';
-    const lo = dark ? [32, 33, 36] : [255, 255, 255];
-    const hi = dark ? [138, 180, 248] : [26, 115, 232];
-    const blank = dark ? [60, 64, 67] : [218, 220, 224];
+    // one 32-bit pixel per cell from a table of 256 colour levels (and blank): a million cells
+    // are a million calls of `intensity`, so the rest of the loop is kept to a lookup and a store
+    const palette = paletteOf(theme);
+    const pixels = new Uint32Array(img.data.buffer, img.data.byteOffset, rows * cols);
     for (let r = 0; r < rows; r++) {
+      const rowStart = r * cols;
       for (let x = 0; x < cols; x++) {
-        const col = order ? order[x]! : x;
-        const raw = intensity(r, col);
-        const p = (r * cols + x) * 4;
-        if (Number.isNaN(raw)) {
-          img.data[p] = blank[0]!;
-          img.data[p + 1] = blank[1]!;
-          img.data[p + 2] = blank[2]!;
-        } else {
-          const v = Number.isFinite(raw) ? Math.max(0, Math.min(1, raw)) : 0;
-          img.data[p] = lo[0]! + (hi[0]! - lo[0]!) * v;
-          img.data[p + 1] = lo[1]! + (hi[1]! - lo[1]!) * v;
-          img.data[p + 2] = lo[2]! + (hi[2]! - lo[2]!) * v;
-        }
-        img.data[p + 3] = 255;
+        const raw = intensity(r, order ? order[x]! : x);
+        let level = 0;
+        if (Number.isNaN(raw)) level = BLANK;
+        else if (raw > 0 && raw < Infinity) level = raw >= 1 ? 255 : Math.round(raw * 255);
+        pixels[rowStart + x] = palette[level]!;
       }
     }
     ctx.putImageData(img, 0, 0);
