@@ -87,25 +87,25 @@ export function Experts({ store, a, layer }: { store: Store; a: Analysis; layer:
     if (!p) return null;
     const load = (e: number) => (settledRow ? settled.window.counts[settledRow.offset + e] ?? NaN : NaN);
     return (
-    <div class="table-scroll">
-      <table class="grid fixed-grid" data-testid="expert-params-table">
-        <thead>
-          <tr><th>Expert</th><th>Router row norm</th>{p.routerBias && <th>{p.routerBiasName}</th>}<th>Weights norm</th>{p.groups.map((g) => <th key={g}>{g}</th>)}<th>Assignments in window</th></tr>
-        </thead>
-        <tbody>
-          {shownExperts(p.experts, allRows, dead, duplicate).map((e) => (
-            <tr key={e} class={dead.has(e) ? 'zero' : ''} data-expert={e}>
-              <td class="num">{e}{duplicate.has(e) ? ' ≈' : ''}</td>
-              <td class="num" data-testid="router-norm">{fmt(p.routerNorms?.[e] ?? NaN, 4)}</td>
-              {p.routerBias && <td class="num">{fmt(p.routerBias[e]!, 4)}</td>}
-              <td class="num">{fmt(p.expertNorms?.[e] ?? NaN, 3)}</td>
-              {p.groups.map((g, gi) => <td class="num" key={g}>{fmt(p.groupNorms?.[gi * p.experts + e] ?? NaN, 3)}</td>)}
-              <td class="num">{int(load(e))}</td>
-            </tr>
-          ))}
-        </tbody>
-      </table>
-    </div>
+      <div class="table-scroll">
+        <table class="grid fixed-grid" data-testid="expert-params-table">
+          <thead>
+            <tr><th>Expert</th><th>Router row norm</th>{p.routerBias && <th>{p.routerBiasName}</th>}<th>Weights norm</th>{p.groups.map((g) => <th key={g}>{g}</th>)}<th>Assignments in window</th></tr>
+          </thead>
+          <tbody>
+            {shownExperts(p.experts, allRows, dead, duplicate).map((e) => (
+              <tr key={e} class={dead.has(e) ? 'zero' : ''} data-expert={e}>
+                <td class="num">{e}{duplicate.has(e) ? ' ≈' : ''}</td>
+                <td class="num" data-testid="router-norm">{fmt(p.routerNorms?.[e] ?? NaN, 4)}</td>
+                {p.routerBias && <td class="num">{fmt(p.routerBias[e]!, 4)}</td>}
+                <td class="num">{fmt(p.expertNorms?.[e] ?? NaN, 3)}</td>
+                {p.groups.map((g, gi) => <td class="num" key={g}>{fmt(p.groupNorms?.[gi * p.experts + e] ?? NaN, 3)}</td>)}
+                <td class="num">{int(load(e))}</td>
+              </tr>
+            ))}
+          </tbody>
+        </table>
+      </div>
     );
   }, [p, settled, settledRow, allRows, deadKey, duplicateKey]);
 
