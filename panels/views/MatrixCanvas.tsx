@@ -7,7 +7,7 @@
  * every render (each analysis, each hover) used to redraw it and allocate a new 4 MiB ImageData.
  */
 import { useEffect, useRef, useState } from 'preact/hooks';
-import { currentTheme } from './colour-scale';
+import { blankColour, currentTheme, matrixRamp, type Theme } from './colour-scale';
 
 interface Props {
   rows: number;
@@ -25,27 +25,10 @@ interface Props {
   height?: number;
 }
 
-/** Index of the blank colour (a cell that does not exist) in a palette; 0-255 are the levels. */
-const BLANK = 256;
-const palettes = new Map<string, Uint32Array>();
-
-/** The theme's 256 levels from background to accent, and blank, as RGBA pixels in this machine's byte order. */
-function paletteOf(theme: string): Uint32Array {
-  let palette = palettes.get(theme);
-  if (palette) return palette;
-  const dark = theme === 'dark';
-  const lo = dark ? [32, 33, 36] : [255, 255, 255];
-  const hi = dark ? [138, 180, 248] : [26, 115, 232];
-  const blank = dark ? [60, 64, 67] : [218, 220, 224];
-  palette = new Uint32Array(BLANK + 1);
-  const bytes = new Uint8ClampedArray(palette.buffer);
-  for (let level = 0; level <= BLANK; level++) {
-    const v = level / 255;
-    for (let c = 0; c < 3; c++) bytes[level * 4 + c] = level === BLANK ? blank[c]! : lo[c]! + (hi[c]! - lo[c]!) * v;
-    bytes[level * 4 + 3] = 255;
-  }
-  palettes.set(theme, palette);
-  return palette;
+/** The theme's 256 colour levels (colour-scale's matrix ramp) as RGBA pixels, and its blank colour as one pixel. */
+function pixelsOf(theme: Theme): { levels: Uint32Array; blank: number } {
+  const [r, g, b] = blankColour(theme);
+  return { levels: new Uint32Array(matrixRamp(theme).buffer, 0, 256), blank: new Uint32Array(Uint8Array.of(r, g, b, 255).buffer)[0]! };
 }
 
 export function MatrixCanvas({ rows, cols, intensity, data, order, describe, rowLabel, colLabel, testid, height }: Props) {
@@ -64,18 +47,16 @@ export function MatrixCanvas({ rows, cols, intensity, data, order, describe, row
     if (!ctx) return;
     const last = image.current;
     const img = last && last.width === cols && last.height === rows ? last : (image.current = ctx.createImageData(cols, rows));
-    // one 32-bit pixel per cell from a table of 256 colour levels (and blank): a million cells
-    // are a million calls of `intensity`, so the rest of the loop is kept to a lookup and a store
-    const palette = paletteOf(theme);
+    // one 32-bit pixel per cell from a table of 256 colour levels: a million cells are a million
+    // calls of `intensity`, so the rest of the loop is kept to a lookup and a store
+    const { levels, blank } = pixelsOf(theme);
     const pixels = new Uint32Array(img.data.buffer, img.data.byteOffset, rows * cols);
     for (let r = 0; r < rows; r++) {
       const rowStart = r * cols;
       for (let x = 0; x < cols; x++) {
         const raw = intensity(r, order ? order[x]! : x);
-        let level = 0;
-        if (Number.isNaN(raw)) level = BLANK;
-        else if (raw > 0 && raw < Infinity) level = raw >= 1 ? 255 : Math.round(raw * 255);
-        pixels[rowStart + x] = palette[level]!;
+        if (Number.isNaN(raw)) pixels[rowStart + x] = blank;
+        else pixels[rowStart + x] = levels[raw > 0 && raw < Infinity ? (raw >= 1 ? 255 : Math.round(raw * 255)) : 0]!;
       }
     }
     ctx.putImageData(img, 0, 0);

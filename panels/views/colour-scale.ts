@@ -27,15 +27,18 @@ export const FAIR_RANGE = 3;
 const LOG_DECADES = 4;
 
 type RGB = [number, number, number];
-const STOPS: Record<Theme, { sequential: RGB[]; diverging: RGB[]; blank: RGB }> = {
+/** matrix: background to accent, for the values in [0, 1] of MatrixCanvas (co-activation, similarity, ranks). */
+const STOPS: Record<Theme, { sequential: RGB[]; diverging: RGB[]; matrix: RGB[]; blank: RGB }> = {
   light: {
     sequential: [[255, 255, 255], [138, 180, 248], [26, 115, 232], [13, 60, 130]],
     diverging: [[26, 115, 232], [255, 255, 255], [217, 48, 37]],
+    matrix: [[255, 255, 255], [26, 115, 232]],
     blank: [218, 220, 224],
   },
   dark: {
     sequential: [[32, 33, 36], [25, 70, 140], [138, 180, 248], [232, 240, 254]],
     diverging: [[138, 180, 248], [32, 33, 36], [242, 139, 130]],
+    matrix: [[32, 33, 36], [138, 180, 248]],
     blank: [60, 64, 67],
   },
 };
@@ -58,6 +61,14 @@ export function ramp(theme: Theme, mode: ScaleMode): Uint8Array {
   const key = `${theme}:${mode === 'fair' ? 'diverging' : 'sequential'}`;
   let r = RAMPS.get(key);
   if (!r) RAMPS.set(key, (r = rampOf(mode === 'fair' ? STOPS[theme].diverging : STOPS[theme].sequential)));
+  return r;
+}
+
+/** MatrixCanvas' 256 RGBA entries, background to accent. */
+export function matrixRamp(theme: Theme): Uint8Array {
+  const key = `${theme}:matrix`;
+  let r = RAMPS.get(key);
+  if (!r) RAMPS.set(key, (r = rampOf(STOPS[theme].matrix)));
   return r;
 }
 

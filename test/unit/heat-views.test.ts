@@ -6,7 +6,7 @@
 import { describe, expect, it } from 'vitest';
 import { routingFlow, type FlowRecord } from '../../src/analysis';
 import { cellCentre, explodedSpacing, pickCell, type Stack } from '../../panels/views/activity-gl';
-import { blankColour, legendTicks, makeScale, position, ramp, rampIndex } from '../../panels/views/colour-scale';
+import { blankColour, legendTicks, makeScale, matrixRamp, position, ramp, rampIndex } from '../../panels/views/colour-scale';
 import { bandY, hitFlow, layoutFlow } from '../../panels/views/flow-layout';
 import { paintHeat } from '../../panels/views/heat-paint';
 import { invert, lookAt, multiply, orbitEye, orthographic, perspective, project, unprojectRay } from '../../panels/views/mat4';
@@ -42,6 +42,16 @@ describe('colour scale', () => {
     const div = ramp('light', 'fair');
     expect(Array.from(div.subarray(0, 3))).toEqual([26, 115, 232]);
     expect(Array.from(div.subarray(255 * 4, 255 * 4 + 3))).toEqual([217, 48, 37]);
+  });
+
+  it('has a matrix ramp per theme from the background to the accent, straight between them', () => {
+    const light = matrixRamp('light');
+    expect(Array.from(light.subarray(0, 4))).toEqual([255, 255, 255, 255]);
+    expect(Array.from(light.subarray(255 * 4, 255 * 4 + 4))).toEqual([26, 115, 232, 255]);
+    expect(Array.from(light.subarray(51 * 4, 51 * 4 + 3))).toEqual([209, 227, 250]); // 1/5 of the way: 255 - 229/5, 255 - 140/5, 255 - 23/5
+    const dark = matrixRamp('dark');
+    expect(Array.from(dark.subarray(0, 3))).toEqual([32, 33, 36]);
+    expect(Array.from(dark.subarray(255 * 4, 255 * 4 + 3))).toEqual([138, 180, 248]);
   });
 });
 
