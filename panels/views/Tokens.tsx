@@ -104,23 +104,29 @@ class TokenLine extends Component<TokenLineProps> {
 }
 
 export function Tokens({ store, a }: { store: Store; a: Analysis }) {
+  // The list of explanations stays at one place in the tree whether or not token records have
+  // arrived: remounted, it would forget which explanation the user opened (as when a recording's
+  // token stream arrives just after the click).
+  return (
+    <div class="tokens">
+      {a.tokens.length
+        ? <TokenStream store={store} a={a} />
+        : <p class="empty" data-testid="tokens-empty">No token records yet: the probe samples a few passes per second.</p>}
+      <ExplanationList store={store} a={a} />
+    </div>
+  );
+}
+
+function TokenStream({ store, a }: { store: Store; a: Analysis }) {
   const rows = a.tokens;
   const sel = store.state.token;
-  if (!rows.length) {
-    return (
-      <>
-        <p class="empty" data-testid="tokens-empty">No token records yet: the probe samples a few passes per second.</p>
-        <ExplanationList store={store} a={a} />
-      </>
-    );
-  }
   const row = (sel && (rows.find((r) => r.pass === sel.pass) ?? sel.row)) ?? null;
   const colourLayer = store.state.selectedLayer;
   const labelOf = (layer: number) => a.rows[layer]?.label ?? `layer ${layer}`;
   const hidden = a.rows.filter((r) => r.info.token_source === 'none');
   const recomputed = a.rows.filter((r) => r.info.token_source === 'recomputed');
   return (
-    <div class="tokens">
+    <>
       <p class="muted">
         Last {rows.length} sampled passes ({a.tokenPassesKept} kept); each prompt starts a line and decoded tokens follow it.
         Underline: top expert in {labelOf(colourLayer)} (choose the layer in Load). Click a token to see its path through the layers.
@@ -155,7 +161,6 @@ export function Tokens({ store, a }: { store: Store; a: Analysis }) {
           <ExplainToken key={`${row.pass}:${sel.index}`} store={store} a={a} row={row} index={sel.index} />
         </div>
       )}
-      <ExplanationList store={store} a={a} />
-    </div>
+    </>
   );
 }

@@ -174,6 +174,8 @@ describe('why a token went to an expert, and what the experts look like', () => 
     await showView(panel, 'tokens');
     await panel.waitForSelector(`[data-testid="explanation-item"][data-layer="${LAYER}"]`, { timeout: 10000 });
     await clickInPanel(panel, `[data-testid="explanation-item"][data-layer="${LAYER}"]`);
+    // The recording's token stream may be shown after the click: the opened explanation stays.
+    await panel.waitForSelector('[data-testid="token-pass"]', { timeout: 10000 });
     await panel.waitForSelector('[data-testid="explanation-list"] [data-testid="explanation"]', { timeout: 5000 });
     const replayed = await panel.$$eval('[data-testid="explanation-list"] [data-testid="explain-token"]', (els: Element[]) => els.map((el: Element) => Number(el.getAttribute('data-value'))));
     expect(replayed).toEqual(ig.tokens.map((t) => t.value));
