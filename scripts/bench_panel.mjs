@@ -70,9 +70,9 @@ import { ROOT, requireProjectPython } from './python-env.mjs';
 import { FRAME_BUDGET_MS, analyzeTrace, stats } from './lib/panel-trace.mjs';
 
 const TARGET_UPDATE_HZ = 30;
-// The host relays at most 30 updates/s and skips a tick when no new snapshot came in since the
-// last one; jitter on a busy machine costs a tick now and then. 90 % is enough to call the load
-// "30 Hz"; the exact rate is reported.
+// The host relays at most 30 updates/s, each as soon as a new snapshot waits (native-host's
+// UpdatePacer); a stall of its event loop on a busy machine costs an update now and then. 90 % is
+// enough to call the load "30 Hz"; the exact rate is reported.
 const MIN_UPDATE_HZ = 27;
 const DEVTOOLS_SIZE = { width: 1280, height: 800 };
 const ALL_VIEWS = ['overview', 'load', 'heatmap', 'flow', 'activity', 'layers', 'tokens', 'timeline', 'coactivation', 'profiler', 'experts'];

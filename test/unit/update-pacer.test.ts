@@ -50,6 +50,33 @@ describe('UpdatePacer: the host sends as soon as counts wait, at most once per i
     pacer.stop();
   });
 
+  it('keeps updateHz when its timer fires late (the event loop busy with probe frames), never more', () => {
+    // Each probe frame holds the host's event loop 4 ms: the pacer's clock moves on while no timer
+    // can fire, so a timer due during a frame fires late.
+    let busy = 0;
+    const now = () => Date.now() + busy;
+    const sends: number[] = [];
+    const pacer = new UpdatePacer(() => (sends.push(now()), true), 30, now);
+    let t = 0;
+    for (let pass = 0; pass < 300; pass++) {
+      const next = pass * 25 + ((pass * 7919) % 13);
+      vi.advanceTimersByTime(next - t);
+      t = next;
+      busy += 4;
+      pacer.request();
+    }
+    pacer.stop();
+    const seconds = (sends.at(-1)! - sends[0]!) / 1000;
+    const rate = (sends.length - 1) / seconds;
+    // the job makes ~34 passes/s on the pacer's clock; every send waits for counts
+    expect(rate).toBeGreaterThan(29.5);
+    expect(rate).toBeLessThanOrEqual(30);
+    // never two sends closer than half an interval, never more than updateHz + 1 in any second
+    const gaps = sends.slice(1).map((s, i) => s - sends[i]!);
+    expect(Math.min(...gaps)).toBeGreaterThanOrEqual(1000 / 30 / 2);
+    for (const s of sends) expect(sends.filter((x) => x >= s && x < s + 1000).length).toBeLessThanOrEqual(31);
+  });
+
   it('tries again an interval later while the browser is behind', () => {
     let congested = 2;
     let sent = 0;
