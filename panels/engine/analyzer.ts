@@ -179,8 +179,40 @@ export interface TokenRow {
   layers: Array<{ layer: number; k: number; ids: Int32Array; weights: Float32Array | null }>;
 }
 
-/** A timeline point as an analysis carries it; its per-layer MaxVio is in Analysis.timelineMaxVio. */
-export type TimelineSample = Omit<TimelinePoint, 'maxVioByLayer'>;
+/**
+ * The timeline as an analysis carries it: one typed array per field (point i of every field is
+ * the same interval), per-layer MaxVio row-major [length x layers]. Columns rather than one object
+ * per point: the analysis is posted from the worker up to 5 times a second with up to 1200 points,
+ * and deserializing 1200 objects cost the main thread about a millisecond each time (2-core AMD
+ * EPYC, v8.deserialize), typed arrays next to nothing.
+ */
+export interface TimelineColumns {
+  length: number;
+  t: Float64Array;
+  passesPerS: Float64Array;
+  tokensPerS: Float64Array;
+  maxVio: Float64Array;
+  routerEntropy: Float64Array;
+  decodeShare: Float64Array;
+  backwardPerS: Float64Array;
+  maxVioByLayer: Float32Array;
+}
+
+/** The fields of TimelineColumns that hold one number per point. */
+export const TIMELINE_FIELDS = ['t', 'passesPerS', 'tokensPerS', 'maxVio', 'routerEntropy', 'decodeShare', 'backwardPerS'] as const;
+
+/** Timeline points (oldest first) as columns, per-layer MaxVio for the first `layers` layers. */
+export function timelineColumns(points: readonly TimelinePoint[], layers: number): TimelineColumns {
+  const n = points.length;
+  const out = { length: n, maxVioByLayer: new Float32Array(n * layers) } as TimelineColumns;
+  for (const f of TIMELINE_FIELDS) {
+    const col = new Float64Array(n);
+    for (let i = 0; i < n; i++) col[i] = points[i]![f];
+    out[f] = col;
+  }
+  for (let i = 0; i < n; i++) out.maxVioByLayer.set(points[i]!.maxVioByLayer.subarray(0, layers), i * layers);
+  return out;
+}
 
 export interface Analysis {
   pid: number;
@@ -201,13 +233,8 @@ export interface Analysis {
   rows: LayerRow[];
   findings: Finding[];
   thresholds: Thresholds;
-  timeline: TimelineSample[];
-  /**
-   * MaxVio per timeline point and layer, row-major [timeline.length x layers]. One buffer rather
-   * than a Float32Array per point: the analysis is posted from the worker up to 5 times a second
-   * with up to 3600 points, and deserializing 3600 small typed arrays cost the main thread ms.
-   */
-  timelineMaxVio: Float32Array;
+  /** Up to TIMELINE_SENT points, thinned keeping peaks and dips of the mean MaxVio. */
+  timeline: TimelineColumns;
   /** Profiler: per layer ms per pass (rows), probe's own time as a share of block time, rates. */
   profile: { probeShare: number; blockMsPerPass: number; probeMsPerPass: number; passesPerS: number; tokensPerS: number };
   dropped: number;
@@ -639,15 +666,7 @@ export class Analyzer {
     }, s.views) : undefined;
 
     const all = job.timeline.toArray();
-    const points = thinIndices(all.length, TIMELINE_SENT, (i) => all[i]!.maxVio).map((i) => all[i]!);
-    const timelineMaxVio = new Float32Array(points.length * L);
-    const timeline = points.map((p, i): TimelineSample => {
-      timelineMaxVio.set(p.maxVioByLayer.subarray(0, L), i * L);
-      return {
-        t: p.t, passesPerS: p.passesPerS, tokensPerS: p.tokensPerS, maxVio: p.maxVio, routerEntropy: p.routerEntropy, decodeShare: p.decodeShare,
-        backwardPerS: p.backwardPerS,
-      };
-    });
+    const timeline = timelineColumns(thinIndices(all.length, TIMELINE_SENT, (i) => all[i]!.maxVio).map((i) => all[i]!), L);
 
     return {
       pid, model: job.model, layers: L, widths: widths.slice(), offsets: offsets.slice(), maxWidth: Math.max(0, ...widths),
@@ -655,7 +674,6 @@ export class Analyzer {
       window: { passes: dPasses, seconds: dt, tokens: tokens0, fromPass: base.passes, toPass: latest.passes, counts },
       judgeable, rows, findings: found, thresholds: th,
       timeline,
-      timelineMaxVio,
       profile: {
         probeShare: blockTotal > 0 ? probeS / blockTotal : NaN,
         blockMsPerPass: dPasses > 0 && latest.timeS ? (1000 * blockTotal) / dPasses : NaN,

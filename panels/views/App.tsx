@@ -284,15 +284,15 @@ function JobView({ store, job, analysis: a }: { store: Store; job: JobState; ana
 function StatusBar({ store, job, analysis: a }: { store: Store; job?: JobState; analysis?: Analysis }) {
   const { connection, paused } = store.state;
   const update = job?.models[0] ? job.latest.get(job.models[0].id) : job ? [...job.latest.values()][0] : undefined;
-  const last = a?.timeline[a.timeline.length - 1];
+  const lastPoint = a ? a.timeline.length - 1 : -1;
   return (
     <footer class="statusbar" data-testid="statusbar">
       <span class={`connection ${connection}`} data-testid="connection">{connectionLabel(connection)}</span>
       {update ? (
         <>
           <span data-testid="passes">{update.passes} passes</span>
-          <span data-testid="passes-per-s">{fmt(last?.passesPerS ?? NaN, 1)} passes/s</span>
-          <span data-testid="tokens-per-s">{int(last?.tokensPerS ?? NaN)} tokens/s</span>
+          <span data-testid="passes-per-s">{fmt(a?.timeline.passesPerS[lastPoint] ?? NaN, 1)} passes/s</span>
+          <span data-testid="tokens-per-s">{int(a?.timeline.tokensPerS[lastPoint] ?? NaN)} tokens/s</span>
           <span>{job!.updates} updates</span>
           <span title="Snapshots dropped on the way because a consumer was slower than the job" class={update.dropped ? 'warn' : ''}>{update.dropped} dropped</span>
           {update.droppedTokens ? <span class="warn" title="Per-token records dropped on the way">{update.droppedTokens} token records dropped</span> : null}

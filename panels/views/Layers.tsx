@@ -202,7 +202,7 @@ function WindowDiff({ a, request, data, onRequest }: { a: Analysis; request: Dif
       {!fresh ? (
         <p class="empty" data-testid="diff-empty">
           {data === null && a.views
-            ? `The earlier window would end before the job was attached (${fmt(a.timeline[a.timeline.length - 1]?.t ?? 0, 0)} s ago): ask for a shorter time ago.`
+            ? `The earlier window would end before the job was attached (${fmt(a.timeline.t[a.timeline.length - 1] ?? 0, 0)} s ago): ask for a shorter time ago.`
             : 'Comparing…'}
         </p>
       ) : <DiffBody a={a} d={fresh} />}

@@ -109,9 +109,9 @@ export function Load({ store, a, layer }: { store: Store; a: Analysis; layer: nu
   const identityFrom = E - (row?.info.identity_experts ?? 0);
   const total = counts.reduce((x, y) => x + y, 0);
   const vio = useMemo(() => {
-    const t = a.timeline.map((p) => p.t);
-    const byLayer = a.timeline.map((_, i) => a.timelineMaxVio[i * a.layers + layer] ?? NaN);
-    return [t, byLayer, a.timeline.map((p) => p.maxVio)] as [number[], number[], number[]];
+    const tl = a.timeline;
+    const byLayer = Array.from({ length: tl.length }, (_, i) => tl.maxVioByLayer[i * a.layers + layer] ?? NaN);
+    return [Array.from(tl.t), byLayer, Array.from(tl.maxVio)] as [number[], number[], number[]];
   }, [a.timeline, layer]);
   return (
     <div class="load">

@@ -4,29 +4,32 @@ import type { Analysis } from '../engine/analyzer';
 import { LinePlot } from './LinePlot';
 
 export function Timeline({ a }: { a: Analysis }) {
-  const { data, bands, rate, passes, training } = useMemo(() => {
+  const { data, bands, rate, passes, training, prefillShare } = useMemo(() => {
     const tl = a.timeline;
-    const t = tl.map((p) => p.t);
+    const col = (c: Float64Array) => Array.from(c);
+    const t = col(tl.t);
     const bands: Array<[number, number]> = [];
     let start: number | null = null;
+    let prefill = 0;
     for (let i = 0; i < tl.length; i++) {
-      const dec = tl[i]!.decodeShare > 0.5;
-      if (dec && start === null) start = tl[i]!.t;
+      const dec = tl.decodeShare[i]! > 0.5;
+      if (tl.decodeShare[i]! <= 0.5) prefill++;
+      if (dec && start === null) start = tl.t[i]!;
       if (!dec && start !== null) {
-        bands.push([start, tl[i]!.t]);
+        bands.push([start, tl.t[i]!]);
         start = null;
       }
     }
-    if (start !== null && tl.length) bands.push([start, tl[tl.length - 1]!.t]);
+    if (start !== null && tl.length) bands.push([start, tl.t[tl.length - 1]!]);
     return {
-      data: [t, tl.map((p) => p.routerEntropy), tl.map((p) => p.maxVio)] as [number[], number[], number[]],
-      rate: [t, tl.map((p) => p.tokensPerS), tl.map((p) => p.passesPerS)] as [number[], number[], number[]],
-      passes: [t, tl.map((p) => p.passesPerS), tl.map((p) => p.backwardPerS)] as [number[], number[], number[]],
-      training: tl.some((p) => Number.isFinite(p.backwardPerS)),
+      data: [t, col(tl.routerEntropy), col(tl.maxVio)] as [number[], number[], number[]],
+      rate: [t, col(tl.tokensPerS), col(tl.passesPerS)] as [number[], number[], number[]],
+      passes: [t, col(tl.passesPerS), col(tl.backwardPerS)] as [number[], number[], number[]],
+      training: tl.backwardPerS.some((v) => Number.isFinite(v)),
+      prefillShare: tl.length ? prefill / tl.length : NaN,
       bands,
     };
   }, [a.timeline]);
-  const prefillShare = a.timeline.length ? a.timeline.filter((p) => p.decodeShare <= 0.5).length / a.timeline.length : NaN;
   return (
     <div class="timeline" data-testid="timeline-view" data-points={a.timeline.length}>
       <p class="muted">Each point covers the trailing second. Shaded: decode passes (sequence length 1); unshaded: prefill. {Number.isFinite(prefillShare) ? `${Math.round(100 * prefillShare)}% of the time in prefill.` : ''}</p>

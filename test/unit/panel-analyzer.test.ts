@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import type { HostMessage, JobUpdate } from '../../src/protocol/panel';
 import { HEALTH_COLUMNS } from '../../src/protocol/probe';
-import { Analyzer, recentTokenRows } from '../../panels/engine/analyzer';
+import { Analyzer, TIMELINE_FIELDS, recentTokenRows, timelineColumns, type TimelinePoint } from '../../panels/engine/analyzer';
 import { Ring } from '../../panels/engine/ring';
 import { metricsCsv, metricsJson } from '../../panels/engine/export';
 import { layerInfo } from './layer-fixture';
@@ -26,6 +26,20 @@ describe('Ring', () => {
     expect(r.toArray()).toEqual([2, 3, 4]);
     expect(r.at(-1)).toBe(4);
     expect(r.evicted).toBe(2);
+  });
+});
+
+describe('timelineColumns', () => {
+  it('holds point i of every field at index i, and per-layer MaxVio row-major', () => {
+    const point = (i: number): TimelinePoint => ({
+      t: i, passesPerS: 10 + i, tokensPerS: 100 * i, maxVio: i / 4, routerEntropy: i === 1 ? NaN : 0.5, decodeShare: i % 2, backwardPerS: NaN,
+      maxVioByLayer: Float32Array.from([i, i + 0.5, 99]),
+    });
+    const c = timelineColumns([0, 1, 2].map(point), 2);
+    expect(c.length).toBe(3);
+    for (const f of TIMELINE_FIELDS) expect(Array.from(c[f]), f).toEqual([0, 1, 2].map((i) => point(i)[f]));
+    expect(Array.from(c.maxVioByLayer)).toEqual([0, 0.5, 1, 1.5, 2, 2.5]);
+    expect(timelineColumns([], 4).t).toHaveLength(0);
   });
 });
 
@@ -250,7 +264,7 @@ describe('Analyzer: several models in one job, and training passes', () => {
       { pass: 3, ts: 1000.75, aux: [2.5, NaN], z: [0.625, 0.375], modelAux: NaN, loss: 5.25 },
     ]);
     expect(r.rows.map((row) => row.backwardMsPerPass)).toEqual([2, 4].map((ms) => expect.closeTo(ms, 9)));
-    expect(r.timeline.at(-1)!.backwardPerS).toBeCloseTo(4, 6); // one backward pass per 0.25 s
+    expect(r.timeline.backwardPerS.at(-1)).toBeCloseTo(4, 6); // one backward pass per 0.25 s
     a.clear(7);
     expect(a.analyze(7, { windowMode: 'all' })!.training!.rows).toEqual([]);
   });
