@@ -8,6 +8,7 @@ import { fmt } from './format';
 import { sparkBars } from './spark-bars';
 import { LinePlot } from './LinePlot';
 import { LoadChart } from './LoadChart';
+import { analysisSource, useSettled } from './useSettled';
 
 const SPARK_W = 120;
 const SPARK_H = 32;
@@ -113,6 +114,10 @@ export function Load({ store, a, layer }: { store: Store; a: Analysis; layer: nu
     const byLayer = Array.from({ length: tl.length }, (_, i) => tl.maxVioByLayer[i * a.layers + layer] ?? NaN);
     return [Array.from(tl.t), byLayer, Array.from(tl.maxVio)] as [number[], number[], number[]];
   }, [a.timeline, layer]);
+  // The small multiples are a summary of every layer: redrawn at most once a second (useSettled),
+  // not at every analysis; the chosen layer's chart and table above keep the full rate.
+  const settled = useSettled(store, a, analysisSource(a));
+  const multiples = useMemo(() => <LayerMultiples store={store} a={settled} layer={layer} />, [store, settled, layer]);
   return (
     <div class="load">
       <div class="load-top">
@@ -125,15 +130,22 @@ export function Load({ store, a, layer }: { store: Store; a: Analysis; layer: nu
       <LinePlot title="Imbalance over time (MaxVio, trailing 1 s)" testid="imbalance-plot" pan
         lines={[{ label: row ? shortLayerLabel(row.info) : `layer ${layer}`, color: '#1a73e8' }, { label: 'mean of layers', color: '#e37400' }]} data={vio} height={150} />
       <h3>All layers</h3>
-      <div class="multiples" data-testid="small-multiples">
-        {a.rows.map((r) => (
-          <button key={r.layer} class={`multiple ${r.layer === layer ? 'selected' : ''}`} data-layer={r.layer}
-            title={`${r.label}: ${r.experts} experts, MaxVio ${fmt(r.maxVio)}`} onClick={() => store.selectLayer(r.layer)}>
-            <Spark counts={a.window.counts.subarray(r.offset, r.offset + r.experts)} />
-            <span>{shortLayerLabel(r.info)} · {fmt(r.maxVio, 1)}</span>
-          </button>
-        ))}
-      </div>
+      {multiples}
+    </div>
+  );
+}
+
+/** Every layer's loads as a sparkline (64 to 128 canvases), a button to choose the layer. */
+function LayerMultiples({ store, a, layer }: { store: Store; a: Analysis; layer: number }) {
+  return (
+    <div class="multiples" data-testid="small-multiples">
+      {a.rows.map((r) => (
+        <button key={r.layer} class={`multiple ${r.layer === layer ? 'selected' : ''}`} data-layer={r.layer}
+          title={`${r.label}: ${r.experts} experts, MaxVio ${fmt(r.maxVio)}`} onClick={() => store.selectLayer(r.layer)}>
+          <Spark counts={a.window.counts.subarray(r.offset, r.offset + r.experts)} />
+          <span>{shortLayerLabel(r.info)} · {fmt(r.maxVio, 1)}</span>
+        </button>
+      ))}
     </div>
   );
 }
