@@ -1,9 +1,9 @@
 /**
  * Tables that every analysis rewrites (Overview's and Layers' tables of every layer, Flow's
- * transitions, Load's sparklines of every layer) show the newest value at most once a second. An analysis comes up to 5 times a
- * second and changes nearly every number of such a table: at that rate the numbers cannot be
- * read, and re-laying out the table took more than a frame on a busy machine. Charts keep the full
- * rate. Paused, or a new source (another job, model or request): at once (a changed window
+ * transitions, Load's sparklines of every layer) show the newest value at most once a second. An
+ * analysis comes up to 5 times a second and changes nearly every number of such a table: at that
+ * rate the numbers cannot be read, and re-laying out the table took more than a frame on a busy
+ * machine. Charts keep the full rate. Paused, or a new source (another job, model or request): at once (a changed window
  * setting shows with the next refresh, within the second).
  */
 import { useEffect, useRef, useState } from 'preact/hooks';
