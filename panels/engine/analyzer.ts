@@ -186,20 +186,10 @@ export interface TokenRow {
  * and deserializing 1200 objects cost the main thread about a millisecond each time (2-core AMD
  * EPYC, v8.deserialize), typed arrays next to nothing.
  */
-export interface TimelineColumns {
-  length: number;
-  t: Float64Array;
-  passesPerS: Float64Array;
-  tokensPerS: Float64Array;
-  maxVio: Float64Array;
-  routerEntropy: Float64Array;
-  decodeShare: Float64Array;
-  backwardPerS: Float64Array;
-  maxVioByLayer: Float32Array;
-}
+export type TimelineColumns = { length: number; maxVioByLayer: Float32Array } & Record<(typeof TIMELINE_FIELDS)[number], Float64Array>;
 
-/** The fields of TimelineColumns that hold one number per point. */
-export const TIMELINE_FIELDS = ['t', 'passesPerS', 'tokensPerS', 'maxVio', 'routerEntropy', 'decodeShare', 'backwardPerS'] as const;
+/** The fields of TimelinePoint that TimelineColumns holds as one number per point. */
+export const TIMELINE_FIELDS = ['t', 'passesPerS', 'tokensPerS', 'maxVio', 'routerEntropy', 'decodeShare', 'backwardPerS'] as const satisfies ReadonlyArray<keyof TimelinePoint>;
 
 /** Timeline points (oldest first) as columns, per-layer MaxVio for the first `layers` layers. */
 export function timelineColumns(points: readonly TimelinePoint[], layers: number): TimelineColumns {

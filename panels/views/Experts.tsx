@@ -82,10 +82,10 @@ export function Experts({ store, a, layer }: { store: Store; a: Analysis; layer:
   // is the same element in between, so that Preact skips its rows (64 to all of them) at every
   // analysis; the norms beside the load change only with a new answer.
   const settled = useSettled(store, a, analysisSource(a));
-  const settledRow = settled.rows[layer];
   const table = useMemo(() => {
     if (!p) return null;
-    const load = (e: number) => (settledRow ? settled.window.counts[settledRow.offset + e] ?? NaN : NaN);
+    const row = settled.rows[layer];
+    const load = (e: number) => (row ? settled.window.counts[row.offset + e] ?? NaN : NaN);
     return (
       <div class="table-scroll">
         <table class="grid fixed-grid" data-testid="expert-params-table">
@@ -107,7 +107,7 @@ export function Experts({ store, a, layer }: { store: Store; a: Analysis; layer:
         </table>
       </div>
     );
-  }, [p, settled, settledRow, allRows, deadKey, duplicateKey]);
+  }, [p, settled, layer, allRows, deadKey, duplicateKey]);
 
   return (
     <div class="experts-view" data-testid="experts-view" data-layer={layer}>

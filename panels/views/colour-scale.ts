@@ -57,19 +57,21 @@ function rampOf(stops: RGB[]): Uint8Array {
 }
 
 const RAMPS = new Map<string, Uint8Array>();
-export function ramp(theme: Theme, mode: ScaleMode): Uint8Array {
-  const key = `${theme}:${mode === 'fair' ? 'diverging' : 'sequential'}`;
+/** The theme's ramp through one set of stops, built once. */
+function cachedRamp(theme: Theme, stops: 'sequential' | 'diverging' | 'matrix'): Uint8Array {
+  const key = `${theme}:${stops}`;
   let r = RAMPS.get(key);
-  if (!r) RAMPS.set(key, (r = rampOf(mode === 'fair' ? STOPS[theme].diverging : STOPS[theme].sequential)));
+  if (!r) RAMPS.set(key, (r = rampOf(STOPS[theme][stops])));
   return r;
+}
+
+export function ramp(theme: Theme, mode: ScaleMode): Uint8Array {
+  return cachedRamp(theme, mode === 'fair' ? 'diverging' : 'sequential');
 }
 
 /** MatrixCanvas' 256 RGBA entries, background to accent. */
 export function matrixRamp(theme: Theme): Uint8Array {
-  const key = `${theme}:matrix`;
-  let r = RAMPS.get(key);
-  if (!r) RAMPS.set(key, (r = rampOf(STOPS[theme].matrix)));
-  return r;
+  return cachedRamp(theme, 'matrix');
 }
 
 export function blankColour(theme: Theme): RGB {
