@@ -1,9 +1,10 @@
-/** Panel bootstrap: theme, the port to the service worker, the analysis worker, and the Preact app. */
+/** Panel bootstrap: theme, the link to the host through the service worker, the analysis worker, and the Preact app. */
 import { render } from 'preact';
 import * as Comlink from 'comlink';
-import { PANEL_PORT_NAME, PANEL_PROTOCOL_VERSION, type HostMessage } from '../src/protocol/panel';
+import { PANEL_PROTOCOL_VERSION, type HostMessage } from '../src/protocol/panel';
 import { Analyzer } from './engine/analyzer';
 import { forWorker } from './engine/transfer';
+import { connectHost } from './host-link';
 import { Store, type AnalyzerPort, type UserSettings } from './store';
 import { App } from './views/App';
 import 'uplot/dist/uPlot.min.css';
@@ -63,15 +64,15 @@ store.onSettings((s) => {
     // storage unavailable: settings last for this session
   }
 });
-const port = chrome.runtime.connect(chrome.runtime.id, { name: PANEL_PORT_NAME });
-port.onMessage.addListener((message: HostMessage) => store.receive(message));
-port.onDisconnect.addListener(() => store.setConnection('disconnected'));
-store.connect((request) => port.postMessage(request));
-port.postMessage({ type: 'hello', version: PANEL_PROTOCOL_VERSION });
-store.refresh();
-// New jobs start all the time; keep the list fresh while the panel is open.
-setInterval(() => store.refresh(), 2000);
+// Shown at once ("connecting") while the link to the host is set up (host-link.ts).
+render(<App store={store} />, document.getElementById('app')!);
+void connectHost((message) => store.receive(message), () => store.setConnection('disconnected')).then((link) => {
+  document.documentElement.dataset.transport = link.transport;
+  store.connect(link.send);
+  link.send({ type: 'hello', version: PANEL_PROTOCOL_VERSION });
+  store.refresh();
+  // New jobs start all the time; keep the list fresh while the panel is open.
+  setInterval(() => store.refresh(), 2000);
+});
 // Analyses at up to 5 Hz (timers, not requestAnimationFrame: the panel document is often hidden).
 setInterval(() => void store.tick(), 200);
-
-render(<App store={store} />, document.getElementById('app')!);

@@ -264,8 +264,10 @@ async function runSize(opts) {
     setup = {
       jobPid: job.pid, panelViewport: await panel.evaluate(() => [innerWidth, innerHeight]), warmupUpdatesPerS: (warm1.updates - warm0.updates) / ((warm1.t - warm0.t) / 1000), visibility: warm1.visibility,
       analyzer: await panel.evaluate(() => document.documentElement.dataset.analyzer ?? null),
+      // how host messages reach the panel: 'channel' (structured clones) or 'port' (JSON); see panels/host-link.ts
+      transport: await panel.evaluate(() => document.documentElement.dataset.transport ?? null),
     };
-    console.log(`warm-up: ${setup.warmupUpdatesPerS.toFixed(1)} updates/s; panel ${setup.panelViewport.join(" x ")} px, document ${warm1.visibility}; analyzer in ${setup.analyzer}`);
+    console.log(`warm-up: ${setup.warmupUpdatesPerS.toFixed(1)} updates/s; panel ${setup.panelViewport.join(" x ")} px, document ${warm1.visibility}; analyzer in ${setup.analyzer}; host messages over ${setup.transport ?? 'the port (JSON)'}`);
     if (opts.traceDir) fs.mkdirSync(opts.traceDir, { recursive: true });
 
     // The Experts view is measured at the sizes held to the frame budget only: at 128 x 1024 the

@@ -6,6 +6,7 @@
 import type { HostMessage } from '../../src/protocol/panel';
 import type { LayerInfo } from '../../src/protocol/probe';
 import { unknownLayer } from '../../src/analysis/layers';
+import { typedListsAsArrays } from '../../src/protocol/typed-lists';
 
 export const RECORDING_FORMAT = 'moe-devtools-recording';
 /** 2: updates carry per-layer widths and tokens, layers say how they are read. Version 1 files are upgraded on open. */
@@ -29,7 +30,8 @@ export class RecordingError extends Error {}
 export function serializeRecording(pid: number, started: number, messages: readonly HostMessage[]): string {
   const header: RecordingHeader = { format: RECORDING_FORMAT, version: RECORDING_VERSION, pid, started };
   const lines = [JSON.stringify(header)];
-  for (const m of messages) lines.push(JSON.stringify(m));
+  // Messages that came over the panel's channel hold typed arrays (protocol/typed-lists.ts): written as the lists the host sent.
+  for (const m of messages) lines.push(JSON.stringify(m, typedListsAsArrays));
   return lines.join('\n') + '\n';
 }
 

@@ -1,6 +1,8 @@
 /**
  * Messages between the panel and the native host (JSON over native messaging,
- * relayed unchanged by the service worker). One place for both sides.
+ * relayed by the service worker with the same content; to the panel over a
+ * MessageChannel with long number lists as typed arrays, see panel-channel.ts).
+ * One place for both sides.
  *
  * Native messaging frames each message as a 4-byte length in native byte order
  * (little-endian on every platform Chrome runs on) followed by that many bytes of

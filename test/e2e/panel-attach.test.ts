@@ -36,6 +36,10 @@ describe('MoE panel attached to a running Mixtral job', () => {
     const reference = new Map(before.map((p) => [p.pass % 4, p.out])); // inputs cycle with period 4
 
     const { devtools, panel } = await openMoEPanel(browser);
+    // Inside real DevTools the panel reaches the service worker and gets the host's messages as
+    // structured clones over its MessageChannel (protocol/panel-channel.ts), not as JSON.
+    await panel.waitForFunction(() => document.documentElement.dataset.transport, { polling: 100, timeout: 15000 });
+    expect(await panel.evaluate(() => document.documentElement.dataset.transport)).toBe('channel');
     const started = Date.now();
     await attachThroughPanel(panel, job.pid);
     const attachMs = Date.now() - started;
