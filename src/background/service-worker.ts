@@ -1,7 +1,7 @@
 /**
  * The service worker only pairs ports: each panel port gets its own native
- * host process, and messages pass through unchanged in both directions
- * (as React DevTools' background does). It keeps no state of its own beyond
+ * host process, and messages pass through with the same content in both
+ * directions (as React DevTools' background does). It keeps no state of its own beyond
  * the pairs, so an MV3 worker restart loses nothing; an open native port keeps
  * it alive. Host messages reach a panel over its MessageChannel when it brought
  * one (protocol/panel-channel.ts), with long number lists as typed arrays.
