@@ -1,15 +1,18 @@
 /**
  * Host messages with their long lists of numbers as typed arrays, for the hops between threads
  * that copy by structured clone: service worker -> panel (src/background/panel-channel.ts) and
- * panel -> analysis worker (panels/engine/transfer.ts).
+ * panel -> analysis worker (panels/engine/transfer.ts). The service worker's side is in
+ * src/background/service-worker.ts, the handshake in panel-channel.ts.
  *
  * An update holds one number per expert of every layer (32,768 for 64 x 512, 131,072 for
  * 128 x 1024), a token record 2 x tokens x layers x top-k. As JSON or as a structured clone of a
  * JavaScript array every number is parsed or cloned on its own (~1 ms per 64 x 512 update on the
  * receiving thread, 30 times a second); a typed array is one memcpy, and transferred not even
- * that. Float64 is lossless for what the host sends (JSON numbers are doubles), so a message
- * converted here still says exactly what the host said; JSON.stringify needs `typedListsAsArrays`
- * to write it back out as lists.
+ * that. Float64 is lossless for the numbers the host sends (JSON numbers are doubles), so a
+ * message converted here still says exactly what the host said; JSON.stringify needs
+ * `typedListsAsArrays` to write it back out as lists. A list holding null (JSON's spelling of a
+ * non-finite number, e.g. the -Infinity of a layer that has seen no logit yet) has no typed
+ * equivalent and stays a list.
  */
 import type { HostMessage, JobUpdate, TokenUpdate } from './panel';
 
@@ -42,11 +45,10 @@ function updateWithTypedLists(message: JobUpdate): WithTransfer {
   const copy: Record<string, unknown> = { ...message };
   const transfer: ArrayBuffer[] = [];
   for (const key of UPDATE_NUMBER_LISTS) {
-    const v = message[key] as ArrayLike<number> | undefined;
-    if (!Array.isArray(v) && !ArrayBuffer.isView(v)) continue;
-    // `new Float64Array(typed)` copies element-wise in native code; from an array it is the
-    // same loop Float64Array.from runs, without the iterator.
-    const typed = new Float64Array(v);
+    const v: unknown = message[key];
+    const typable = Array.isArray(v) ? !v.includes(null) : ArrayBuffer.isView(v);
+    if (!typable) continue;
+    const typed = new Float64Array(v as ArrayLike<number>);
     copy[key] = typed;
     transfer.push(typed.buffer);
   }

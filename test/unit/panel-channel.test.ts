@@ -50,6 +50,16 @@ describe('typed number lists', () => {
     expect(JSON.parse(JSON.stringify(got, typedListsAsArrays))).toEqual(sent);
   });
 
+  it('leave a list holding null (a non-finite number in JSON) as the host sent it', async () => {
+    const sent = { ...update(), maxLogit: [null, 3.25] } as unknown as JobUpdate;
+    const { message, transfer } = withTypedLists(sent);
+    expect(transfer).toHaveLength(4); // counts, tokens, health, timeS
+    const got = (await across(message, transfer)) as JobUpdate;
+    expect(got.maxLogit).toEqual([null, 3.25]);
+    expect(got.counts).toBeInstanceOf(Float64Array);
+    expect(JSON.parse(JSON.stringify(got, typedListsAsArrays))).toEqual(sent);
+  });
+
   it('copy lists that are typed already, so the sender keeps its own', () => {
     const typed = { ...update(), counts: new Float64Array([4, 5, 6, 7, 8]) } as unknown as JobUpdate;
     const { message, transfer } = withTypedLists(typed);
