@@ -37,6 +37,8 @@ export function serializeRecording(pid: number, started: number, messages: reado
 
 const isNum = (v: unknown): v is number => typeof v === 'number' && Number.isFinite(v);
 const isNumArray = (v: unknown): v is number[] => Array.isArray(v) && v.every(isNum);
+/** Per-layer measurements may hold null: JSON's spelling of a non-finite number (the -Infinity largest logit of a layer that has seen none). */
+const isMeasureArray = (v: unknown): v is Array<number | null> => Array.isArray(v) && v.every((x) => x === null || isNum(x));
 
 /** Why a message is not one a recording may hold, or null when it is fine. */
 function invalidMessage(v: unknown): string | null {
@@ -52,7 +54,7 @@ function invalidMessage(v: unknown): string | null {
         widths.some((w) => !Number.isInteger(w) || w < 1)) return 'an "update" needs whole layers and one whole width per layer';
       if (!isNumArray(m.counts) || m.counts.length !== widths.reduce((a, b) => a + b, 0)) return '"counts" should hold one number per expert of every layer';
       if (m.tokens !== undefined && (!isNumArray(m.tokens) || m.tokens.length !== m.layers)) return '"tokens" should hold one number per layer';
-      for (const key of ['health', 'maxLogit', 'timeS', 'backwardS'] as const) if (m[key] !== undefined && !isNumArray(m[key])) return `"${key}" should be a list of numbers`;
+      for (const key of ['health', 'maxLogit', 'timeS', 'backwardS'] as const) if (m[key] !== undefined && !isMeasureArray(m[key])) return `"${key}" should be a list of numbers`;
       return null;
     }
     case 'losses': {

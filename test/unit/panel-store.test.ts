@@ -3,6 +3,7 @@ import type { HostMessage, JobUpdate, PanelRequest } from '../../src/protocol/pa
 import { Analyzer } from '../../panels/engine/analyzer';
 import { parseRecording, serializeRecording } from '../../panels/engine/recording';
 import { Store } from '../../panels/store';
+import { withTypedLists } from '../../src/protocol/typed-lists';
 import { layerInfo } from './layer-fixture';
 
 const models = [{ id: 0, class: 'M', model_type: 'm', device: 'cpu', dtype: 'f32', layers: [layerInfo(0, 2, 1)] }];
@@ -33,6 +34,23 @@ describe('panel store', () => {
     await store.tick();
     expect(store.state.analyses.get(11)!.window.counts[0]).toBe(12);
     expect(store.state.jobs.size).toBe(2);
+  });
+
+  it('reopens a recording of a layer that has seen no finite router logit yet (JSON null), as it was received over the channel', async () => {
+    const { store } = setup();
+    store.attach(5);
+    store.receive(attached(5));
+    store.startRecording();
+    // as the panel's channel delivers it: counts typed, the list with JSON's null left a list
+    const received = withTypedLists({ ...update(5, 4), maxLogit: [null] } as unknown as JobUpdate).message;
+    store.receive(received);
+    store.stopRecording();
+    const saved = store.state.saved!;
+    expect(saved.text).toContain('"counts":[12,4]');
+    expect(saved.text).toContain('"maxLogit":[null]');
+    expect(await store.openRecording(saved.name, saved.text)).toBe(true);
+    expect(store.state.notices).toEqual([]);
+    expect(store.state.analyses.get(store.state.selectedPid!)!.window.counts[0]).toBe(12);
   });
 
   it('pauses, records a job, and opens the recording as a job of its own', async () => {
