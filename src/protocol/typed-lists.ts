@@ -1,8 +1,7 @@
 /**
  * Host messages with their long lists of numbers as typed arrays, for the hops between threads
- * that copy by structured clone: service worker -> panel (src/background/panel-channel.ts) and
- * panel -> analysis worker (panels/engine/transfer.ts). The service worker's side is in
- * src/background/service-worker.ts, the handshake in panel-channel.ts.
+ * that copy by structured clone: service worker -> panel (src/background/service-worker.ts; the
+ * handshake is in panel-channel.ts) and panel -> analysis worker (panels/engine/transfer.ts).
  *
  * An update holds one number per expert of every layer (32,768 for 64 x 512, 131,072 for
  * 128 x 1024), a token record 2 x tokens x layers x top-k. As JSON or as a structured clone of a
@@ -11,8 +10,9 @@
  * that. Float64 is lossless for the numbers the host sends (JSON numbers are doubles), so a
  * message converted here still says exactly what the host said; JSON.stringify needs
  * `typedListsAsArrays` to write it back out as lists. A list holding null (JSON's spelling of a
- * non-finite number, e.g. the -Infinity of a layer that has seen no logit yet) has no typed
- * equivalent and stays a list.
+ * non-finite number: the -Infinity largest logit of a layer that has seen none, a NaN mixing
+ * weight) has no typed equivalent and stays a list: an update's on its own, a token record's with
+ * the whole record.
  */
 import type { HostMessage, JobUpdate, TokenUpdate } from './panel';
 
@@ -34,6 +34,7 @@ export interface WithTransfer {
 export function withTypedLists(message: HostMessage, layerTypes: LayerTypes = LOSSLESS): WithTransfer {
   if (message.type === 'update') return updateWithTypedLists(message);
   if (message.type === 'tokens') {
+    if (message.layers.some((l) => holdsNull(l.ids) || holdsNull(l.weights))) return { message, transfer: [] };
     const packer = new LayerPacker(message.layers, layerTypes);
     const layers = message.layers.map((l) => packer.pack(l));
     return { message: { ...message, layers } as unknown as TokenUpdate, transfer: [packer.buffer] };
@@ -46,13 +47,17 @@ function updateWithTypedLists(message: JobUpdate): WithTransfer {
   const transfer: ArrayBuffer[] = [];
   for (const key of UPDATE_NUMBER_LISTS) {
     const v: unknown = message[key];
-    const typable = Array.isArray(v) ? !v.includes(null) : ArrayBuffer.isView(v);
-    if (!typable) continue;
+    if (!(Array.isArray(v) || ArrayBuffer.isView(v)) || holdsNull(v)) continue;
     const typed = new Float64Array(v as ArrayLike<number>);
     copy[key] = typed;
     transfer.push(typed.buffer);
   }
   return { message: copy as unknown as JobUpdate, transfer };
+}
+
+/** A list (not a typed array) with a null in it: no typed array can say that. */
+function holdsNull(v: unknown): boolean {
+  return Array.isArray(v) && v.includes(null);
 }
 
 /** For JSON.stringify: typed arrays written as lists, as the host sent them. */

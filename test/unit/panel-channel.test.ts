@@ -60,6 +60,16 @@ describe('typed number lists', () => {
     expect(JSON.parse(JSON.stringify(got, typedListsAsArrays))).toEqual(sent);
   });
 
+  it('leave a token record holding null (a NaN mixing weight) as the host sent it', async () => {
+    const sent = tokens();
+    (sent.layers[1] as { weights: Array<number | null> }).weights = [null, 1];
+    const { message, transfer } = withTypedLists(sent);
+    expect(transfer).toEqual([]);
+    const got = (await across(message, transfer)) as TokenUpdate;
+    expect(got).toEqual(sent);
+    expect(JSON.parse(JSON.stringify(got, typedListsAsArrays))).toEqual(sent);
+  });
+
   it('copy lists that are typed already, so the sender keeps its own', () => {
     const typed = { ...update(), counts: new Float64Array([4, 5, 6, 7, 8]) } as unknown as JobUpdate;
     const { message, transfer } = withTypedLists(typed);
